@@ -1,0 +1,411 @@
+// CHotplug: the C shim of swift-hotplug.
+//
+// C does only what Swift cannot do safely: the signal handler (and everything it touches), futex parking,
+// thread affinity and the spinning barrier. Everything else lives in Swift, and only one internal Swift layer
+// (Sources/Hotplug/Shim) calls these functions.
+//
+// House rules (DESIGN.md section 6):
+// - every exported symbol is prefixed `chp_`; no macros are exported (they become functions);
+// - each prototype's comment says how it fails: "returns -1 and sets errno", "returns an errno value",
+//   or "cannot fail";
+// - C never exits or aborts: Swift decides;
+// - shared state and per-thread state are separate structs; shared hot fields are cache-line padded;
+// - every atomic names its memory order, and every acquire/release pair names its partner.
+#ifndef CHOTPLUG_H
+#define CHOTPLUG_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CHP_CACHE_LINE 64
+
+// ---------------------------------------------------------------------------------------------------------------
+// MARK: Pause hint, thread identity, CPU time
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Issues the CPU's spin-wait hint (`pause` on x86, `yield` on arm64). Cannot fail.
+void chp_cpu_relax(void);
+
+/// The calling thread's kernel thread id (gettid). Cannot fail.
+pid_t chp_gettid(void);
+
+/// The process id. Cannot fail.
+pid_t chp_getpid(void);
+
+/// CPU time consumed so far by the thread `tid` of this process, in nanoseconds.
+/// Returns -1 and sets errno (ESRCH/EINVAL when the thread does not exist).
+int64_t chp_thread_cputime_ns(pid_t tid);
+
+/// CPU time consumed by the calling thread, in nanoseconds. Returns -1 and sets errno.
+int64_t chp_self_cputime_ns(void);
+
+/// CLOCK_MONOTONIC in nanoseconds. Cannot fail.
+int64_t chp_monotonic_ns(void);
+
+// ---------------------------------------------------------------------------------------------------------------
+// MARK: Affinity
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Writes the CPU ids of the process's affinity mask (as seen by the calling thread) into `cpus`, ascending.
+/// Returns the number of CPUs in the mask (which may exceed `capacity`: then only `capacity` are written),
+/// or -1 and sets errno.
+int chp_affinity_get(pid_t tid, int *cpus, int capacity);
+
+/// Pins thread `tid` (0: the caller) to exactly the physical CPU `cpu`. Returns -1 and sets errno.
+int chp_affinity_pin(pid_t tid, int cpu);
+
+/// Sets thread `tid`'s affinity to the `count` CPUs in `cpus`. Returns -1 and sets errno.
+int chp_affinity_set(pid_t tid, const int *cpus, int count);
+
+/// The physical CPU the caller is running on right now (sched_getcpu). Returns -1 and sets errno.
+int chp_current_cpu(void);
+
+// ---------------------------------------------------------------------------------------------------------------
+// MARK: Futex
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Blocks while `*word == expected`, for at most `timeout_ns` (negative: no bound). Process-private futex.
+/// Returns 0 when woken (or spuriously), or an errno value: EAGAIN (the word did not hold `expected`),
+/// EINTR (a signal interrupted the wait), ETIMEDOUT. Callers re-check their word in a loop.
+int chp_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
+
+/// Wakes at most `count` waiters on `word`. Returns the number woken, or -1 and sets errno.
+int chp_futex_wake(uint32_t *word, int count);
+
+// Explicitly ordered atomic access to 32-bit and 64-bit words shared with C (futex words live in C memory).
+// None of these can fail.
+uint32_t chp_load_acquire_u32(const uint32_t *word);
+uint32_t chp_load_relaxed_u32(const uint32_t *word);
+void chp_store_release_u32(uint32_t *word, uint32_t value);
+uint64_t chp_load_acquire_u64(const uint64_t *word);
+void chp_store_release_u64(uint64_t *word, uint64_t value);
+uint64_t chp_fetch_add_relaxed_u64(uint64_t *word, uint64_t delta);
+
+// ---------------------------------------------------------------------------------------------------------------
+// MARK: One-shot event (a futex word with spin-then-park waiting)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A one-shot completion: one side sets it, any number wait for it. Zero-initialised memory is "not set".
+typedef struct chp_event {
+    uint32_t word;      // 0 not set, 1 set; futex word
+    uint32_t waiters;   // count of threads parked (or about to park) on `word`
+} chp_event_t;
+
+/// Resets the event to "not set". Only when nobody waits. Cannot fail.
+void chp_event_reset(chp_event_t *event);
+/// Sets the event (release: pairs with the acquire in chp_event_wait/chp_event_is_set) and wakes all waiters.
+/// Cannot fail.
+void chp_event_set(chp_event_t *event);
+/// True once set (acquire). Cannot fail.
+bool chp_event_is_set(const chp_event_t *event);
+/// Spins `spin_budget` pause iterations, then parks, until set or until `timeout_ns` passed (negative: no bound).
+/// Returns 0 when set, or ETIMEDOUT.
+int chp_event_wait(chp_event_t *event, uint32_t spin_budget, int64_t timeout_ns);
+
+// ---------------------------------------------------------------------------------------------------------------
+// MARK: Barrier (sense-reversing, centralized, spin-then-park)
+// ---------------------------------------------------------------------------------------------------------------
+//
+// The shared part (`chp_barrier_t`) holds the arrival counter and the global sense on separate cache lines; each
+// participant owns a `chp_barrier_state_t` with its local sense (Concurrency Kit's split). An episode: every
+// participant increments the counter (acq_rel); the last one resets the counter and flips the global sense
+// (release); the others spin on the sense (acquire) for a bounded budget with a pause hint each iteration, then
+// park on it with futex, so oversubscribed runs never livelock. The last arriver wakes the parked ones only when
+// some registered as waiters (a Dekker pair of seq_cst fences makes that check race-free).
+//
+// The participant count is read at each arrival; change it only between episodes (when nobody is inside).
+
+typedef struct chp_barrier {
+    _Alignas(CHP_CACHE_LINE) uint32_t arrived;       // arrivals in the current episode
+    char pad0[CHP_CACHE_LINE - sizeof(uint32_t)];
+    _Alignas(CHP_CACHE_LINE) uint32_t sense;         // global sense; also the futex word
+    uint32_t waiters;                                // participants parked (or about to park) on `sense`
+    char pad1[CHP_CACHE_LINE - 2 * sizeof(uint32_t)];
+    _Alignas(CHP_CACHE_LINE) uint32_t participants;  // set between episodes
+    char pad2[CHP_CACHE_LINE - sizeof(uint32_t)];
+} chp_barrier_t;
+
+typedef struct chp_barrier_state {
+    uint32_t sense;     // this participant's local sense
+} chp_barrier_state_t;
+
+/// Initialises `barrier` for `participants` (>= 1) threads. Returns 0, or EINVAL for 0 participants.
+int chp_barrier_init(chp_barrier_t *barrier, uint32_t participants);
+/// Allocates (cache-line aligned) and initialises a barrier. Returns NULL and sets errno (EINVAL for 0).
+chp_barrier_t *chp_barrier_create(uint32_t participants);
+/// Frees a barrier from chp_barrier_create. Cannot fail.
+void chp_barrier_destroy(chp_barrier_t *barrier);
+/// Initialises one participant's state to the barrier's current sense (so participants may join between
+/// episodes). Cannot fail.
+void chp_barrier_state_init(const chp_barrier_t *barrier, chp_barrier_state_t *state);
+/// Changes the participant count for the next episodes; call only while no episode is in progress.
+/// Returns 0, or EINVAL for 0 participants.
+int chp_barrier_set_participants(chp_barrier_t *barrier, uint32_t participants);
+/// Waits until all participants have arrived. Spins `spin_budget` pause iterations before parking.
+/// Returns true in exactly one participant per episode (the last to arrive), false in the others. Cannot fail.
+bool chp_barrier_wait(chp_barrier_t *barrier, chp_barrier_state_t *state, uint32_t spin_budget);
+
+// ---------------------------------------------------------------------------------------------------------------
+// MARK: SIGP: the per-CPU control block and the signal layer
+// ---------------------------------------------------------------------------------------------------------------
+//
+// Every logical CPU has one `chp_cpu_t`, allocated by Swift with chp_cpu_create, shared between senders (any
+// thread), the CPU's own loop (Swift, at safe points) and the signal handler (C, on the CPU's thread).
+//
+// Delivery of an order:
+//   1. the sender posts it in `mailbox` with a CAS (the busy / external-call-pending checks are in the same CAS);
+//   2. the sender reads `run_state` (seq_cst, the partner of the CPU's seq_cst store of its run state: a Dekker
+//      pair, so either the sender sees the CPU idle or the CPU sees the mailbox bit) and picks the cheapest
+//      sufficient wake-up: POLLING -> nothing (the CPU spins on the mailbox); IDLE -> futex wake on `mailbox`;
+//      STOPPED / OFFLINE -> nothing (the order stays pending until the CPU runs again); RUNNING -> a real signal
+//      with tgkill, then the sender waits for the handler's (or the next safe point's) acknowledgement
+//      (`sig_ack` >= its ticket), resending the signal every `resend_ns`, and gives up after `timeout_ns`.
+//   3. the signal handler (async-signal-safe: atomics, futex, nothing else) acknowledges, and when a STOP-class
+//      order is pending stops right there, wherever the thread was, until START or RESTART.
+//
+// Everything else an order asks for (external call, emergency signal, restart, cross-calls) runs at the CPU's
+// next safe point, in Swift.
+
+/// Run states of a logical CPU's thread (`chp_cpu_t.run_state`).
+enum {
+    CHP_RUN_NONE = 0,      // no thread (standby)
+    CHP_RUN_OFFLINE = 1,   // thread parked in the kernel by the lifecycle (configured, not online)
+    CHP_RUN_RUNNING = 2,   // executing code: a signal is needed to interrupt it
+    CHP_RUN_POLLING = 3,   // spinning on its mailbox: it will see any order without a wake-up
+    CHP_RUN_IDLE = 4,      // parked in futex_wait on its mailbox (the wait state)
+    CHP_RUN_STOPPED = 5,   // stopped by a STOP-class order, blocked in futex_wait on its mailbox until CHP_MB_STOPPED clears
+};
+
+/// Mailbox bits (`chp_cpu_t.mailbox`).
+enum {
+    CHP_MB_STOP = 1u << 0,            // STOP pending
+    CHP_MB_STOP_STORE = 1u << 1,      // STOP_AND_STORE_STATUS pending (always with CHP_MB_STOP)
+    CHP_MB_RESTART = 1u << 2,         // RESTART pending
+    CHP_MB_EXTERNAL_CALL = 1u << 3,   // an external call is pending (only one may be)
+    CHP_MB_EMERGENCY = 1u << 4,       // at least one emergency signal is pending (count in `emergency_count`)
+    CHP_MB_CALL = 1u << 5,            // cross-calls are queued (Swift side)
+    CHP_MB_LIFECYCLE = 1u << 6,       // the lifecycle asks for attention (offline / exit)
+    CHP_MB_STOPPED = 1u << 7,         // state, not an order: the CPU is stopped (cleared by START / RESTART)
+    CHP_MB_BUSY_MASK = CHP_MB_STOP | CHP_MB_RESTART,
+    CHP_MB_ARCH_PENDING = CHP_MB_STOP | CHP_MB_STOP_STORE | CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY,
+};
+
+/// Lifecycle words (`chp_cpu_t.lifecycle`), written by the controlling thread.
+enum {
+    CHP_LIFE_PARKED = 0,   // stay parked (offline)
+    CHP_LIFE_ONLINE = 1,   // permitted to run (START wakes it)
+    CHP_LIFE_OFFLINE = 2,  // go offline at the next safe point
+    CHP_LIFE_EXIT = 3,     // leave the thread (deconfigure)
+};
+
+typedef struct chp_cpu {
+    // Written by senders, read by the CPU: the mailbox is also the futex word of the idle wait.
+    _Alignas(CHP_CACHE_LINE) uint32_t mailbox;
+    uint32_t emergency_count;   // pending emergency signals
+    uint32_t ext_param;         // parameter of the pending external call
+    int32_t ext_source;         // source CPU of the pending external call (-1: not a logical CPU)
+    uint32_t ext_claim;         // 1 from the moment a sender claims the external-call slot until the CPU took it
+    uint32_t reserved0;
+    uint64_t sig_seq;           // tickets of signals sent (fetch_add by senders)
+    char pad0[CHP_CACHE_LINE - 6 * sizeof(uint32_t) - sizeof(uint64_t)];
+
+    // Written by the CPU, read by senders.
+    _Alignas(CHP_CACHE_LINE) uint32_t run_state;
+    uint32_t reserved1;
+    uint64_t sig_ack;           // highest ticket acknowledged by the handler or a safe point
+    char pad1[CHP_CACHE_LINE - 2 * sizeof(uint32_t) - sizeof(uint64_t)];
+
+    // Lifecycle (controlling thread -> CPU); futex word of the offline park.
+    _Alignas(CHP_CACHE_LINE) uint32_t lifecycle;
+    int32_t tid;                // the CPU thread's kernel tid, 0 before it started
+    uint32_t status_stored;     // 1 when the status area holds a STOP_AND_STORE_STATUS
+    uint32_t check_stop;        // 1 when the CPU failed to answer a signal in time
+    uint64_t stop_ip;           // instruction pointer where the CPU last stopped
+    uint64_t stop_sp;           // stack pointer where the CPU last stopped
+    uint64_t status_ip;         // status area: instruction pointer stored by STOP_AND_STORE_STATUS
+    uint64_t status_sp;         // status area: stack pointer stored by STOP_AND_STORE_STATUS
+    void *owner;                // opaque back-pointer for the Swift layer (unretained), set before the thread starts
+    char pad2[CHP_CACHE_LINE - 4 * sizeof(uint32_t) - 4 * sizeof(uint64_t) - sizeof(void *)];
+
+    // Statistics (relaxed; only for reports and tests).
+    _Alignas(CHP_CACHE_LINE) uint64_t signals_sent;      // tgkill calls made towards this CPU
+    uint64_t signals_received;  // handler entries on this CPU
+    uint64_t futex_wakes;       // futex wakes of the idle wait made towards this CPU
+    uint64_t stops_in_handler;  // stops taken inside the signal handler ("wherever it is")
+    uint64_t stops_at_safe_point;
+    uint64_t resends;           // signals sent again because no acknowledgement came in time
+    char pad3[CHP_CACHE_LINE - 6 * sizeof(uint64_t)];
+} chp_cpu_t;
+
+/// Allocates a zeroed, cache-line aligned control block. Returns NULL and sets errno.
+chp_cpu_t *chp_cpu_create(void);
+/// Frees a control block whose thread has exited. Cannot fail.
+void chp_cpu_destroy(chp_cpu_t *cpu);
+/// Sets the opaque owner pointer; only before the CPU's thread starts. Cannot fail.
+void chp_cpu_set_owner(chp_cpu_t *cpu, void *owner);
+/// The opaque owner pointer. Cannot fail.
+void *chp_cpu_owner(const chp_cpu_t *cpu);
+
+/// Installs the process-wide SIGP handler on `signo` (reference counted: several machines may share it).
+/// Returns 0, or an errno value: EINVAL (a signal that cannot carry SIGP), EBUSY (the application already has a
+/// handler there, or SIGP already uses another signal).
+int chp_sigp_install(int signo);
+/// Drops one reference; the last one restores the default disposition. Returns 0, or an errno value.
+int chp_sigp_uninstall(int signo);
+/// The signal installed, or 0. Cannot fail.
+int chp_sigp_signal(void);
+/// SIGRTMIN and SIGRTMAX as the C library sees them. Cannot fail.
+int chp_sigrtmin(void);
+int chp_sigrtmax(void);
+
+/// Binds the calling thread to `cpu` for the signal handler (thread-local, initial-exec TLS), stores its tid, and
+/// unblocks the SIGP signal for the thread. Returns an errno value.
+int chp_cpu_bind_self(chp_cpu_t *cpu);
+/// Unbinds the calling thread. Cannot fail.
+void chp_cpu_unbind_self(void);
+/// The control block bound to the calling thread, or NULL. Cannot fail.
+chp_cpu_t *chp_cpu_self(void);
+
+/// Blocks (`block` true) or unblocks the SIGP signal for the calling thread ("interrupts off/on").
+/// Returns an errno value.
+int chp_sigp_block(bool block);
+
+/// Result of posting an order. `cc` is the condition code (0 accepted, 1 status stored, 2 busy, 3 not
+/// operational); `status` holds the status bits for cc 1.
+typedef struct chp_sigp_result {
+    int cc;
+    uint32_t status;
+} chp_sigp_result_t;
+
+/// S/390 status bits.
+enum {
+    CHP_STATUS_INVALID_ORDER = 0x2,
+    CHP_STATUS_CHECK_STOP = 0x10,
+    CHP_STATUS_STOPPED = 0x40,
+    CHP_STATUS_EXT_CALL_PENDING = 0x80,
+    CHP_STATUS_INVALID_PARAMETER = 0x100,
+    CHP_STATUS_INCORRECT_STATE = 0x200,
+    CHP_STATUS_NOT_RUNNING = 0x400,
+};
+
+/// S/390 order codes.
+enum {
+    CHP_SIGP_SENSE = 1,
+    CHP_SIGP_EXTERNAL_CALL = 2,
+    CHP_SIGP_EMERGENCY_SIGNAL = 3,
+    CHP_SIGP_START = 4,
+    CHP_SIGP_STOP = 5,
+    CHP_SIGP_RESTART = 6,
+    CHP_SIGP_STOP_AND_STORE_STATUS = 9,
+    CHP_SIGP_INITIAL_CPU_RESET = 11,
+    CHP_SIGP_CPU_RESET = 12,
+    CHP_SIGP_COND_EMERGENCY_SIGNAL = 19,
+    CHP_SIGP_SENSE_RUNNING = 21,
+};
+
+/// Evaluates and posts one order to `cpu` (the architectural part of SIGP: condition code, status, mailbox).
+/// Does not deliver the wake-up; the caller calls chp_sigp_deliver when `needs_delivery` is set.
+/// `source` is the sending logical CPU or -1. Cannot fail (the outcome is in the result).
+chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, int32_t source,
+                                bool *needs_delivery);
+
+/// Posts internal mailbox bits (CHP_MB_CALL, CHP_MB_LIFECYCLE) without the architectural checks. Cannot fail.
+void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits);
+/// Wakes every thread blocked on the CPU's mailbox (idle or stopped). Cannot fail.
+void chp_cpu_wake_mailbox(chp_cpu_t *cpu);
+/// Removes internal bits if they are still pending; returns the bits that were removed. Cannot fail.
+uint32_t chp_cpu_retract_bits(chp_cpu_t *cpu, uint32_t bits);
+
+/// Delivers the cheapest sufficient wake-up for whatever is pending in `cpu`'s mailbox (see above).
+/// Returns 0, ETIMEDOUT when a running CPU did not acknowledge within `timeout_ns` (the CPU is then marked
+/// check-stopped), or another errno value from tgkill.
+int chp_sigp_deliver(chp_cpu_t *cpu, int64_t resend_ns, int64_t timeout_ns);
+
+
+// MARK: Called by the CPU's own thread
+
+/// Sets the CPU's run state (seq_cst: partner of the sender's load in chp_sigp_deliver). Cannot fail.
+void chp_cpu_set_run_state(chp_cpu_t *cpu, uint32_t state);
+/// Reads a CPU's run state (acquire). Cannot fail.
+uint32_t chp_cpu_run_state(const chp_cpu_t *cpu);
+/// Reads the mailbox (acquire: partner of the sender's release CAS in chp_sigp_post). Cannot fail.
+uint32_t chp_cpu_mailbox(const chp_cpu_t *cpu);
+
+/// A safe point: acknowledges every signal ticket issued so far and takes the pending mailbox bits out
+/// (except STOP-class bits, which chp_cpu_stop_here consumes). Returns the bits taken together with the
+/// STOP-class bits still pending. Cannot fail.
+uint32_t chp_cpu_safe_point(chp_cpu_t *cpu);
+/// Takes the pending external call: returns true and fills `param`/`source` when one was pending. Cannot fail.
+bool chp_cpu_take_external_call(chp_cpu_t *cpu, uint32_t *param, int32_t *source);
+/// Takes the pending emergency signals; returns their count. Cannot fail.
+uint32_t chp_cpu_take_emergency(chp_cpu_t *cpu);
+
+/// Consumes a pending STOP-class order and stops the calling CPU right here (at a safe point), recording this
+/// call site as the stop address, until START or RESTART. Returns true when it stopped. Cannot fail.
+bool chp_cpu_stop_here(chp_cpu_t *cpu);
+
+/// Spins on the mailbox with run state POLLING for at most `poll_ns`, then parks in futex_wait on it with run
+/// state IDLE. Returns with run state RUNNING once the mailbox is non-empty. Cannot fail.
+void chp_cpu_poll_then_idle(chp_cpu_t *cpu, int64_t poll_ns);
+
+/// Going offline absorbs a pending STOP-class order (an offline CPU is stopped): the order is cleared, and a
+/// STOP_AND_STORE_STATUS stores this call site as the status. Cannot fail.
+void chp_cpu_absorb_stop(chp_cpu_t *cpu);
+
+/// Makes a control block fresh for a new thread (configure after standby): clears mailbox, pending
+/// interruptions, status area, check stop, lifecycle; keeps statistics and the owner. Only while no thread uses
+/// it. Cannot fail.
+void chp_cpu_prepare(chp_cpu_t *cpu);
+
+/// Parks the calling CPU thread while `lifecycle` is PARKED (run state OFFLINE). Returns the lifecycle word seen.
+/// Cannot fail.
+uint32_t chp_cpu_park_offline(chp_cpu_t *cpu);
+
+/// Writes the lifecycle word (release: partner of the CPU's acquire in chp_cpu_park_offline). Does not wake the
+/// thread: START does that for ONLINE, chp_cpu_wake_lifecycle for EXIT. Cannot fail.
+void chp_cpu_set_lifecycle(chp_cpu_t *cpu, uint32_t lifecycle);
+/// Atomically replaces the lifecycle word when it holds `expected`; returns true when it did. Cannot fail.
+bool chp_cpu_cas_lifecycle(chp_cpu_t *cpu, uint32_t expected, uint32_t desired);
+/// Wakes the thread parked on its lifecycle word. Cannot fail.
+void chp_cpu_wake_lifecycle(chp_cpu_t *cpu);
+/// Reads the lifecycle word (acquire). Cannot fail.
+uint32_t chp_cpu_lifecycle(const chp_cpu_t *cpu);
+
+// MARK: Readers for the Swift layer (atomic loads; none can fail)
+
+/// The CPU thread's kernel tid, 0 before it started.
+pid_t chp_cpu_tid(const chp_cpu_t *cpu);
+/// Copies the status area; returns false when no status was stored.
+bool chp_cpu_stored_status(const chp_cpu_t *cpu, uint64_t *ip, uint64_t *sp);
+
+typedef struct chp_cpu_stats {
+    uint64_t signals_sent, signals_received, futex_wakes, resends, stops_in_handler, stops_at_safe_point;
+} chp_cpu_stats_t;
+/// Reads the statistics counters (relaxed).
+void chp_cpu_statistics(const chp_cpu_t *cpu, chp_cpu_stats_t *out);
+
+// MARK: Raw peers (for the benchmarks' side-by-side runs and the tests of the signal pitfalls)
+
+/// Installs a minimal handler on `signo` that increments the receiving thread's `chp_raw_ack` word: the raw
+/// tgkill + handler peer. Returns 0 or an errno value.
+int chp_raw_signal_install(int signo);
+/// Restores the default disposition of `signo`. Returns 0 or an errno value.
+int chp_raw_signal_uninstall(int signo);
+/// Registers `ack` as the word the raw handler increments on the calling thread. Cannot fail.
+void chp_raw_signal_bind(uint64_t *ack);
+/// tgkill(getpid(), tid, signo). Returns -1 and sets errno.
+int chp_tgkill(pid_t tid, int signo);
+/// Installs an application handler that does nothing on `signo` (for tests: "the application already handles
+/// this signal"). Returns 0 or an errno value.
+int chp_test_install_app_handler(int signo);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,685 @@
+// The SIGP signal layer: order evaluation (condition codes and status), mailbox, wake-up delivery, the signal
+// handler, stopping "wherever it is", and the CPU-side safe point, poll, idle and offline park.
+//
+// Memory-ordering map (every pair names its partner):
+// - P1 mailbox: senders post with a release RMW; the CPU takes bits with an acquire RMW (safe point) or reads with
+//   an acquire load (poll, handler). Data published with a bit (ext_param, emergency_count) is written before the
+//   release RMW and read after the acquire.
+// - P2 run_state vs mailbox (Dekker): sender = RMW mailbox; seq_cst fence; load run_state. CPU = store run_state;
+//   seq_cst fence; load mailbox (or the kernel's compare in futex_wait). Either the sender sees POLLING/IDLE and
+//   does the right wake-up, or the CPU sees the bit.
+// - P3 sig_seq / sig_ack: the sender's acq_rel fetch_add of sig_seq follows its mailbox post; an acknowledger loads
+//   sig_seq with acquire (so the posts of every ticket it acknowledges are visible to it) and publishes sig_ack with
+//   a release RMW, partner of the sender's acquire load while waiting.
+// - P4 lifecycle: the controller's release store, partner of the CPU's acquire load in chp_cpu_park_offline and at
+//   safe points.
+#include "CHotplug.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#define A32(p) ((_Atomic uint32_t *)(p))
+#define A64(p) ((_Atomic uint64_t *)(p))
+#define AI32(p) ((_Atomic int32_t *)(p))
+
+// Iterations of the acknowledgement spin between two looks at the clock and the target's run state.
+#define CHP_ACK_CHECK_EVERY 64u
+// Iterations of the acknowledgement spin before the sender starts giving way with sched_yield (oversubscription).
+#define CHP_ACK_SPIN_BUDGET 4096u
+// Iterations of the poll loop between two looks at the clock.
+#define CHP_POLL_CHECK_EVERY 64u
+
+// The logical CPU bound to this thread, for the signal handler. Initial-exec TLS: the access is a plain load from
+// the thread pointer, never a call into the dynamic loader, so it is async-signal-safe.
+static __thread chp_cpu_t *chp_self __attribute__((tls_model("initial-exec")));
+// The raw peer's acknowledgement word for this thread.
+static __thread uint64_t *chp_raw_ack __attribute__((tls_model("initial-exec")));
+
+static _Atomic int chp_installed_signal;
+static _Atomic int chp_install_refs;
+static _Atomic int chp_install_lock;   // a tiny spin lock: installation is rare and never on a hot path
+
+static void install_lock(void) {
+    int expected = 0;
+    // Acquire: partner of the release store in install_unlock.
+    while (!atomic_compare_exchange_weak_explicit(&chp_install_lock, &expected, 1, memory_order_acquire,
+                                                  memory_order_relaxed)) {
+        expected = 0;
+        sched_yield();
+    }
+}
+static void install_unlock(void) { atomic_store_explicit(&chp_install_lock, 0, memory_order_release); }
+
+// MARK: Control blocks
+
+chp_cpu_t *chp_cpu_create(void) {
+    void *memory = NULL;
+    int rc = posix_memalign(&memory, CHP_CACHE_LINE, sizeof(chp_cpu_t));
+    if (rc != 0) { errno = rc; return NULL; }
+    memset(memory, 0, sizeof(chp_cpu_t));
+    chp_cpu_t *cpu = memory;
+    cpu->ext_source = -1;
+    return cpu;
+}
+
+void chp_cpu_destroy(chp_cpu_t *cpu) { free(cpu); }
+void chp_cpu_set_owner(chp_cpu_t *cpu, void *owner) { cpu->owner = owner; }
+void *chp_cpu_owner(const chp_cpu_t *cpu) { return cpu->owner; }
+
+// MARK: Acknowledgement (P3)
+
+static void acknowledge(chp_cpu_t *cpu) {
+    // Acquire: partner of the senders' acq_rel fetch_add of sig_seq (their mailbox posts are then visible).
+    uint64_t seq = atomic_load_explicit(A64(&cpu->sig_seq), memory_order_acquire);
+    uint64_t ack = atomic_load_explicit(A64(&cpu->sig_ack), memory_order_relaxed);
+    while (ack < seq) {
+        // Release: partner of the sender's acquire load of sig_ack in chp_sigp_deliver.
+        if (atomic_compare_exchange_weak_explicit(A64(&cpu->sig_ack), &ack, seq, memory_order_release,
+                                                  memory_order_relaxed)) {
+            break;
+        }
+    }
+}
+
+static void store_status(chp_cpu_t *cpu) {
+    atomic_store_explicit(A64(&cpu->status_ip),
+                          atomic_load_explicit(A64(&cpu->stop_ip), memory_order_relaxed), memory_order_relaxed);
+    atomic_store_explicit(A64(&cpu->status_sp),
+                          atomic_load_explicit(A64(&cpu->stop_sp), memory_order_relaxed), memory_order_relaxed);
+    // Release: publishes status_ip/status_sp; partner of the acquire load of status_stored by readers (Swift).
+    atomic_store_explicit(A32(&cpu->status_stored), 1, memory_order_release);
+}
+
+// Consumes a pending STOP-class order (turning it into the STOPPED state). Returns the bits it consumed, 0 when
+// none was pending.
+static uint32_t consume_stop(chp_cpu_t *cpu) {
+    uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire);
+    for (;;) {
+        if ((mb & CHP_MB_STOP) == 0) return 0;
+        uint32_t next = (mb & ~(CHP_MB_STOP | CHP_MB_STOP_STORE)) | CHP_MB_STOPPED;
+        // Acq_rel: P1 (taking the order) and publishing the STOPPED state to senders' acquire loads.
+        if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, next, memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            return mb & (CHP_MB_STOP | CHP_MB_STOP_STORE);
+        }
+    }
+}
+
+// Blocks the calling CPU while its mailbox holds STOPPED. Async-signal-safe (atomics and futex only).
+static void stop_wait(chp_cpu_t *cpu) {
+    uint32_t previous = atomic_load_explicit(A32(&cpu->run_state), memory_order_relaxed);
+    chp_cpu_set_run_state(cpu, CHP_RUN_STOPPED);
+    acknowledge(cpu);
+    uint32_t mb;
+    // Acquire: partner of the release CAS by START / RESTART that clears STOPPED.
+    while ((mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire)) & CHP_MB_STOPPED) {
+        // Other orders change the mailbox and wake us spuriously; EINTR from foreign signals too: re-check.
+        (void)chp_futex_wait(&cpu->mailbox, mb, -1);
+    }
+    chp_cpu_set_run_state(cpu, previous);
+}
+
+// MARK: The signal handler
+
+static void sigp_handler(int signo, siginfo_t *info, void *context) {
+    (void)signo;
+    (void)info;
+    int saved_errno = errno;
+    chp_cpu_t *cpu = chp_self;
+    if (cpu == NULL) {  // a stray signal on a thread that is no logical CPU: ignore it
+        errno = saved_errno;
+        return;
+    }
+    atomic_fetch_add_explicit(A64(&cpu->signals_received), 1, memory_order_relaxed);
+    uint32_t consumed = consume_stop(cpu);
+    if (consumed != 0) {
+        // Stop wherever it is: record the interrupted instruction and stack pointer from the ucontext.
+        ucontext_t *uc = context;
+        uint64_t ip = 0, sp = 0;
+#if defined(__x86_64__)
+        ip = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+        sp = (uint64_t)uc->uc_mcontext.gregs[REG_RSP];
+#elif defined(__aarch64__)
+        ip = (uint64_t)uc->uc_mcontext.pc;
+        sp = (uint64_t)uc->uc_mcontext.sp;
+#else
+        (void)uc;
+        ip = (uint64_t)(uintptr_t)__builtin_return_address(0);
+        sp = (uint64_t)(uintptr_t)__builtin_frame_address(0);
+#endif
+        atomic_store_explicit(A64(&cpu->stop_ip), ip, memory_order_relaxed);
+        atomic_store_explicit(A64(&cpu->stop_sp), sp, memory_order_relaxed);
+        if (consumed & CHP_MB_STOP_STORE) store_status(cpu);
+        atomic_fetch_add_explicit(A64(&cpu->stops_in_handler), 1, memory_order_relaxed);
+        stop_wait(cpu);   // acknowledges before blocking
+    } else {
+        acknowledge(cpu);
+    }
+    errno = saved_errno;
+}
+
+static void raw_handler(int signo, siginfo_t *info, void *context) {
+    (void)signo;
+    (void)info;
+    (void)context;
+    uint64_t *ack = chp_raw_ack;
+    // Release: partner of the raw sender's acquire load of its acknowledgement word.
+    if (ack != NULL) atomic_fetch_add_explicit(A64(ack), 1, memory_order_release);
+}
+
+static bool signal_can_carry_sigp(int signo) {
+    if (signo <= 0 || signo >= NSIG) return false;
+    switch (signo) {
+    case SIGKILL: case SIGSTOP: case SIGSEGV: case SIGBUS: case SIGFPE: case SIGILL: case SIGTRAP: case SIGABRT:
+    case SIGCHLD: case SIGCONT: case SIGTSTP: case SIGTTIN: case SIGTTOU: case SIGPIPE:
+        return false;
+    default:
+        return true;
+    }
+}
+
+static bool has_application_handler(const struct sigaction *sa) {
+    if (sa->sa_flags & SA_SIGINFO) return sa->sa_sigaction != NULL;
+    return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN;
+}
+
+int chp_sigp_install(int signo) {
+    if (!signal_can_carry_sigp(signo)) return EINVAL;
+    install_lock();
+    int current = atomic_load_explicit(&chp_installed_signal, memory_order_relaxed);
+    if (current != 0) {
+        int rc = 0;
+        if (current == signo) atomic_fetch_add_explicit(&chp_install_refs, 1, memory_order_relaxed);
+        else rc = EBUSY;
+        install_unlock();
+        return rc;
+    }
+    struct sigaction old;
+    if (sigaction(signo, NULL, &old) != 0) { int e = errno; install_unlock(); return e; }
+    if (has_application_handler(&old)) { install_unlock(); return EBUSY; }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = sigp_handler;
+    // SA_RESTART: the application's system calls on a logical CPU restart transparently after the handler.
+    // The handler's own signal is blocked while it runs (no SA_NODEFER), so a stopped handler takes no nested
+    // SIGP; START wakes it with futex.
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(signo, &sa, NULL) != 0) { int e = errno; install_unlock(); return e; }
+    atomic_store_explicit(&chp_installed_signal, signo, memory_order_relaxed);
+    atomic_store_explicit(&chp_install_refs, 1, memory_order_relaxed);
+    install_unlock();
+    return 0;
+}
+
+int chp_sigp_uninstall(int signo) {
+    install_lock();
+    int current = atomic_load_explicit(&chp_installed_signal, memory_order_relaxed);
+    if (current != signo || current == 0) { install_unlock(); return EINVAL; }
+    if (atomic_fetch_sub_explicit(&chp_install_refs, 1, memory_order_relaxed) == 1) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        sigemptyset(&sa.sa_mask);
+        int rc = sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
+        atomic_store_explicit(&chp_installed_signal, 0, memory_order_relaxed);
+        install_unlock();
+        return rc;
+    }
+    install_unlock();
+    return 0;
+}
+
+int chp_sigp_signal(void) { return atomic_load_explicit(&chp_installed_signal, memory_order_relaxed); }
+int chp_sigrtmin(void) { return SIGRTMIN; }
+int chp_sigrtmax(void) { return SIGRTMAX; }
+
+int chp_sigp_block(bool block) {
+    int signo = chp_sigp_signal();
+    if (signo == 0) return EINVAL;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    return pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
+int chp_cpu_bind_self(chp_cpu_t *cpu) {
+    atomic_store_explicit(AI32(&cpu->tid), (int32_t)chp_gettid(), memory_order_release);
+    chp_self = cpu;
+    return chp_sigp_block(false);
+}
+
+chp_cpu_t *chp_cpu_self(void) { return chp_self; }
+
+void chp_cpu_unbind_self(void) {
+    (void)chp_sigp_block(true);
+    chp_self = NULL;
+}
+
+// MARK: Orders
+
+static chp_sigp_result_t cc(int code, uint32_t status) {
+    chp_sigp_result_t r = {code, status};
+    return r;
+}
+
+// Sets `bits` in the mailbox (release RMW, P1). Returns the previous mailbox.
+static uint32_t post(chp_cpu_t *cpu, uint32_t bits) {
+    return atomic_fetch_or_explicit(A32(&cpu->mailbox), bits, memory_order_release);
+}
+
+static void wake_mailbox(chp_cpu_t *cpu) {
+    chp_futex_wake(&cpu->mailbox, INT_MAX);
+}
+
+void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits) { (void)post(cpu, bits); }
+
+void chp_cpu_wake_mailbox(chp_cpu_t *cpu) { wake_mailbox(cpu); }
+
+uint32_t chp_cpu_retract_bits(chp_cpu_t *cpu, uint32_t bits) {
+    uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~bits, memory_order_acq_rel);
+    return old & bits;
+}
+
+chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, int32_t source,
+                                bool *needs_delivery) {
+    *needs_delivery = false;
+    if (cpu == NULL) return cc(3, 0);
+    // Acquire: partner of the CPU's seq_cst stores of its run state.
+    uint32_t run = atomic_load_explicit(A32(&cpu->run_state), memory_order_acquire);
+    if (run == CHP_RUN_NONE) return cc(3, 0);
+    uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire);
+    bool reset = order == CHP_SIGP_CPU_RESET || order == CHP_SIGP_INITIAL_CPU_RESET;
+    bool modelled = order == CHP_SIGP_SENSE || order == CHP_SIGP_EXTERNAL_CALL ||
+                    order == CHP_SIGP_EMERGENCY_SIGNAL || order == CHP_SIGP_START || order == CHP_SIGP_STOP ||
+                    order == CHP_SIGP_RESTART || order == CHP_SIGP_STOP_AND_STORE_STATUS || reset ||
+                    order == CHP_SIGP_COND_EMERGENCY_SIGNAL || order == CHP_SIGP_SENSE_RUNNING;
+    if (!modelled) return cc(1, CHP_STATUS_INVALID_ORDER);
+    if (!reset && (mb & CHP_MB_BUSY_MASK)) return cc(2, 0);
+    bool offline = run == CHP_RUN_OFFLINE;
+
+    switch (order) {
+    case CHP_SIGP_SENSE: {
+        uint32_t status = 0;
+        if (offline || (mb & CHP_MB_STOPPED)) status |= CHP_STATUS_STOPPED;
+        if (atomic_load_explicit(A32(&cpu->ext_claim), memory_order_acquire)) status |= CHP_STATUS_EXT_CALL_PENDING;
+        if (atomic_load_explicit(A32(&cpu->check_stop), memory_order_relaxed)) status |= CHP_STATUS_CHECK_STOP;
+        return status ? cc(1, status) : cc(0, 0);
+    }
+    case CHP_SIGP_SENSE_RUNNING:
+        return (run == CHP_RUN_RUNNING || run == CHP_RUN_POLLING) ? cc(0, 0) : cc(1, CHP_STATUS_NOT_RUNNING);
+
+    case CHP_SIGP_EXTERNAL_CALL: {
+        uint32_t expected = 0;
+        // Acquire: partner of the CPU's release store of 0 after it read the previous call's parameter.
+        if (!atomic_compare_exchange_strong_explicit(A32(&cpu->ext_claim), &expected, 1, memory_order_acquire,
+                                                     memory_order_relaxed)) {
+            return cc(1, CHP_STATUS_EXT_CALL_PENDING);
+        }
+        // Relaxed: published by the release RMW of the mailbox below (P1).
+        atomic_store_explicit(A32(&cpu->ext_param), parameter, memory_order_relaxed);
+        atomic_store_explicit(AI32(&cpu->ext_source), source, memory_order_relaxed);
+        post(cpu, CHP_MB_EXTERNAL_CALL);
+        *needs_delivery = !offline;
+        return cc(0, 0);
+    }
+    case CHP_SIGP_COND_EMERGENCY_SIGNAL:
+        if (run == CHP_RUN_RUNNING) return cc(1, CHP_STATUS_INCORRECT_STATE);
+        /* fallthrough */
+    case CHP_SIGP_EMERGENCY_SIGNAL:
+        // Relaxed: published by the release RMW of the mailbox below (P1).
+        atomic_fetch_add_explicit(A32(&cpu->emergency_count), 1, memory_order_relaxed);
+        post(cpu, CHP_MB_EMERGENCY);
+        *needs_delivery = !offline;
+        return cc(0, 0);
+
+    case CHP_SIGP_START: {
+        if (offline) {
+            // A parked (offline) CPU starts only when the lifecycle has permitted it (attach).
+            if (chp_cpu_lifecycle(cpu) != CHP_LIFE_ONLINE) return cc(1, CHP_STATUS_INCORRECT_STATE);
+            chp_cpu_wake_lifecycle(cpu);
+            return cc(0, 0);
+        }
+        uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~(uint32_t)CHP_MB_STOPPED,
+                                                 memory_order_release);   // P1: partner of stop_wait's acquire
+        if (old & CHP_MB_STOPPED) wake_mailbox(cpu);
+        return cc(0, 0);
+    }
+
+    case CHP_SIGP_STOP:
+    case CHP_SIGP_STOP_AND_STORE_STATUS: {
+        bool store = order == CHP_SIGP_STOP_AND_STORE_STATUS;
+        if (offline) {   // already stopped (parked); the status is where it parked
+            if (store) store_status(cpu);
+            return cc(0, 0);
+        }
+        uint32_t bits = CHP_MB_STOP | (store ? CHP_MB_STOP_STORE : 0);
+        for (;;) {
+            if (mb & CHP_MB_BUSY_MASK) return cc(2, 0);
+            if (mb & CHP_MB_STOPPED) {   // already stopped by an order
+                if (store) store_status(cpu);
+                return cc(0, 0);
+            }
+            // Release: P1.
+            if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, mb | bits, memory_order_release,
+                                                      memory_order_acquire)) {
+                break;
+            }
+        }
+        *needs_delivery = true;
+        return cc(0, 0);
+    }
+
+    case CHP_SIGP_RESTART: {
+        if (offline) return cc(1, CHP_STATUS_INCORRECT_STATE);
+        for (;;) {
+            if (mb & CHP_MB_BUSY_MASK) return cc(2, 0);
+            uint32_t next = (mb & ~(uint32_t)CHP_MB_STOPPED) | CHP_MB_RESTART;
+            // Release: P1, and partner of stop_wait's acquire when it clears STOPPED.
+            if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, next, memory_order_release,
+                                                      memory_order_acquire)) {
+                break;
+            }
+        }
+        if (mb & CHP_MB_STOPPED) wake_mailbox(cpu);
+        else *needs_delivery = true;
+        return cc(0, 0);
+    }
+
+    case CHP_SIGP_CPU_RESET:
+    case CHP_SIGP_INITIAL_CPU_RESET: {
+        // Clear every pending interruption and order; place the CPU in the stopped state.
+        atomic_store_explicit(A32(&cpu->emergency_count), 0, memory_order_relaxed);
+        uint32_t keep = CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_STOPPED;
+        for (;;) {
+            uint32_t next = mb & keep;
+            if (!offline && !(mb & CHP_MB_STOPPED)) next |= CHP_MB_STOP;
+            // Acq_rel: P1 for the STOP we may post, and we take the ext-call bit away.
+            if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, next, memory_order_acq_rel,
+                                                      memory_order_acquire)) {
+                *needs_delivery = (next & CHP_MB_STOP) != 0;
+                break;
+            }
+        }
+        // Release: partner of the acquire CAS of the next external-call sender.
+        atomic_store_explicit(A32(&cpu->ext_claim), 0, memory_order_release);
+        if (order == CHP_SIGP_INITIAL_CPU_RESET) {
+            atomic_store_explicit(A32(&cpu->status_stored), 0, memory_order_relaxed);
+            atomic_store_explicit(A64(&cpu->status_ip), 0, memory_order_relaxed);
+            atomic_store_explicit(A64(&cpu->status_sp), 0, memory_order_relaxed);
+            atomic_store_explicit(A32(&cpu->check_stop), 0, memory_order_relaxed);
+        }
+        return cc(0, 0);
+    }
+    default:
+        return cc(1, CHP_STATUS_INVALID_ORDER);
+    }
+}
+
+// MARK: Delivery
+
+int chp_sigp_deliver(chp_cpu_t *cpu, int64_t resend_ns, int64_t timeout_ns) {
+    int64_t start = -1;
+    int signo = chp_sigp_signal();
+    for (;;) {
+        // P2: the sender's half of the Dekker pair (its mailbox RMW came before this fence).
+        atomic_thread_fence(memory_order_seq_cst);
+        uint32_t run = atomic_load_explicit(A32(&cpu->run_state), memory_order_relaxed);
+        switch (run) {
+        case CHP_RUN_IDLE:
+            atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
+            wake_mailbox(cpu);
+            return 0;
+        case CHP_RUN_RUNNING:
+            break;
+        default:   // POLLING sees the mailbox itself; STOPPED / OFFLINE / NONE take it when they run again
+            return 0;
+        }
+        if (signo == 0) return EINVAL;
+        pid_t tid = (pid_t)atomic_load_explicit(AI32(&cpu->tid), memory_order_acquire);
+        // Acq_rel: P3, our mailbox post is visible to whoever acknowledges this ticket.
+        uint64_t ticket = atomic_fetch_add_explicit(A64(&cpu->sig_seq), 1, memory_order_acq_rel) + 1;
+        if (start < 0) start = chp_monotonic_ns();
+        int64_t last_send = chp_monotonic_ns();
+        if (syscall(SYS_tgkill, getpid(), tid, signo) != 0) {
+            if (errno != EAGAIN) return errno;   // EAGAIN: the signal queue is full; the resend below retries
+        } else {
+            atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
+        }
+        uint32_t spins = 0;
+        bool reevaluate = false;
+        // Acquire: P3, partner of the acknowledger's release CAS of sig_ack.
+        while (atomic_load_explicit(A64(&cpu->sig_ack), memory_order_acquire) < ticket) {
+            spins++;
+            if (spins < CHP_ACK_SPIN_BUDGET) chp_cpu_relax();
+            else sched_yield();   // give way: the target may need this core (oversubscription)
+            if (spins % CHP_ACK_CHECK_EVERY != 0) continue;
+            if (atomic_load_explicit(A32(&cpu->run_state), memory_order_acquire) != CHP_RUN_RUNNING) {
+                reevaluate = true;   // it reached a safe point, polls, idles or stopped: start over
+                break;
+            }
+            int64_t now = chp_monotonic_ns();
+            if (now - start >= timeout_ns) {
+                atomic_store_explicit(A32(&cpu->check_stop), 1, memory_order_relaxed);
+                return ETIMEDOUT;
+            }
+            if (now - last_send >= resend_ns) {
+                // Lost, or blocked by the thread's signal mask: send it again (a blocked one stays pending).
+                if (syscall(SYS_tgkill, getpid(), tid, signo) == 0) {
+                    atomic_fetch_add_explicit(A64(&cpu->resends), 1, memory_order_relaxed);
+                    atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
+                } else if (errno != EAGAIN) {
+                    return errno;
+                }
+                last_send = now;
+            }
+        }
+        if (!reevaluate) return 0;
+        if (chp_monotonic_ns() - start >= timeout_ns) {
+            atomic_store_explicit(A32(&cpu->check_stop), 1, memory_order_relaxed);
+            return ETIMEDOUT;
+        }
+    }
+}
+
+// MARK: The CPU's own side
+
+void chp_cpu_set_run_state(chp_cpu_t *cpu, uint32_t state) {
+    atomic_store_explicit(A32(&cpu->run_state), state, memory_order_relaxed);
+    // P2: the CPU's half of the Dekker pair; its next mailbox load (or futex compare) follows this fence.
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
+uint32_t chp_cpu_run_state(const chp_cpu_t *cpu) {
+    return atomic_load_explicit((_Atomic uint32_t *)&cpu->run_state, memory_order_acquire);
+}
+
+uint32_t chp_cpu_mailbox(const chp_cpu_t *cpu) {
+    return atomic_load_explicit((_Atomic uint32_t *)&cpu->mailbox, memory_order_acquire);
+}
+
+uint32_t chp_cpu_safe_point(chp_cpu_t *cpu) {
+    acknowledge(cpu);
+    // It answers: not check-stopped (written only when set, to keep this line clean on the hot path).
+    if (atomic_load_explicit(A32(&cpu->check_stop), memory_order_relaxed)) {
+        atomic_store_explicit(A32(&cpu->check_stop), 0, memory_order_relaxed);
+    }
+    uint32_t take = CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY | CHP_MB_CALL | CHP_MB_LIFECYCLE;
+    uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_relaxed);
+    if ((mb & take) == 0) return mb & (CHP_MB_STOP | CHP_MB_STOP_STORE);
+    // Acquire: P1, partner of the senders' release RMWs.
+    uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~take, memory_order_acquire);
+    return old & (take | CHP_MB_STOP | CHP_MB_STOP_STORE);
+}
+
+bool chp_cpu_take_external_call(chp_cpu_t *cpu, uint32_t *param, int32_t *source) {
+    if (atomic_load_explicit(A32(&cpu->ext_claim), memory_order_acquire) == 0) return false;
+    *param = atomic_load_explicit(A32(&cpu->ext_param), memory_order_relaxed);
+    *source = atomic_load_explicit(AI32(&cpu->ext_source), memory_order_relaxed);
+    // Release: partner of the next sender's acquire CAS of ext_claim (it may overwrite the parameter now).
+    atomic_store_explicit(A32(&cpu->ext_claim), 0, memory_order_release);
+    return true;
+}
+
+uint32_t chp_cpu_take_emergency(chp_cpu_t *cpu) {
+    return atomic_exchange_explicit(A32(&cpu->emergency_count), 0, memory_order_acquire);
+}
+
+__attribute__((noinline)) bool chp_cpu_stop_here(chp_cpu_t *cpu) {
+    uint32_t consumed = consume_stop(cpu);
+    if (consumed == 0) return false;
+    atomic_store_explicit(A64(&cpu->stop_ip), (uint64_t)(uintptr_t)__builtin_return_address(0),
+                          memory_order_relaxed);
+    atomic_store_explicit(A64(&cpu->stop_sp), (uint64_t)(uintptr_t)__builtin_frame_address(0),
+                          memory_order_relaxed);
+    if (consumed & CHP_MB_STOP_STORE) store_status(cpu);
+    atomic_fetch_add_explicit(A64(&cpu->stops_at_safe_point), 1, memory_order_relaxed);
+    stop_wait(cpu);
+    return true;
+}
+
+void chp_cpu_poll_then_idle(chp_cpu_t *cpu, int64_t poll_ns) {
+    chp_cpu_set_run_state(cpu, CHP_RUN_POLLING);
+    if (poll_ns > 0) {
+        int64_t deadline = chp_monotonic_ns() + poll_ns;
+        for (uint32_t i = 1;; i++) {
+            // Acquire: P1.
+            if (atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire) != 0) {
+                chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
+                return;
+            }
+            chp_cpu_relax();
+            if (i % CHP_POLL_CHECK_EVERY == 0 && chp_monotonic_ns() >= deadline) break;
+        }
+    }
+    chp_cpu_set_run_state(cpu, CHP_RUN_IDLE);
+    // The kernel compares the word with 0 after our fence (P2): a post that we missed makes it return EAGAIN.
+    while (atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire) == 0) {
+        (void)chp_futex_wait(&cpu->mailbox, 0, -1);   // EINTR / EAGAIN / spurious: re-check
+    }
+    chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
+}
+
+__attribute__((noinline)) void chp_cpu_absorb_stop(chp_cpu_t *cpu) {
+    // Acq_rel: P1 (we take the order out).
+    uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~(uint32_t)(CHP_MB_STOP | CHP_MB_STOP_STORE),
+                                             memory_order_acq_rel);
+    if (old & CHP_MB_STOP_STORE) {
+        atomic_store_explicit(A64(&cpu->stop_ip), (uint64_t)(uintptr_t)__builtin_return_address(0),
+                              memory_order_relaxed);
+        atomic_store_explicit(A64(&cpu->stop_sp), (uint64_t)(uintptr_t)__builtin_frame_address(0),
+                              memory_order_relaxed);
+        store_status(cpu);
+    }
+}
+
+void chp_cpu_prepare(chp_cpu_t *cpu) {
+    atomic_store_explicit(A32(&cpu->mailbox), 0, memory_order_relaxed);
+    atomic_store_explicit(A32(&cpu->emergency_count), 0, memory_order_relaxed);
+    atomic_store_explicit(A32(&cpu->ext_claim), 0, memory_order_relaxed);
+    atomic_store_explicit(A32(&cpu->status_stored), 0, memory_order_relaxed);
+    atomic_store_explicit(A32(&cpu->check_stop), 0, memory_order_relaxed);
+    atomic_store_explicit(AI32(&cpu->tid), 0, memory_order_relaxed);
+    // Release: publishes the cleared block to the thread created next (pthread_create also orders it).
+    atomic_store_explicit(A32(&cpu->lifecycle), CHP_LIFE_PARKED, memory_order_release);
+}
+
+__attribute__((noinline)) uint32_t chp_cpu_park_offline(chp_cpu_t *cpu) {
+    atomic_store_explicit(A64(&cpu->stop_ip), (uint64_t)(uintptr_t)__builtin_return_address(0),
+                          memory_order_relaxed);
+    atomic_store_explicit(A64(&cpu->stop_sp), (uint64_t)(uintptr_t)__builtin_frame_address(0),
+                          memory_order_relaxed);
+    chp_cpu_set_run_state(cpu, CHP_RUN_OFFLINE);
+    acknowledge(cpu);
+    uint32_t life;
+    // Acquire: P4, partner of the controller's release store in chp_cpu_set_lifecycle.
+    while ((life = atomic_load_explicit(A32(&cpu->lifecycle), memory_order_acquire)) == CHP_LIFE_PARKED ||
+           life == CHP_LIFE_OFFLINE) {
+        (void)chp_futex_wait(&cpu->lifecycle, life, -1);   // EINTR / EAGAIN / spurious: re-check
+    }
+    chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
+    return life;
+}
+
+void chp_cpu_set_lifecycle(chp_cpu_t *cpu, uint32_t lifecycle) {
+    // Release: P4.
+    atomic_store_explicit(A32(&cpu->lifecycle), lifecycle, memory_order_release);
+}
+
+bool chp_cpu_cas_lifecycle(chp_cpu_t *cpu, uint32_t expected, uint32_t desired) {
+    // Acq_rel: P4 in both directions.
+    return atomic_compare_exchange_strong_explicit(A32(&cpu->lifecycle), &expected, desired, memory_order_acq_rel,
+                                                   memory_order_acquire);
+}
+
+uint32_t chp_cpu_lifecycle(const chp_cpu_t *cpu) {
+    return atomic_load_explicit((_Atomic uint32_t *)&cpu->lifecycle, memory_order_acquire);
+}
+
+void chp_cpu_wake_lifecycle(chp_cpu_t *cpu) { chp_futex_wake(&cpu->lifecycle, INT_MAX); }
+
+// MARK: Readers
+
+pid_t chp_cpu_tid(const chp_cpu_t *cpu) {
+    return (pid_t)atomic_load_explicit((_Atomic int32_t *)&cpu->tid, memory_order_acquire);
+}
+
+bool chp_cpu_stored_status(const chp_cpu_t *cpu, uint64_t *ip, uint64_t *sp) {
+    // Acquire: partner of the release store in store_status.
+    if (atomic_load_explicit((_Atomic uint32_t *)&cpu->status_stored, memory_order_acquire) == 0) return false;
+    *ip = atomic_load_explicit((_Atomic uint64_t *)&cpu->status_ip, memory_order_relaxed);
+    *sp = atomic_load_explicit((_Atomic uint64_t *)&cpu->status_sp, memory_order_relaxed);
+    return true;
+}
+
+void chp_cpu_statistics(const chp_cpu_t *cpu, chp_cpu_stats_t *out) {
+#define LOAD(field) atomic_load_explicit((_Atomic uint64_t *)&cpu->field, memory_order_relaxed)
+    out->signals_sent = LOAD(signals_sent);
+    out->signals_received = LOAD(signals_received);
+    out->futex_wakes = LOAD(futex_wakes);
+    out->resends = LOAD(resends);
+    out->stops_in_handler = LOAD(stops_in_handler);
+    out->stops_at_safe_point = LOAD(stops_at_safe_point);
+#undef LOAD
+}
+
+// MARK: Raw peers and test helpers
+
+int chp_raw_signal_install(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = raw_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
+}
+
+int chp_raw_signal_uninstall(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
+}
+
+void chp_raw_signal_bind(uint64_t *ack) { chp_raw_ack = ack; }
+
+int chp_tgkill(pid_t tid, int signo) { return (int)syscall(SYS_tgkill, getpid(), tid, signo); }
+
+static void app_handler(int signo) { (void)signo; }
+
+int chp_test_install_app_handler(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = app_handler;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
+}

@@ -1,0 +1,51 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "swift-hotplug",
+    products: [
+        .library(name: "Hotplug", targets: ["Hotplug"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        .target(
+            name: "CHotplug",
+            path: "CShims/CHotplug",
+            cSettings: [
+                .define("_GNU_SOURCE"),
+            ]
+        ),
+        .systemLibrary(
+            name: "CNuma",
+            path: "CShims/CNuma",
+            pkgConfig: "numa",
+            providers: [.apt(["libnuma-dev"])]
+        ),
+        .target(
+            name: "Hotplug",
+            dependencies: [
+                "CHotplug",
+                "CNuma",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Hotplug"
+        ),
+        .executableTarget(
+            name: "sigp-demo",
+            dependencies: [
+                "Hotplug",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/sigp-demo"
+        ),
+        .testTarget(
+            name: "HotplugTests",
+            dependencies: ["Hotplug", "CHotplug"],
+            path: "Tests/HotplugTests"
+        ),
+    ]
+)

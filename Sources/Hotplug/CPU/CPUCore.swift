@@ -1,0 +1,180 @@
+import Synchronization
+
+/// One logical CPU: its control block (shared with the signal handler), its cross-call queue and its thread's
+/// main loop.
+///
+/// The thread model (DESIGN 3.2):
+/// ```
+/// configure:  thread created -> binds to the control block, pins itself, blocks SIGP ("interrupts off")
+///             -> acknowledges -> parks on its lifecycle word (run state OFFLINE)
+/// online:     lifecycle ONLINE + SIGP START -> leaves the park, unblocks SIGP, acknowledges -> CPU loop
+/// CPU loop:   safe point (mailbox: lifecycle, stop, restart, external call, emergency signals, cross-calls)
+///             -> poll the mailbox briefly (POLLING) -> park on it in the kernel (IDLE)
+/// offline:    lifecycle OFFLINE + mailbox bit -> at its safe point: blocks SIGP, closes and drains its
+///             cross-call queue, absorbs a pending STOP, acknowledges -> parks again
+/// deconfigure: lifecycle EXIT + wake -> the thread unbinds and returns; the controller joins it
+/// ```
+/// The thread retains this object (not the machine), so a machine can be deinitialised while CPUs exist.
+final class CPUCore: @unchecked Sendable {
+    // @unchecked: `control` is C memory touched only through the shim's ordered atomics; `startError` is written
+    // by the CPU thread before it signals `ack` and read by the controller after waiting on `ack` (release /
+    // acquire in chp_event_set / chp_event_wait); everything else is immutable or a Mutex.
+    let id: Int
+    let slot: Topology.CPU
+    let machineID: UInt64
+    let control: ControlBlock
+    /// Acknowledgements of lifecycle steps, one at a time (lifecycle operations are serialised).
+    let ack = Completion()
+    let calls = Mutex(CallQueue())
+    let pollNanoseconds: Int64
+    let interruptHandler: (@Sendable (Int, SIGPInterruption) -> Void)?
+    nonisolated(unsafe) var startError: HotplugError?
+
+    init(id: Int, slot: Topology.CPU, machineID: UInt64, pollNanoseconds: Int64,
+         interruptHandler: (@Sendable (Int, SIGPInterruption) -> Void)?) throws(HotplugError) {
+        self.id = id
+        self.slot = slot
+        self.machineID = machineID
+        self.pollNanoseconds = pollNanoseconds
+        self.interruptHandler = interruptHandler
+        self.control = try ControlBlock.create()
+        control.setOwner(self)
+    }
+
+    deinit { control.destroy() }
+
+    /// The core bound to the calling thread, if it is a logical CPU of any machine.
+    static var current: CPUCore? {
+        guard let owner = ControlBlock.currentOwner() else { return nil }
+        return Unmanaged<CPUCore>.fromOpaque(owner).takeUnretainedValue()
+    }
+
+    var isStoppedByOrder: Bool { !control.mailbox.isDisjoint(with: [.stopped, .stop]) }
+
+    // MARK: The thread
+
+    func threadMain() {
+        do {
+            try control.bindCurrentThread()
+            try Shim.pin(thread: 0, to: slot.physicalID)
+            try Shim.blockSIGP(true)   // interrupts stay off while offline
+        } catch {
+            startError = error
+            control.unbindCurrentThread()
+            ack.signal()
+            return
+        }
+        control.setRunState(.offline)
+        ack.signal()   // configured
+        while true {
+            if control.parkOffline() == .exit { break }
+            try? Shim.blockSIGP(false)   // interrupts on; cannot fail for a valid signal
+            ack.signal()   // online
+            runOnline()
+            ack.signal()   // offline (run state OFFLINE already, SIGP blocked)
+        }
+        control.setRunState(.none)
+        control.unbindCurrentThread()
+    }
+
+    /// The CPU loop; returns when the lifecycle takes the CPU offline.
+    private func runOnline() {
+        while true {
+            let bits = control.safePoint()
+            if bits.contains(.lifecycle), control.lifecycle == .offline {
+                goOffline()
+                return
+            }
+            if bits.contains(.stop) { control.stopHere() }   // blocks until START / RESTART
+            if bits.contains(.restart) { interruptHandler?(id, .restart) }
+            if bits.contains(.externalCall), let call = control.takeExternalCall() {
+                interruptHandler?(id, .externalCall(parameter: call.parameter, source: call.source))
+            }
+            if bits.contains(.emergency) {
+                let count = control.takeEmergencySignals()
+                if let handler = interruptHandler {
+                    for _ in 0..<count { handler(id, .emergencySignal) }
+                }
+            }
+            if bits.contains(.call) { runPendingCalls() }
+            if control.mailbox.isEmpty { control.pollThenIdle(pollNanoseconds: pollNanoseconds) }
+        }
+    }
+
+    private func goOffline() {
+        try? Shim.blockSIGP(true)   // interrupts off while dying; cannot fail for a valid signal
+        // Close the queue, then run what was accepted before (like flushing the call-function queue of a dying
+        // CPU): nothing accepted is ever dropped.
+        let remaining = calls.withLock { queue -> [CrossCallRequest] in
+            queue.accepting = false
+            defer { queue.pending.removeAll() }
+            return queue.pending
+        }
+        for request in remaining { request.execute() }
+        control.absorbStop()
+        control.setRunState(.offline)
+    }
+
+    // MARK: Cross-calls
+
+    /// Queues a request; false when the CPU does not accept calls (not online, or going offline).
+    func enqueue(_ request: CrossCallRequest) -> Bool {
+        calls.withLock { queue in
+            guard queue.accepting else { return false }
+            queue.pending.append(request)
+            return true
+        }
+    }
+
+    func setAcceptingCalls(_ accepting: Bool) {
+        calls.withLock { $0.accepting = accepting }
+    }
+
+    /// Runs the queued cross-calls on the calling thread (the CPU's own).
+    func runPendingCalls() {
+        let batch = calls.withLock { queue -> [CrossCallRequest] in
+            defer { queue.pending.removeAll(keepingCapacity: true) }
+            return queue.pending
+        }
+        for request in batch { request.execute() }
+    }
+
+    /// Called by this CPU's own thread while it waits for another CPU: serves its own cross-calls so that two
+    /// CPUs calling each other cannot deadlock.
+    func serveCallsWhileWaiting() {
+        if !control.retract(.call).isEmpty { runPendingCalls() }
+    }
+
+}
+
+struct CallQueue {
+    var accepting = false
+    var pending: [CrossCallRequest] = []
+}
+
+/// One cross-call: queued on the target, run at its safe point, cancellable until it starts.
+final class CrossCallRequest: @unchecked Sendable {
+    // @unchecked: `work` is immutable; the phase is an Atomic; completion is a futex event.
+    enum Phase: Int { case queued = 0, running, done, cancelled }
+
+    private let work: @Sendable () -> Void
+    private let phase = Atomic<Int>(Phase.queued.rawValue)
+    let done = Completion()
+
+    init(_ work: @escaping @Sendable () -> Void) { self.work = work }
+
+    func execute() {
+        // Acquire: partner of the submitter's release in `cancel` (a cancelled call never runs).
+        guard phase.compareExchange(expected: Phase.queued.rawValue, desired: Phase.running.rawValue,
+                                    ordering: .acquiring).exchanged else { return }
+        work()
+        phase.store(Phase.done.rawValue, ordering: .releasing)
+        done.signal()   // release: partner of the waiter's acquire in Completion.wait
+    }
+
+    /// Succeeds only while the call has not started.
+    func cancel() -> Bool {
+        phase.compareExchange(expected: Phase.queued.rawValue, desired: Phase.cancelled.rawValue,
+                              ordering: .releasing).exchanged
+    }
+}

@@ -1,0 +1,390 @@
+import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A set of logical CPUs on real, pinned OS threads, attached and detached while the program runs.
+///
+/// A machine has `possible` logical CPUs with dense ids `0..<possible`. Logical CPU `i` runs on slot
+/// `i % topology.cpus.count` of its ``Topology``, so more logical CPUs than physical ones is allowed
+/// (oversubscription: every wait in the runtime spins for a bounded budget, then parks in the kernel).
+///
+/// Masks, as in Linux: ``possible`` ⊇ ``present`` (its thread exists) ⊇ ``online`` ⊇ ``active``.
+/// Lifecycle: ``configure(_:)``, ``online(_:)``, ``offline(_:)``, ``deconfigure(_:)``; lifecycle operations
+/// are serialised. Requesting the state a CPU is already in is a no-op success.
+///
+/// Orders: ``sigp(_:_:parameter:)``; cross-calls on top of them: ``run(on:timeout:_:)``,
+/// ``submit(on:_:)`` and ``runOnEach(timeout:_:)``.
+///
+/// ``shutdown()`` (also run by `deinit`) takes every CPU offline, joins every thread and releases the signal.
+public final class Machine: Sendable {
+    /// How a machine behaves.
+    public struct Configuration: Sendable {
+        /// The signal that carries SIGP orders to CPUs running code. nil: `SIGRTMIN + 6`.
+        public var signal: Int32?
+        /// Logical CPUs configured and brought online at creation (ids `0..<n`). nil: all of them.
+        public var initiallyOnline: Int?
+        /// How long an idle CPU polls its mailbox before it parks in the kernel.
+        public var pollTime: Duration
+        /// How long a sender waits for a running CPU to acknowledge an order's signal (``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``),
+        /// and a lifecycle operation for the CPU to reach a safe point (``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``).
+        public var responseTimeout: Duration
+        /// How long a sender waits for an acknowledgement before it sends the signal again.
+        public var resendInterval: Duration
+        /// Receives what SIGP orders leave for a CPU's safe point (external calls, emergency signals, restarts),
+        /// on that CPU's own thread.
+        public var interruptHandler: (@Sendable (_ cpu: Int, _ interruption: SIGPInterruption) -> Void)?
+
+        public init(signal: Int32? = nil, initiallyOnline: Int? = nil, pollTime: Duration = .microseconds(20),
+                    responseTimeout: Duration = .seconds(5), resendInterval: Duration = .milliseconds(10),
+                    interruptHandler: (@Sendable (_ cpu: Int, _ interruption: SIGPInterruption) -> Void)? = nil) {
+            self.signal = signal
+            self.initiallyOnline = initiallyOnline
+            self.pollTime = pollTime
+            self.responseTimeout = responseTimeout
+            self.resendInterval = resendInterval
+            self.interruptHandler = interruptHandler
+        }
+    }
+
+    struct State {
+        var cpus: [LogicalCPUState]
+        var threads: [pthread_t?]
+        var present = CPUSet()
+        var online = CPUSet()
+        var active = CPUSet()
+        var isShutDown = false
+    }
+
+    public let topology: Topology
+    /// The number of possible logical CPUs.
+    public let possibleCount: Int
+    /// The signal carrying SIGP orders.
+    public let signal: Int32
+    let cores: [CPUCore]
+    let logger: Logger
+    let responseNanoseconds: Int64
+    let resendNanoseconds: Int64
+    let state: Mutex<State>
+    /// Serialises lifecycle operations (held for a whole operation; `state` only for short reads and writes).
+    let operations = Mutex(())
+    let id: UInt64
+
+    private static let machineIDs = Atomic<UInt64>(0)
+
+    /// Creates a machine and brings `configuration.initiallyOnline` CPUs online.
+    /// - Parameters:
+    ///   - topology: the physical CPUs and nodes to use; nil: ``Topology/current()``.
+    ///   - cpus: the number of possible logical CPUs; nil: one per slot of the topology.
+    ///   - configuration: signal, polling and time bounds, interrupt handler.
+    ///   - logger: receives lifecycle transitions at debug level.
+    /// - Throws: ``HotplugError/signalInUse(_:)`` when the application already handles the signal,
+    ///   ``HotplugError/invalidSignal(_:)``, ``HotplugError/invalidConfiguration(_:)``, or a system error.
+    public init(topology: Topology? = nil, cpus: Int? = nil, configuration: Configuration = Configuration(),
+                logger: Logger = Logger(label: "hotplug")) throws(HotplugError) {
+        var resolved: Topology
+        if let topology { resolved = topology } else { resolved = try Topology.current() }
+        let topology = resolved
+        let possible = cpus ?? topology.cpus.count
+        guard possible >= 1 else { throw .invalidConfiguration("a machine needs at least one possible CPU") }
+        let initial = configuration.initiallyOnline ?? possible
+        guard (1...possible).contains(initial) else {
+            throw .invalidConfiguration("initiallyOnline must be in 1...\(possible), got \(initial)")
+        }
+        let signal = configuration.signal ?? (Shim.realtimeSignalRange.lowerBound + 6)
+        try Shim.installSIGP(signal: signal)
+        let id = Machine.machineIDs.add(1, ordering: .relaxed).newValue
+        var cores: [CPUCore] = []
+        do {
+            for cpu in 0..<possible {
+                cores.append(try CPUCore(id: cpu, slot: topology.cpus[cpu % topology.cpus.count], machineID: id,
+                                         pollNanoseconds: configuration.pollTime.nanoseconds,
+                                         interruptHandler: configuration.interruptHandler))
+            }
+        } catch {
+            Shim.uninstallSIGP(signal: signal)
+            throw error
+        }
+        self.topology = topology
+        self.possibleCount = possible
+        self.signal = signal
+        self.cores = cores
+        self.logger = logger
+        self.responseNanoseconds = configuration.responseTimeout.nanoseconds
+        self.resendNanoseconds = configuration.resendInterval.nanoseconds
+        self.id = id
+        self.state = Mutex(State(cpus: Array(repeating: .standby, count: possible),
+                                 threads: Array(repeating: nil, count: possible)))
+        do {
+            for cpu in 0..<initial {
+                try configure(cpu)
+                try online(cpu)
+            }
+        } catch {
+            shutdown()
+            throw error
+        }
+    }
+
+    deinit { shutdown() }
+
+    // MARK: Masks and introspection
+
+    public var possible: CPUSet { CPUSet(0..<possibleCount) }
+    public var present: CPUSet { state.withLock { $0.present } }
+    public var online: CPUSet { state.withLock { $0.online } }
+    public var active: CPUSet { state.withLock { $0.active } }
+
+    /// The lifecycle state of a logical CPU.
+    public func state(of cpu: Int) throws(HotplugError) -> LogicalCPUState {
+        try validate(cpu)
+        return state.withLock { $0.cpus[cpu] }
+    }
+
+    /// What the CPU's thread is doing right now.
+    public func runState(of cpu: Int) throws(HotplugError) -> RunState {
+        try validate(cpu)
+        return cores[cpu].control.runState
+    }
+
+    /// The kernel thread id of a present CPU (for /proc/self/task/TID), nil in standby.
+    public func threadID(of cpu: Int) throws(HotplugError) -> Int32? {
+        try validate(cpu)
+        let present = state.withLock { $0.present.contains(cpu) }
+        return present ? cores[cpu].control.threadID : nil
+    }
+
+    /// The physical CPU a logical CPU is pinned to.
+    public func physicalCPU(of cpu: Int) throws(HotplugError) -> Int {
+        try validate(cpu)
+        return cores[cpu].slot.physicalID
+    }
+
+    /// The NUMA node of a logical CPU (synthetic or real, as the topology says).
+    public func node(of cpu: Int) throws(HotplugError) -> Int {
+        try validate(cpu)
+        return cores[cpu].slot.node
+    }
+
+    /// The logical CPU of this machine the caller runs on, nil on any other thread.
+    public var currentCPU: Int? {
+        guard let core = CPUCore.current, core.machineID == id else { return nil }
+        return core.id
+    }
+
+    /// Counters of how orders reached a CPU.
+    public func deliveryStatistics(of cpu: Int) throws(HotplugError) -> DeliveryStatistics {
+        try validate(cpu)
+        return cores[cpu].control.statistics
+    }
+
+    /// The status area written by ``SIGPOrder/stopAndStoreStatus``, nil when none was stored.
+    public func storedStatus(of cpu: Int) throws(HotplugError) -> StoredStatus? {
+        try validate(cpu)
+        return cores[cpu].control.storedStatus
+    }
+
+    func validate(_ cpu: Int) throws(HotplugError) {
+        guard (0..<possibleCount).contains(cpu) else { throw .invalidCPU(cpu) }
+    }
+
+    // MARK: Lifecycle
+
+    /// standby -> parked: creates the CPU's thread, pinned to its physical CPU and blocked in the kernel.
+    /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/incorrectState(cpu:state:operation:)`` when the
+    ///   CPU is already configured, ``HotplugError/shutDown``, or a system error (thread creation, pinning).
+    public func configure(_ cpu: Int) throws(HotplugError) {
+        try validate(cpu)
+        try withOperation { () throws(HotplugError) in
+            let current = state.withLock { $0.cpus[cpu] }
+            guard current == .standby else {
+                throw .incorrectState(cpu: cpu, state: current, operation: "configure")
+            }
+            let core = cores[cpu]
+            let started = Shim.monotonicNanoseconds()
+            core.control.prepareForNewThread()
+            core.startError = nil
+            core.ack.reset()
+            let thread = try Shim.spawnThread { core.threadMain() }
+            _ = core.ack.wait()   // no user code runs before this acknowledgement: it cannot be held up
+            if let error = core.startError {
+                try? Shim.join(thread)
+                throw error
+            }
+            state.withLock {
+                $0.cpus[cpu] = .parked
+                $0.threads[cpu] = thread
+                $0.present.insert(cpu)
+            }
+            trace(cpu, "configure", started)
+        }
+    }
+
+    /// parked -> online: permits the CPU to run and starts it with SIGP START; it then runs its CPU loop.
+    /// A no-op for an online CPU.
+    /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/notPresent(cpu:)``, ``HotplugError/shutDown``.
+    public func online(_ cpu: Int) throws(HotplugError) {
+        try validate(cpu)
+        try withOperation { () throws(HotplugError) in
+            let current = state.withLock { $0.cpus[cpu] }
+            switch current {
+            case .online: return
+            case .standby: throw .notPresent(cpu: cpu)
+            case .parked: break
+            }
+            let core = cores[cpu]
+            let started = Shim.monotonicNanoseconds()
+            core.setAcceptingCalls(true)
+            core.ack.reset()
+            core.control.lifecycle = .online
+            // SIGP START to a parked CPU whose lifecycle permits running only wakes it: it never signals, so it
+            // cannot fail to answer.
+            let start = try core.control.sigp(.start, parameter: 0, source: nil, cpu: cpu,
+                                              resendNanoseconds: resendNanoseconds, timeoutNanoseconds: responseNanoseconds)
+            precondition(start.conditionCode == .accepted, "SIGP START to parked CPU \(cpu) answered \(start)")
+            _ = core.ack.wait()   // the thread acknowledges as soon as it leaves the park: no user code before
+            state.withLock {
+                $0.cpus[cpu] = .online
+                $0.online.insert(cpu)
+                $0.active.insert(cpu)
+            }
+            trace(cpu, "online", started)
+        }
+    }
+
+    /// online -> parked: the CPU finishes the cross-calls it accepted, at its next safe point, and parks in the
+    /// kernel. A no-op for a parked CPU.
+    /// - Throws: ``HotplugError/busy(cpu:reason:)`` for the last online CPU; ``HotplugError/incorrectState(cpu:state:operation:)``
+    ///   for a CPU stopped by a SIGP order (START it first); ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``
+    ///   when it does not reach a safe point within the response bound (nothing changed then);
+    ///   ``HotplugError/notPresent(cpu:)``, ``HotplugError/invalidCPU(_:)``, ``HotplugError/shutDown``.
+    public func offline(_ cpu: Int) throws(HotplugError) {
+        try validate(cpu)
+        try withOperation { () throws(HotplugError) in
+            try offlineLocked(cpu, allowLast: false)
+        }
+    }
+
+    private func offlineLocked(_ cpu: Int, allowLast: Bool) throws(HotplugError) {
+        let (current, onlineCount) = state.withLock { ($0.cpus[cpu], $0.online.count) }
+        switch current {
+        case .parked: return
+        case .standby: throw .notPresent(cpu: cpu)
+        case .online: break
+        }
+        if !allowLast && onlineCount <= 1 {
+            throw .busy(cpu: cpu, reason: "it is the last online CPU")
+        }
+        let core = cores[cpu]
+        if core.isStoppedByOrder {
+            throw .incorrectState(cpu: cpu, state: .online, operation: "offline (it is stopped by a SIGP order; START it first)")
+        }
+        let started = Shim.monotonicNanoseconds()
+        state.withLock { $0.active.remove(cpu) }   // like Linux: inactive first
+        core.ack.reset()
+        core.control.lifecycle = .offline
+        core.control.post(.lifecycle)
+        let delivered: Bool
+        do {
+            try core.control.deliver(order: .stop, cpu: cpu, resendNanoseconds: resendNanoseconds,
+                                     timeoutNanoseconds: responseNanoseconds)
+            delivered = true
+        } catch {
+            delivered = false
+        }
+        let waitLeft = responseNanoseconds - (Shim.monotonicNanoseconds() - started)
+        if !delivered || !core.ack.wait(timeoutNanoseconds: max(0, waitLeft)) {
+            if !core.control.retract(.lifecycle).isEmpty {
+                // It never saw the request: nothing changed.
+                core.control.lifecycle = .online
+                state.withLock { $0.active.insert(cpu) }
+                throw .timeout(cpu: cpu, operation: "offline", waitedNanoseconds: Shim.monotonicNanoseconds() - started)
+            }
+            _ = core.ack.wait()   // it took the request and is on its way down (finishing accepted calls)
+        }
+        state.withLock {
+            $0.cpus[cpu] = .parked
+            $0.online.remove(cpu)
+        }
+        trace(cpu, "offline", started)
+    }
+
+    /// parked -> standby: the CPU's thread exits and is joined. A no-op in standby.
+    /// - Throws: ``HotplugError/incorrectState(cpu:state:operation:)`` for an online CPU (offline it first),
+    ///   ``HotplugError/invalidCPU(_:)``, ``HotplugError/shutDown``.
+    public func deconfigure(_ cpu: Int) throws(HotplugError) {
+        try validate(cpu)
+        try withOperation { () throws(HotplugError) in
+            try deconfigureLocked(cpu)
+        }
+    }
+
+    private func deconfigureLocked(_ cpu: Int) throws(HotplugError) {
+        let (current, thread) = state.withLock { ($0.cpus[cpu], $0.threads[cpu]) }
+        switch current {
+        case .standby: return
+        case .online: throw .incorrectState(cpu: cpu, state: .online, operation: "deconfigure")
+        case .parked: break
+        }
+        let started = Shim.monotonicNanoseconds()
+        let core = cores[cpu]
+        core.control.lifecycle = .exit
+        core.control.wakeLifecycle()
+        if let thread { try Shim.join(thread) }
+        state.withLock {
+            $0.cpus[cpu] = .standby
+            $0.threads[cpu] = nil
+            $0.present.remove(cpu)
+        }
+        trace(cpu, "deconfigure", started)
+    }
+
+    /// Takes every CPU offline (starting those stopped by orders), joins every thread and releases the signal.
+    /// Idempotent; later operations throw ``HotplugError/shutDown``. A CPU that cannot be brought to a safe
+    /// point (stuck in user code) is logged and its thread left running: its memory is never freed under it.
+    public func shutdown() {
+        operations.withLock { _ in
+            guard !state.withLock({ $0.isShutDown }) else { return }
+            for cpu in 0..<possibleCount {
+                let core = cores[cpu]
+                if core.isStoppedByOrder {   // release a stopped CPU (and drop a STOP not taken yet)
+                    _ = core.control.retract([.stop, .stopStore, .stopped, .restart])
+                    core.control.wakeMailbox()
+                }
+                do {
+                    try offlineLocked(cpu, allowLast: true)
+                    try deconfigureLocked(cpu)
+                } catch {
+                    logger.error("shutdown: logical CPU \(cpu) did not go down: \(error); its thread is left running")
+                }
+            }
+            state.withLock { $0.isShutDown = true }
+            Shim.uninstallSIGP(signal: signal)
+        }
+    }
+
+    private func withOperation<T>(_ body: () throws(HotplugError) -> T) throws(HotplugError) -> T {
+        let result: Result<T, HotplugError> = operations.withLock { _ in
+            if state.withLock({ $0.isShutDown }) { return .failure(.shutDown) }
+            do throws(HotplugError) { return .success(try body()) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    private func trace(_ cpu: Int, _ operation: String, _ started: Int64) {
+        logger.debug("hotplug transition", metadata: [
+            "cpu": "\(cpu)", "operation": "\(operation)",
+            "duration_us": "\(Double(Shim.monotonicNanoseconds() - started) / 1000)",
+        ])
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

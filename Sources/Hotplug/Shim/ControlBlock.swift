@@ -1,0 +1,136 @@
+import CHotplug
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A logical CPU's control block in C memory, shared with the signal handler. Every access goes through the
+/// shim's explicitly ordered atomics (see the memory-ordering map at the top of `sigp.c`).
+struct ControlBlock: @unchecked Sendable {
+    // @unchecked: the pointee is only touched by the shim's atomics; the pointer itself is immutable.
+    let raw: OpaquePointer   // chp_cpu_t *: over-aligned, so opaque to Swift
+
+    enum Lifecycle: UInt32 {
+        case parked = 0, online = 1, offline = 2, exit = 3   // CHP_LIFE_*
+    }
+
+    struct Bits: OptionSet {
+        let rawValue: UInt32
+        static let stop = Bits(rawValue: UInt32(CHP_MB_STOP))
+        static let stopStore = Bits(rawValue: UInt32(CHP_MB_STOP_STORE))
+        static let restart = Bits(rawValue: UInt32(CHP_MB_RESTART))
+        static let externalCall = Bits(rawValue: UInt32(CHP_MB_EXTERNAL_CALL))
+        static let emergency = Bits(rawValue: UInt32(CHP_MB_EMERGENCY))
+        static let call = Bits(rawValue: UInt32(CHP_MB_CALL))
+        static let lifecycle = Bits(rawValue: UInt32(CHP_MB_LIFECYCLE))
+        static let stopped = Bits(rawValue: UInt32(CHP_MB_STOPPED))
+    }
+
+    static func create() throws(HotplugError) -> ControlBlock {
+        guard let raw = chp_cpu_create() else { throw .system(call: "posix_memalign", errno: errno) }
+        return ControlBlock(raw: raw)
+    }
+
+    /// Plain write before any thread uses the block (pthread_create orders it for the CPU's thread).
+    func setOwner(_ owner: AnyObject) { chp_cpu_set_owner(raw, Unmanaged.passUnretained(owner).toOpaque()) }
+
+    func destroy() { chp_cpu_destroy(raw) }
+
+    /// The owner of the control block bound to the calling thread (a logical CPU), if any.
+    static func currentOwner() -> UnsafeMutableRawPointer? {
+        guard let raw = chp_cpu_self() else { return nil }
+        return chp_cpu_owner(raw)   // written before the thread started; immutable since
+    }
+
+    // MARK: Senders
+
+    /// Evaluates and posts an order; delivers the wake-up it needs. Throws when a running CPU does not answer.
+    func sigp(_ order: SIGPOrder, parameter: UInt32, source: Int?, cpu: Int,
+              resendNanoseconds: Int64, timeoutNanoseconds: Int64) throws(HotplugError) -> SIGPResult {
+        var needsDelivery = false
+        let result = chp_sigp_post(raw, Int32(order.rawValue), parameter, Int32(source ?? -1), &needsDelivery)
+        if needsDelivery {
+            try deliver(order: order, cpu: cpu, resendNanoseconds: resendNanoseconds, timeoutNanoseconds: timeoutNanoseconds)
+        }
+        return SIGPResult(conditionCode: SIGPResult.ConditionCode(rawValue: Int(result.cc)) ?? .notOperational,
+                          status: SIGPStatus(rawValue: result.status))
+    }
+
+    func deliver(order: SIGPOrder, cpu: Int, resendNanoseconds: Int64, timeoutNanoseconds: Int64) throws(HotplugError) {
+        let started = Shim.monotonicNanoseconds()
+        switch chp_sigp_deliver(raw, resendNanoseconds, timeoutNanoseconds) {
+        case 0: return
+        case ETIMEDOUT:
+            throw .notResponding(cpu: cpu, order: order, waitedNanoseconds: Shim.monotonicNanoseconds() - started)
+        case let code: throw .system(call: "tgkill", errno: code)
+        }
+    }
+
+    func post(_ bits: Bits) { chp_cpu_post_bits(raw, bits.rawValue) }
+    /// Returns the bits that were still pending (and are now removed).
+    func retract(_ bits: Bits) -> Bits { Bits(rawValue: chp_cpu_retract_bits(raw, bits.rawValue)) }
+    func wakeMailbox() { chp_cpu_wake_mailbox(raw) }
+
+    var mailbox: Bits { Bits(rawValue: chp_cpu_mailbox(raw)) }
+    var runState: RunState { RunState(raw: chp_cpu_run_state(raw)) }
+    var threadID: Int32 { chp_cpu_tid(raw) }
+
+    var lifecycle: Lifecycle {
+        get { Lifecycle(rawValue: chp_cpu_lifecycle(raw)) ?? .parked }
+        nonmutating set { chp_cpu_set_lifecycle(raw, newValue.rawValue) }
+    }
+    func wakeLifecycle() { chp_cpu_wake_lifecycle(raw) }
+    /// Only while no thread uses the block.
+    func prepareForNewThread() { chp_cpu_prepare(raw) }
+
+    var storedStatus: StoredStatus? {
+        var ip: UInt64 = 0
+        var sp: UInt64 = 0
+        guard chp_cpu_stored_status(raw, &ip, &sp) else { return nil }
+        return StoredStatus(instructionPointer: ip, stackPointer: sp)
+    }
+
+    var statistics: DeliveryStatistics {
+        var c = chp_cpu_stats_t()
+        chp_cpu_statistics(raw, &c)
+        return DeliveryStatistics(signalsSent: c.signals_sent, signalsReceived: c.signals_received,
+                                  futexWakes: c.futex_wakes, resends: c.resends,
+                                  stopsInHandler: c.stops_in_handler, stopsAtSafePoint: c.stops_at_safe_point)
+    }
+
+    // MARK: The CPU's own thread
+
+    /// Binds the calling thread (TLS for the handler, tid) and unblocks SIGP.
+    func bindCurrentThread() throws(HotplugError) {
+        let rc = chp_cpu_bind_self(raw)
+        if rc != 0 { throw .system(call: "pthread_sigmask", errno: rc) }
+    }
+    func unbindCurrentThread() { chp_cpu_unbind_self() }
+    func setRunState(_ state: RunState) {
+        let raw: Int32
+        switch state {
+        case .none: raw = Int32(CHP_RUN_NONE)
+        case .offline: raw = Int32(CHP_RUN_OFFLINE)
+        case .running: raw = Int32(CHP_RUN_RUNNING)
+        case .polling: raw = Int32(CHP_RUN_POLLING)
+        case .idle: raw = Int32(CHP_RUN_IDLE)
+        case .stopped: raw = Int32(CHP_RUN_STOPPED)
+        }
+        chp_cpu_set_run_state(self.raw, UInt32(raw))
+    }
+    /// Acknowledges signals and takes the pending bits (STOP-class bits are reported, not taken).
+    func safePoint() -> Bits { Bits(rawValue: chp_cpu_safe_point(raw)) }
+    func stopHere() { _ = chp_cpu_stop_here(raw) }
+    func takeExternalCall() -> (parameter: UInt32, source: Int?)? {
+        var parameter: UInt32 = 0
+        var source: Int32 = -1
+        guard chp_cpu_take_external_call(raw, &parameter, &source) else { return nil }
+        return (parameter, source < 0 ? nil : Int(source))
+    }
+    func takeEmergencySignals() -> UInt32 { chp_cpu_take_emergency(raw) }
+    func pollThenIdle(pollNanoseconds: Int64) { chp_cpu_poll_then_idle(raw, pollNanoseconds) }
+    func absorbStop() { chp_cpu_absorb_stop(raw) }
+    /// Blocks in the kernel until the lifecycle lets it run or exit; returns what it saw.
+    func parkOffline() -> Lifecycle { Lifecycle(rawValue: chp_cpu_park_offline(raw)) ?? .exit }
+}

@@ -1,0 +1,120 @@
+import CHotplug
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The one internal layer that calls the C shim and libc. It reads errno right after each call and turns
+/// failures into ``HotplugError``; everything above it is plain Swift.
+enum Shim {
+    static func errnoDescription(_ code: Int32) -> String {
+        guard let message = strerror(code) else { return "unknown error" }
+        return String(cString: message)
+    }
+
+    static var currentThreadID: Int32 { chp_gettid() }
+
+    static func monotonicNanoseconds() -> Int64 { chp_monotonic_ns() }
+
+    /// CPU time of a thread of this process, in nanoseconds.
+    static func threadCPUTime(_ tid: Int32) throws(HotplugError) -> Int64 {
+        let value = chp_thread_cputime_ns(tid)
+        if value < 0 { throw .system(call: "clock_gettime(thread \(tid))", errno: errno) }
+        return value
+    }
+
+    /// The CPUs in thread `tid`'s affinity mask (0: the caller), ascending.
+    static func affinity(of tid: Int32 = 0) throws(HotplugError) -> [Int] {
+        var capacity = 256
+        while true {
+            var buffer = [Int32](repeating: 0, count: capacity)
+            let count = buffer.withUnsafeMutableBufferPointer { chp_affinity_get(tid, $0.baseAddress, Int32(capacity)) }
+            if count < 0 { throw .system(call: "sched_getaffinity", errno: errno) }
+            if Int(count) <= capacity { return buffer.prefix(Int(count)).map(Int.init) }
+            capacity = Int(count)
+        }
+    }
+
+    static func pin(thread tid: Int32, to cpu: Int) throws(HotplugError) {
+        if chp_affinity_pin(tid, Int32(cpu)) != 0 { throw .system(call: "sched_setaffinity(cpu \(cpu))", errno: errno) }
+    }
+
+    static func setAffinity(thread tid: Int32, cpus: [Int]) throws(HotplugError) {
+        let list = cpus.map(Int32.init)
+        let rc = list.withUnsafeBufferPointer { chp_affinity_set(tid, $0.baseAddress, Int32($0.count)) }
+        if rc != 0 { throw .system(call: "sched_setaffinity", errno: errno) }
+    }
+
+    static func currentPhysicalCPU() -> Int { Int(chp_current_cpu()) }
+
+    static var realtimeSignalRange: ClosedRange<Int32> { chp_sigrtmin()...chp_sigrtmax() }
+
+    static func installSIGP(signal: Int32) throws(HotplugError) {
+        switch chp_sigp_install(signal) {
+        case 0: return
+        case EINVAL: throw .invalidSignal(signal)
+        case EBUSY: throw .signalInUse(signal)
+        case let code: throw .system(call: "sigaction(\(signal))", errno: code)
+        }
+    }
+
+    static func uninstallSIGP(signal: Int32) { _ = chp_sigp_uninstall(signal) }
+
+    /// Blocks or unblocks the SIGP signal on the calling thread ("interrupts off / on").
+    static func blockSIGP(_ block: Bool) throws(HotplugError) {
+        let rc = chp_sigp_block(block)
+        if rc != 0 { throw .system(call: "pthread_sigmask", errno: rc) }
+    }
+
+    /// Starts a joinable OS thread running `body`.
+    static func spawnThread(_ body: @escaping @Sendable () -> Void) throws(HotplugError) -> pthread_t {
+        final class Box: @unchecked Sendable {   // handed over to the new thread, released there: never shared
+            let body: @Sendable () -> Void
+            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        }
+        let context = Unmanaged.passRetained(Box(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.body()
+            return nil
+        }, context)
+        if rc != 0 {
+            Unmanaged<Box>.fromOpaque(context).release()
+            throw .system(call: "pthread_create", errno: rc)
+        }
+        return thread
+    }
+
+    static func join(_ thread: pthread_t) throws(HotplugError) {
+        let rc = pthread_join(thread, nil)
+        if rc != 0 { throw .system(call: "pthread_join", errno: rc) }
+    }
+
+    static func yield() { sched_yield() }
+}
+
+/// A one-shot completion on a futex word (C memory, so the address is stable and the kernel can wait on it).
+final class Completion: @unchecked Sendable {
+    // @unchecked: the pointee is only touched through the shim's explicitly ordered atomics.
+    private let event: UnsafeMutablePointer<chp_event_t>
+
+    init() {
+        event = .allocate(capacity: 1)
+        event.initialize(to: chp_event_t())
+    }
+
+    deinit { event.deallocate() }
+
+    /// Only when nobody waits.
+    func reset() { chp_event_reset(event) }
+    /// Release: partner of the acquire in `wait` / `isSet`.
+    func signal() { chp_event_set(event) }
+    var isSet: Bool { chp_event_is_set(event) }
+
+    /// Spins for `spins` pause iterations, then parks. Returns false on timeout.
+    func wait(spins: UInt32 = 2_000, timeoutNanoseconds: Int64 = -1) -> Bool {
+        chp_event_wait(event, spins, timeoutNanoseconds) == 0
+    }
+}
