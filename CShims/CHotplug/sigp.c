@@ -40,8 +40,6 @@
 // The logical CPU bound to this thread, for the signal handler. Initial-exec TLS: the access is a plain load from
 // the thread pointer, never a call into the dynamic loader, so it is async-signal-safe.
 static __thread chp_cpu_t *chp_self __attribute__((tls_model("initial-exec")));
-// The raw peer's acknowledgement word for this thread.
-static __thread uint64_t *chp_raw_ack __attribute__((tls_model("initial-exec")));
 
 static _Atomic int chp_installed_signal;
 static _Atomic int chp_install_refs;
@@ -164,15 +162,6 @@ static void sigp_handler(int signo, siginfo_t *info, void *context) {
         acknowledge(cpu);
     }
     errno = saved_errno;
-}
-
-static void raw_handler(int signo, siginfo_t *info, void *context) {
-    (void)signo;
-    (void)info;
-    (void)context;
-    uint64_t *ack = chp_raw_ack;
-    // Release: partner of the raw sender's acquire load of its acknowledgement word.
-    if (ack != NULL) atomic_fetch_add_explicit(A64(ack), 1, memory_order_release);
 }
 
 static bool signal_can_carry_sigp(int signo) {
@@ -651,28 +640,7 @@ void chp_cpu_statistics(const chp_cpu_t *cpu, chp_cpu_stats_t *out) {
 #undef LOAD
 }
 
-// MARK: Raw peers and test helpers
-
-int chp_raw_signal_install(int signo) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = raw_handler;
-    sa.sa_flags = SA_SIGINFO | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
-}
-
-int chp_raw_signal_uninstall(int signo) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = SIG_DFL;
-    sigemptyset(&sa.sa_mask);
-    return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
-}
-
-void chp_raw_signal_bind(uint64_t *ack) { chp_raw_ack = ack; }
-
-int chp_tgkill(pid_t tid, int signo) { return (int)syscall(SYS_tgkill, getpid(), tid, signo); }
+// MARK: Test helpers
 
 static void app_handler(int signo) { (void)signo; }
 
@@ -680,6 +648,14 @@ int chp_test_install_app_handler(int signo) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = app_handler;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
+}
+
+int chp_test_restore_default(int signo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
     sigemptyset(&sa.sa_mask);
     return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
 }

@@ -390,20 +390,13 @@ typedef struct chp_cpu_stats {
 /// Reads the statistics counters (relaxed).
 void chp_cpu_statistics(const chp_cpu_t *cpu, chp_cpu_stats_t *out);
 
-// MARK: Raw peers (for the benchmarks' side-by-side runs and the tests of the signal pitfalls)
+// MARK: Test helper
 
-/// Installs a minimal handler on `signo` that increments the receiving thread's `chp_raw_ack` word: the raw
-/// tgkill + handler peer. Returns 0 or an errno value.
-int chp_raw_signal_install(int signo);
-/// Restores the default disposition of `signo`. Returns 0 or an errno value.
-int chp_raw_signal_uninstall(int signo);
-/// Registers `ack` as the word the raw handler increments on the calling thread. Cannot fail.
-void chp_raw_signal_bind(uint64_t *ack);
-/// tgkill(getpid(), tid, signo). Returns -1 and sets errno.
-int chp_tgkill(pid_t tid, int signo);
 /// Installs an application handler that does nothing on `signo` (for tests: "the application already handles
 /// this signal"). Returns 0 or an errno value.
 int chp_test_install_app_handler(int signo);
+/// Restores the default disposition of `signo`. Returns 0 or an errno value.
+int chp_test_restore_default(int signo);
 
 #ifdef __cplusplus
 }

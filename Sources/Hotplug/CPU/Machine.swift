@@ -348,7 +348,7 @@ public final class Machine: Sendable {
     public func shutdown() {
         operations.withLock { _ in
             guard !state.withLock({ $0.isShutDown }) else { return }
-            for cpu in 0..<possibleCount {
+            for cpu in 0..<possibleCount where state.withLock({ $0.cpus[cpu] }) != .standby {
                 let core = cores[cpu]
                 if core.isStoppedByOrder {   // release a stopped CPU (and drop a STOP not taken yet)
                     _ = core.control.retract([.stop, .stopStore, .stopped, .restart])
