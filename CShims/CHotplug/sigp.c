@@ -184,16 +184,15 @@ int chp_sigp_install(int signo) {
     if (!signal_can_carry_sigp(signo)) return EINVAL;
     install_lock();
     int current = atomic_load_explicit(&chp_installed_signal, memory_order_relaxed);
-    if (current != 0) {
-        int rc = 0;
-        if (current == signo) atomic_fetch_add_explicit(&chp_install_refs, 1, memory_order_relaxed);
-        else rc = EBUSY;
+    if (current == signo) {
+        atomic_fetch_add_explicit(&chp_install_refs, 1, memory_order_relaxed);
         install_unlock();
-        return rc;
+        return 0;
     }
     struct sigaction old;
     if (sigaction(signo, NULL, &old) != 0) { int e = errno; install_unlock(); return e; }
     if (has_application_handler(&old)) { install_unlock(); return EBUSY; }
+    if (current != 0) { install_unlock(); return EEXIST; }   // SIGP already rides on another signal
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = sigp_handler;

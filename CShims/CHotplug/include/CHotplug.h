@@ -254,7 +254,7 @@ void *chp_cpu_owner(const chp_cpu_t *cpu);
 
 /// Installs the process-wide SIGP handler on `signo` (reference counted: several machines may share it).
 /// Returns 0, or an errno value: EINVAL (a signal that cannot carry SIGP), EBUSY (the application already has a
-/// handler there, or SIGP already uses another signal).
+/// handler there), EEXIST (SIGP already uses another signal in this process).
 int chp_sigp_install(int signo);
 /// Drops one reference; the last one restores the default disposition. Returns 0, or an errno value.
 int chp_sigp_uninstall(int signo);

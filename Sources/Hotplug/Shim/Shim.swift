@@ -55,6 +55,8 @@ enum Shim {
         case 0: return
         case EINVAL: throw .invalidSignal(signal)
         case EBUSY: throw .signalInUse(signal)
+        case EEXIST:
+            throw .invalidConfiguration("SIGP already uses signal \(chp_sigp_signal()) in this process; every machine shares one signal")
         case let code: throw .system(call: "sigaction(\(signal))", errno: code)
         }
     }

@@ -22,8 +22,7 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
     case timeout(cpu: Int, operation: String, waitedNanoseconds: Int64)
     /// The signal cannot carry SIGP orders (a synchronous fault signal, SIGKILL, SIGSTOP, out of range, ...).
     case invalidSignal(Int32)
-    /// The application already installed its own handler on this signal, or SIGP already uses another signal in
-    /// this process.
+    /// The application already installed its own handler on this signal.
     case signalInUse(Int32)
     /// The machine was shut down.
     case shutDown
@@ -46,7 +45,7 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
             return "logical CPU \(cpu) did not reach a safe point for \(operation) within \(waited / 1_000_000) ms"
         case .invalidSignal(let signo): return "signal \(signo) cannot carry SIGP orders"
         case .signalInUse(let signo):
-            return "signal \(signo) already has a handler (the application's, or SIGP on another signal)"
+            return "signal \(signo) already has an application handler; choose another signal for SIGP"
         case .shutDown: return "the machine was shut down"
         case .invalidConfiguration(let why): return "invalid configuration: \(why)"
         case .system(let call, let errno): return "\(call) failed: \(Shim.errnoDescription(errno)) (errno \(errno))"
