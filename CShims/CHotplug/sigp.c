@@ -5,12 +5,15 @@
 // - P1 mailbox: senders post with a release RMW; the CPU takes bits with an acquire RMW (safe point) or reads with
 //   an acquire load (poll, handler). Data published with a bit (ext_param, emergency_count) is written before the
 //   release RMW and read after the acquire.
-// - P2 run_state vs mailbox (Dekker): sender = RMW mailbox; seq_cst fence; load run_state. CPU = store run_state;
-//   seq_cst fence; load mailbox (or the kernel's compare in futex_wait). Either the sender sees POLLING/IDLE and
-//   does the right wake-up, or the CPU sees the bit.
-// - P3 sig_seq / sig_ack: the sender's acq_rel fetch_add of sig_seq follows its mailbox post; an acknowledger loads
-//   sig_seq with acquire (so the posts of every ticket it acknowledges are visible to it) and publishes sig_ack with
-//   a release RMW, partner of the sender's acquire load while waiting.
+// - P2 delivery class: it lives in the mailbox word, so the sender's posting RMW reads it atomically (no Dekker
+//   pair). The CPU enters POLLING / IDLE with a CAS that fails if an order is pending, and leaves them for RUNNING
+//   in the RMW that takes its orders; the idle futex_wait compares the whole word, so any post wakes it.
+// - P3 sig_seq / sig_ack: the sender takes its ticket (relaxed fetch_add of sig_seq) BEFORE its release RMW of the
+//   mailbox. A safe point first takes the mailbox bits (acquire RMW, P1: it then sees the ticket of every bit it
+//   took), then loads sig_seq and publishes it as sig_ack with a release RMW, partner of the sender's acquire load
+//   while waiting. So a CPU that took a sender's bits at a safe point has acknowledged that sender's ticket, even
+//   if it blocks the signal right after. The handler acknowledges whatever sig_seq holds when it runs (tgkill
+//   follows the ticket).
 // - P4 lifecycle: the controller's release store, partner of the CPU's acquire load in chp_cpu_park_offline and at
 //   safe points.
 #include "CHotplug.h"
@@ -29,6 +32,8 @@
 #define A32(p) ((_Atomic uint32_t *)(p))
 #define A64(p) ((_Atomic uint64_t *)(p))
 #define AI32(p) ((_Atomic int32_t *)(p))
+#define CLASS_OF(mb) (((mb) & CHP_MB_CLASS_MASK) >> CHP_MB_CLASS_SHIFT)
+#define WITH_CLASS(mb, cls) (((mb) & ~(uint32_t)CHP_MB_CLASS_MASK) | ((uint32_t)(cls) << CHP_MB_CLASS_SHIFT))
 
 // Iterations of the acknowledgement spin between two looks at the clock and the target's run state.
 #define CHP_ACK_CHECK_EVERY 64u
@@ -75,7 +80,8 @@ void *chp_cpu_owner(const chp_cpu_t *cpu) { return cpu->owner; }
 // MARK: Acknowledgement (P3)
 
 static void acknowledge(chp_cpu_t *cpu) {
-    // Acquire: partner of the senders' acq_rel fetch_add of sig_seq (their mailbox posts are then visible).
+    // Acquire: P3 (orders this load after the caller's mailbox RMW; the tickets it covers were taken before the
+    // posts that the caller took).
     uint64_t seq = atomic_load_explicit(A64(&cpu->sig_seq), memory_order_acquire);
     uint64_t ack = atomic_load_explicit(A64(&cpu->sig_ack), memory_order_relaxed);
     while (ack < seq) {
@@ -85,6 +91,16 @@ static void acknowledge(chp_cpu_t *cpu) {
             break;
         }
     }
+}
+
+// Replaces the delivery class (the CPU's own thread only). Returns the word it replaced.
+static uint32_t set_class(chp_cpu_t *cpu, uint32_t cls) {
+    uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_relaxed);
+    // Acq_rel: P1 (we may read orders posted meanwhile; senders read our class with their RMW).
+    while (!atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, WITH_CLASS(mb, cls), memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
+    }
+    return mb;
 }
 
 static void store_status(chp_cpu_t *cpu) {
@@ -259,7 +275,13 @@ static chp_sigp_result_t cc(int code, uint32_t status) {
     return r;
 }
 
-// Sets `bits` in the mailbox (release RMW, P1). Returns the previous mailbox.
+// Takes a signal ticket (P3: before the post it covers).
+static uint64_t take_ticket(chp_cpu_t *cpu) {
+    return atomic_fetch_add_explicit(A64(&cpu->sig_seq), 1, memory_order_relaxed) + 1;
+}
+
+// Sets `bits` in the mailbox (release RMW, P1; also publishes the ticket taken before it). Returns the previous
+// mailbox.
 static uint32_t post(chp_cpu_t *cpu, uint32_t bits) {
     return atomic_fetch_or_explicit(A32(&cpu->mailbox), bits, memory_order_release);
 }
@@ -268,7 +290,10 @@ static void wake_mailbox(chp_cpu_t *cpu) {
     chp_futex_wake(&cpu->mailbox, INT_MAX);
 }
 
-void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits) { (void)post(cpu, bits); }
+void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits, chp_delivery_t *delivery) {
+    delivery->ticket = take_ticket(cpu);
+    delivery->seen = post(cpu, bits);
+}
 
 void chp_cpu_wake_mailbox(chp_cpu_t *cpu) { wake_mailbox(cpu); }
 
@@ -278,8 +303,9 @@ uint32_t chp_cpu_retract_bits(chp_cpu_t *cpu, uint32_t bits) {
 }
 
 chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, int32_t source,
-                                bool *needs_delivery) {
-    *needs_delivery = false;
+                                chp_delivery_t *delivery) {
+    delivery->ticket = 0;
+    delivery->seen = 0;
     if (cpu == NULL) return cc(3, 0);
     // Acquire: partner of the CPU's seq_cst stores of its run state.
     uint32_t run = atomic_load_explicit(A32(&cpu->run_state), memory_order_acquire);
@@ -315,8 +341,9 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
         // Relaxed: published by the release RMW of the mailbox below (P1).
         atomic_store_explicit(A32(&cpu->ext_param), parameter, memory_order_relaxed);
         atomic_store_explicit(AI32(&cpu->ext_source), source, memory_order_relaxed);
-        post(cpu, CHP_MB_EXTERNAL_CALL);
-        *needs_delivery = !offline;
+        uint64_t t = take_ticket(cpu);
+        delivery->seen = post(cpu, CHP_MB_EXTERNAL_CALL);
+        if (!offline) delivery->ticket = t;
         return cc(0, 0);
     }
     case CHP_SIGP_COND_EMERGENCY_SIGNAL:
@@ -325,8 +352,11 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
     case CHP_SIGP_EMERGENCY_SIGNAL:
         // Relaxed: published by the release RMW of the mailbox below (P1).
         atomic_fetch_add_explicit(A32(&cpu->emergency_count), 1, memory_order_relaxed);
-        post(cpu, CHP_MB_EMERGENCY);
-        *needs_delivery = !offline;
+        {
+            uint64_t t = take_ticket(cpu);
+            delivery->seen = post(cpu, CHP_MB_EMERGENCY);
+            if (!offline) delivery->ticket = t;
+        }
         return cc(0, 0);
 
     case CHP_SIGP_START: {
@@ -350,6 +380,7 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
             return cc(0, 0);
         }
         uint32_t bits = CHP_MB_STOP | (store ? CHP_MB_STOP_STORE : 0);
+        uint64_t t = take_ticket(cpu);
         for (;;) {
             if (mb & CHP_MB_BUSY_MASK) return cc(2, 0);
             if (mb & CHP_MB_STOPPED) {   // already stopped by an order
@@ -362,12 +393,14 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
                 break;
             }
         }
-        *needs_delivery = true;
+        delivery->ticket = t;
+        delivery->seen = mb;
         return cc(0, 0);
     }
 
     case CHP_SIGP_RESTART: {
         if (offline) return cc(1, CHP_STATUS_INCORRECT_STATE);
+        uint64_t t = take_ticket(cpu);
         for (;;) {
             if (mb & CHP_MB_BUSY_MASK) return cc(2, 0);
             uint32_t next = (mb & ~(uint32_t)CHP_MB_STOPPED) | CHP_MB_RESTART;
@@ -377,8 +410,12 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
                 break;
             }
         }
-        if (mb & CHP_MB_STOPPED) wake_mailbox(cpu);
-        else *needs_delivery = true;
+        if (mb & CHP_MB_STOPPED) {
+            wake_mailbox(cpu);
+        } else {
+            delivery->ticket = t;
+            delivery->seen = mb;
+        }
         return cc(0, 0);
     }
 
@@ -386,14 +423,18 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
     case CHP_SIGP_INITIAL_CPU_RESET: {
         // Clear every pending interruption and order; place the CPU in the stopped state.
         atomic_store_explicit(A32(&cpu->emergency_count), 0, memory_order_relaxed);
-        uint32_t keep = CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_STOPPED;
+        uint32_t keep = CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_STOPPED | CHP_MB_CLASS_MASK;
+        uint64_t t = take_ticket(cpu);
         for (;;) {
             uint32_t next = mb & keep;
             if (!offline && !(mb & CHP_MB_STOPPED)) next |= CHP_MB_STOP;
             // Acq_rel: P1 for the STOP we may post, and we take the ext-call bit away.
             if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, next, memory_order_acq_rel,
                                                       memory_order_acquire)) {
-                *needs_delivery = (next & CHP_MB_STOP) != 0;
+                if (next & CHP_MB_STOP) {
+                    delivery->ticket = t;
+                    delivery->seen = mb;
+                }
                 break;
             }
         }
@@ -414,76 +455,65 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
 
 // MARK: Delivery
 
-int chp_sigp_deliver(chp_cpu_t *cpu, int64_t resend_ns, int64_t timeout_ns) {
-    int64_t start = -1;
+int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t resend_ns, int64_t timeout_ns) {
+    uint64_t ticket = delivery->ticket;
+    uint32_t seen = delivery->seen;
+    if (ticket == 0 || (seen & CHP_MB_STOPPED)) return 0;   // nothing to deliver, or stopped: it stays pending
+    switch (CLASS_OF(seen)) {
+    case CHP_CLASS_IDLE:
+        atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
+        wake_mailbox(cpu);
+        return 0;
+    case CHP_CLASS_RUNNING:
+        break;
+    default:   // POLLING sees the post itself; QUIET takes it when it runs again
+        return 0;
+    }
     int signo = chp_sigp_signal();
-    for (;;) {
-        // P2: the sender's half of the Dekker pair (its mailbox RMW came before this fence).
-        atomic_thread_fence(memory_order_seq_cst);
-        uint32_t run = atomic_load_explicit(A32(&cpu->run_state), memory_order_relaxed);
-        switch (run) {
-        case CHP_RUN_IDLE:
-            atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
-            wake_mailbox(cpu);
-            return 0;
-        case CHP_RUN_RUNNING:
-            break;
-        default:   // POLLING sees the mailbox itself; STOPPED / OFFLINE / NONE take it when they run again
-            return 0;
-        }
-        if (signo == 0) return EINVAL;
-        pid_t tid = (pid_t)atomic_load_explicit(AI32(&cpu->tid), memory_order_acquire);
-        // Acq_rel: P3, our mailbox post is visible to whoever acknowledges this ticket.
-        uint64_t ticket = atomic_fetch_add_explicit(A64(&cpu->sig_seq), 1, memory_order_acq_rel) + 1;
-        if (start < 0) start = chp_monotonic_ns();
-        int64_t last_send = chp_monotonic_ns();
-        if (syscall(SYS_tgkill, getpid(), tid, signo) != 0) {
-            if (errno != EAGAIN) return errno;   // EAGAIN: the signal queue is full; the resend below retries
-        } else {
-            atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
-        }
-        uint32_t spins = 0;
-        bool reevaluate = false;
-        // Acquire: P3, partner of the acknowledger's release CAS of sig_ack.
-        while (atomic_load_explicit(A64(&cpu->sig_ack), memory_order_acquire) < ticket) {
-            spins++;
-            if (spins < CHP_ACK_SPIN_BUDGET) chp_cpu_relax();
-            else sched_yield();   // give way: the target may need this core (oversubscription)
-            if (spins % CHP_ACK_CHECK_EVERY != 0) continue;
-            if (atomic_load_explicit(A32(&cpu->run_state), memory_order_acquire) != CHP_RUN_RUNNING) {
-                reevaluate = true;   // it reached a safe point, polls, idles or stopped: start over
-                break;
-            }
-            int64_t now = chp_monotonic_ns();
-            if (now - start >= timeout_ns) {
-                atomic_store_explicit(A32(&cpu->check_stop), 1, memory_order_relaxed);
-                return ETIMEDOUT;
-            }
-            if (now - last_send >= resend_ns) {
-                // Lost, or blocked by the thread's signal mask: send it again (a blocked one stays pending).
-                if (syscall(SYS_tgkill, getpid(), tid, signo) == 0) {
-                    atomic_fetch_add_explicit(A64(&cpu->resends), 1, memory_order_relaxed);
-                    atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
-                } else if (errno != EAGAIN) {
-                    return errno;
-                }
-                last_send = now;
-            }
-        }
-        if (!reevaluate) return 0;
-        if (chp_monotonic_ns() - start >= timeout_ns) {
+    if (signo == 0) return EINVAL;
+    pid_t tid = (pid_t)atomic_load_explicit(AI32(&cpu->tid), memory_order_acquire);
+    int64_t start = chp_monotonic_ns();
+    int64_t last_send = start;
+    if (syscall(SYS_tgkill, getpid(), tid, signo) != 0) {
+        if (errno != EAGAIN) return errno;   // EAGAIN: the signal queue is full; the resend below retries
+    } else {
+        atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
+    }
+    uint32_t spins = 0;
+    // Acquire: P3, partner of the acknowledger's release CAS of sig_ack.
+    while (atomic_load_explicit(A64(&cpu->sig_ack), memory_order_acquire) < ticket) {
+        spins++;
+        if (spins < CHP_ACK_SPIN_BUDGET) chp_cpu_relax();
+        else sched_yield();   // give way: the target may need this core (oversubscription)
+        if (spins % CHP_ACK_CHECK_EVERY != 0) continue;
+        uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire);
+        // Stopped or parked offline since: the order stays pending (accepted), as for a stopped CPU.
+        if ((mb & CHP_MB_STOPPED) || CLASS_OF(mb) == CHP_CLASS_QUIET) return 0;
+        int64_t now = chp_monotonic_ns();
+        if (now - start >= timeout_ns) {
             atomic_store_explicit(A32(&cpu->check_stop), 1, memory_order_relaxed);
             return ETIMEDOUT;
         }
+        // POLLING / IDLE now: it passed a safe point (or will before it waits), which acknowledges; keep waiting.
+        if (CLASS_OF(mb) == CHP_CLASS_RUNNING && now - last_send >= resend_ns) {
+            // Lost, or blocked by the thread's signal mask: send it again (a blocked one stays pending).
+            if (syscall(SYS_tgkill, getpid(), tid, signo) == 0) {
+                atomic_fetch_add_explicit(A64(&cpu->resends), 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
+            } else if (errno != EAGAIN) {
+                return errno;
+            }
+            last_send = now;
+        }
     }
+    return 0;
 }
 
 // MARK: The CPU's own side
 
 void chp_cpu_set_run_state(chp_cpu_t *cpu, uint32_t state) {
-    atomic_store_explicit(A32(&cpu->run_state), state, memory_order_relaxed);
-    // P2: the CPU's half of the Dekker pair; its next mailbox load (or futex compare) follows this fence.
-    atomic_thread_fence(memory_order_seq_cst);
+    // Release: partner of the acquire loads by readers (introspection, SENSE_RUNNING, COND_EMERGENCY_SIGNAL).
+    atomic_store_explicit(A32(&cpu->run_state), state, memory_order_release);
 }
 
 uint32_t chp_cpu_run_state(const chp_cpu_t *cpu) {
@@ -494,17 +524,29 @@ uint32_t chp_cpu_mailbox(const chp_cpu_t *cpu) {
     return atomic_load_explicit((_Atomic uint32_t *)&cpu->mailbox, memory_order_acquire);
 }
 
-uint32_t chp_cpu_safe_point(chp_cpu_t *cpu) {
-    acknowledge(cpu);
-    // It answers: not check-stopped (written only when set, to keep this line clean on the hot path).
+// The CPU answers (safe point, wait state): it is not check-stopped. Written only when set, to keep the line clean
+// on the hot path.
+static void clear_check_stop(chp_cpu_t *cpu) {
     if (atomic_load_explicit(A32(&cpu->check_stop), memory_order_relaxed)) {
         atomic_store_explicit(A32(&cpu->check_stop), 0, memory_order_relaxed);
     }
+}
+
+uint32_t chp_cpu_safe_point(chp_cpu_t *cpu) {
+    clear_check_stop(cpu);
     uint32_t take = CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY | CHP_MB_CALL | CHP_MB_LIFECYCLE;
-    uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_relaxed);
-    if ((mb & take) == 0) return mb & (CHP_MB_STOP | CHP_MB_STOP_STORE);
-    // Acquire: P1, partner of the senders' release RMWs.
-    uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~take, memory_order_acquire);
+    uint32_t old = atomic_load_explicit(A32(&cpu->mailbox), memory_order_relaxed);
+    uint32_t next;
+    do {
+        next = WITH_CLASS(old & ~take, CHP_CLASS_RUNNING);
+        if (next == old) break;   // nothing to take, already RUNNING: no write on the hot path
+        // Acquire: P1, partner of the senders' release RMWs (and P3: their tickets are then visible). P2: a post
+        // after this RMW reads RUNNING and signals; one before it is taken here.
+    } while (!atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &old, next, memory_order_acquire,
+                                                    memory_order_relaxed));
+    if (next == old) atomic_thread_fence(memory_order_acquire);
+    chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
+    acknowledge(cpu);   // after taking the bits: covers the tickets of everything taken (P3)
     return old & (take | CHP_MB_STOP | CHP_MB_STOP_STORE);
 }
 
@@ -534,13 +576,20 @@ __attribute__((noinline)) bool chp_cpu_stop_here(chp_cpu_t *cpu) {
     return true;
 }
 
-void chp_cpu_poll_then_idle(chp_cpu_t *cpu, int64_t poll_ns) {
+void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns) {
+    clear_check_stop(cpu);
+    uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire);
+    // Enter POLLING unless an order is pending (P2: the CAS fails if one is posted meanwhile).
+    do {
+        if (mb & CHP_MB_ORDERS) return;
+    } while (!atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, WITH_CLASS(mb, CHP_CLASS_POLLING),
+                                                    memory_order_acq_rel, memory_order_acquire));
     chp_cpu_set_run_state(cpu, CHP_RUN_POLLING);
     if (poll_ns > 0) {
         int64_t deadline = chp_monotonic_ns() + poll_ns;
         for (uint32_t i = 1;; i++) {
             // Acquire: P1.
-            if (atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire) != 0) {
+            if (atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire) & CHP_MB_ORDERS) {
                 chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
                 return;
             }
@@ -548,10 +597,21 @@ void chp_cpu_poll_then_idle(chp_cpu_t *cpu, int64_t poll_ns) {
             if (i % CHP_POLL_CHECK_EVERY == 0 && chp_monotonic_ns() >= deadline) break;
         }
     }
+    // POLLING -> IDLE, unless an order arrived (P2).
+    mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire);
+    uint32_t idle;
+    do {
+        if (mb & CHP_MB_ORDERS) {
+            chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
+            return;
+        }
+        idle = WITH_CLASS(mb, CHP_CLASS_IDLE);
+    } while (!atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, idle, memory_order_acq_rel,
+                                                    memory_order_acquire));
     chp_cpu_set_run_state(cpu, CHP_RUN_IDLE);
-    // The kernel compares the word with 0 after our fence (P2): a post that we missed makes it return EAGAIN.
-    while (atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire) == 0) {
-        (void)chp_futex_wait(&cpu->mailbox, 0, -1);   // EINTR / EAGAIN / spurious: re-check
+    // The kernel compares the whole word: any post since the CAS changed it, and futex_wait returns EAGAIN.
+    while (((mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire)) & CHP_MB_ORDERS) == 0) {
+        (void)chp_futex_wait(&cpu->mailbox, mb, -1);   // EINTR / EAGAIN / spurious: re-check
     }
     chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
 }
@@ -585,6 +645,7 @@ __attribute__((noinline)) uint32_t chp_cpu_park_offline(chp_cpu_t *cpu) {
                           memory_order_relaxed);
     atomic_store_explicit(A64(&cpu->stop_sp), (uint64_t)(uintptr_t)__builtin_frame_address(0),
                           memory_order_relaxed);
+    (void)set_class(cpu, CHP_CLASS_QUIET);
     chp_cpu_set_run_state(cpu, CHP_RUN_OFFLINE);
     acknowledge(cpu);
     uint32_t life;
@@ -593,6 +654,7 @@ __attribute__((noinline)) uint32_t chp_cpu_park_offline(chp_cpu_t *cpu) {
            life == CHP_LIFE_OFFLINE) {
         (void)chp_futex_wait(&cpu->lifecycle, life, -1);   // EINTR / EAGAIN / spurious: re-check
     }
+    (void)set_class(cpu, life == CHP_LIFE_EXIT ? CHP_CLASS_QUIET : CHP_CLASS_RUNNING);
     chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
     return life;
 }
@@ -637,24 +699,4 @@ void chp_cpu_statistics(const chp_cpu_t *cpu, chp_cpu_stats_t *out) {
     out->stops_in_handler = LOAD(stops_in_handler);
     out->stops_at_safe_point = LOAD(stops_at_safe_point);
 #undef LOAD
-}
-
-// MARK: Test helpers
-
-static void app_handler(int signo) { (void)signo; }
-
-int chp_test_install_app_handler(int signo) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = app_handler;
-    sigemptyset(&sa.sa_mask);
-    return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
-}
-
-int chp_test_restore_default(int signo) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = SIG_DFL;
-    sigemptyset(&sa.sa_mask);
-    return sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
 }

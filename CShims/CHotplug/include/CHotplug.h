@@ -159,27 +159,29 @@ bool chp_barrier_wait(chp_barrier_t *barrier, chp_barrier_state_t *state, uint32
 // thread), the CPU's own loop (Swift, at safe points) and the signal handler (C, on the CPU's thread).
 //
 // Delivery of an order:
-//   1. the sender posts it in `mailbox` with a CAS (the busy / external-call-pending checks are in the same CAS);
-//   2. the sender reads `run_state` (seq_cst, the partner of the CPU's seq_cst store of its run state: a Dekker
-//      pair, so either the sender sees the CPU idle or the CPU sees the mailbox bit) and picks the cheapest
-//      sufficient wake-up: POLLING -> nothing (the CPU spins on the mailbox); IDLE -> futex wake on `mailbox`;
-//      STOPPED / OFFLINE -> nothing (the order stays pending until the CPU runs again); RUNNING -> a real signal
-//      with tgkill, then the sender waits for the handler's (or the next safe point's) acknowledgement
-//      (`sig_ack` >= its ticket), resending the signal every `resend_ns`, and gives up after `timeout_ns`.
+//   1. the sender takes a signal ticket, then posts the order in `mailbox` with an RMW (the busy /
+//      external-call-pending checks are in the same RMW); the RMW returns the word it replaced, whose delivery
+//      class says how the CPU was waiting at that very instant;
+//   2. the cheapest sufficient wake-up follows from that class: POLLING -> nothing (the CPU spins on the word);
+//      IDLE -> futex wake on `mailbox`; QUIET or STOPPED -> nothing (the order stays pending until the CPU runs
+//      again); RUNNING -> a real signal with tgkill, then the sender waits for the handler's (or the next safe
+//      point's) acknowledgement (`sig_ack` >= its ticket), resending the signal every `resend_ns` while the CPU
+//      still runs code, and gives up after `timeout_ns`.
 //   3. the signal handler (async-signal-safe: atomics, futex, nothing else) acknowledges, and when a STOP-class
 //      order is pending stops right there, wherever the thread was, until START or RESTART.
 //
 // Everything else an order asks for (external call, emergency signal, restart, cross-calls) runs at the CPU's
 // next safe point, in Swift.
 
-/// Run states of a logical CPU's thread (`chp_cpu_t.run_state`).
+/// Run states of a logical CPU's thread (`chp_cpu_t.run_state`): for introspection and for the orders that depend
+/// on them (SENSE_RUNNING, COND_EMERGENCY_SIGNAL); delivery uses the class in the mailbox word.
 enum {
     CHP_RUN_NONE = 0,      // no thread (standby)
     CHP_RUN_OFFLINE = 1,   // thread parked in the kernel by the lifecycle (configured, not online)
     CHP_RUN_RUNNING = 2,   // executing code: a signal is needed to interrupt it
     CHP_RUN_POLLING = 3,   // spinning on its mailbox: it will see any order without a wake-up
     CHP_RUN_IDLE = 4,      // parked in futex_wait on its mailbox (the wait state)
-    CHP_RUN_STOPPED = 5,   // stopped by a STOP-class order, blocked in futex_wait on its mailbox until CHP_MB_STOPPED clears
+    CHP_RUN_STOPPED = 5,
 };
 
 /// Mailbox bits (`chp_cpu_t.mailbox`).
@@ -192,9 +194,30 @@ enum {
     CHP_MB_CALL = 1u << 5,            // cross-calls are queued (Swift side)
     CHP_MB_LIFECYCLE = 1u << 6,       // the lifecycle asks for attention (offline / exit)
     CHP_MB_STOPPED = 1u << 7,         // state, not an order: the CPU is stopped (cleared by START / RESTART)
+    CHP_MB_CLASS_SHIFT = 8,           // bits 8-9: the CPU's delivery class (CHP_CLASS_*), state, not an order
+    CHP_MB_CLASS_MASK = 3u << 8,
+    CHP_MB_ORDERS = CHP_MB_STOP | CHP_MB_STOP_STORE | CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY |
+                    CHP_MB_CALL | CHP_MB_LIFECYCLE,
     CHP_MB_BUSY_MASK = CHP_MB_STOP | CHP_MB_RESTART,
     CHP_MB_ARCH_PENDING = CHP_MB_STOP | CHP_MB_STOP_STORE | CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY,
 };
+
+/// Delivery classes, kept in the mailbox word so that the RMW that posts an order also reads, atomically, how the
+/// CPU must be woken; the CPU changes its class with RMWs on the same word, and leaves POLLING / IDLE for RUNNING
+/// in the very RMW that takes its pending orders.
+enum {
+    CHP_CLASS_QUIET = 0,     // no thread, offline, or about to park offline: nothing to wake
+    CHP_CLASS_RUNNING = 1,   // runs code: a signal is needed
+    CHP_CLASS_POLLING = 2,   // spins on the mailbox: it sees the post
+    CHP_CLASS_IDLE = 3,      // blocked in futex_wait on the mailbox: a futex wake
+};
+
+/// What a post tells the delivery: the signal ticket (0: nothing to deliver) and the mailbox word the post
+/// replaced (its class and STOPPED bit at the instant of the post).
+typedef struct chp_delivery {
+    uint64_t ticket;
+    uint32_t seen;
+} chp_delivery_t;
 
 /// Lifecycle words (`chp_cpu_t.lifecycle`), written by the controlling thread.
 enum {
@@ -310,35 +333,39 @@ enum {
 };
 
 /// Evaluates and posts one order to `cpu` (the architectural part of SIGP: condition code, status, mailbox).
-/// Does not deliver the wake-up; the caller calls chp_sigp_deliver when `needs_delivery` is set.
-/// `source` is the sending logical CPU or -1. Cannot fail (the outcome is in the result).
+/// Does not deliver the wake-up: when the order needs one, `delivery->ticket` receives a non-zero signal ticket
+/// (taken before the post, so that whoever takes the posted bits also acknowledges the ticket) and the caller
+/// calls chp_sigp_deliver with `delivery`; otherwise the ticket is 0. `source` is the sending logical CPU or -1.
+/// Cannot fail (the outcome is in the result).
 chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, int32_t source,
-                                bool *needs_delivery);
+                                chp_delivery_t *delivery);
 
-/// Posts internal mailbox bits (CHP_MB_CALL, CHP_MB_LIFECYCLE) without the architectural checks. Cannot fail.
-void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits);
+/// Posts internal mailbox bits (CHP_MB_CALL, CHP_MB_LIFECYCLE) without the architectural checks; fills
+/// `delivery` for chp_sigp_deliver. Cannot fail.
+void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits, chp_delivery_t *delivery);
 /// Wakes every thread blocked on the CPU's mailbox (idle or stopped). Cannot fail.
 void chp_cpu_wake_mailbox(chp_cpu_t *cpu);
 /// Removes internal bits if they are still pending; returns the bits that were removed. Cannot fail.
 uint32_t chp_cpu_retract_bits(chp_cpu_t *cpu, uint32_t bits);
 
-/// Delivers the cheapest sufficient wake-up for whatever is pending in `cpu`'s mailbox (see above).
+/// Delivers the cheapest sufficient wake-up for a post (see above).
 /// Returns 0, ETIMEDOUT when a running CPU did not acknowledge within `timeout_ns` (the CPU is then marked
 /// check-stopped), or another errno value from tgkill.
-int chp_sigp_deliver(chp_cpu_t *cpu, int64_t resend_ns, int64_t timeout_ns);
+int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t resend_ns, int64_t timeout_ns);
 
 
 // MARK: Called by the CPU's own thread
 
-/// Sets the CPU's run state (seq_cst: partner of the sender's load in chp_sigp_deliver). Cannot fail.
+/// Sets the CPU's run state (release; introspection only). Cannot fail.
 void chp_cpu_set_run_state(chp_cpu_t *cpu, uint32_t state);
 /// Reads a CPU's run state (acquire). Cannot fail.
 uint32_t chp_cpu_run_state(const chp_cpu_t *cpu);
 /// Reads the mailbox (acquire: partner of the sender's release CAS in chp_sigp_post). Cannot fail.
 uint32_t chp_cpu_mailbox(const chp_cpu_t *cpu);
 
-/// A safe point: acknowledges every signal ticket issued so far and takes the pending mailbox bits out
-/// (except STOP-class bits, which chp_cpu_stop_here consumes). Returns the bits taken together with the
+/// A safe point: in one RMW, takes the pending mailbox bits out (except STOP-class bits, which chp_cpu_stop_here
+/// consumes) and sets the delivery class RUNNING; then acknowledges every signal ticket issued so far (a ticket
+/// is taken before its bits are posted, so the acknowledgement covers every bit taken here). Returns the bits taken together with the
 /// STOP-class bits still pending. Cannot fail.
 uint32_t chp_cpu_safe_point(chp_cpu_t *cpu);
 /// Takes the pending external call: returns true and fills `param`/`source` when one was pending. Cannot fail.
@@ -350,9 +377,10 @@ uint32_t chp_cpu_take_emergency(chp_cpu_t *cpu);
 /// call site as the stop address, until START or RESTART. Returns true when it stopped. Cannot fail.
 bool chp_cpu_stop_here(chp_cpu_t *cpu);
 
-/// Spins on the mailbox with run state POLLING for at most `poll_ns`, then parks in futex_wait on it with run
-/// state IDLE. Returns with run state RUNNING once the mailbox is non-empty. Cannot fail.
-void chp_cpu_poll_then_idle(chp_cpu_t *cpu, int64_t poll_ns);
+/// Waits for orders: returns at once when some are pending; otherwise spins on the mailbox with class POLLING for
+/// at most `poll_ns`, then parks in futex_wait on it with class IDLE, until an order is posted. The class stays
+/// POLLING / IDLE until the next safe point takes the orders (so a post meanwhile needs no signal). Cannot fail.
+void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns);
 
 /// Going offline absorbs a pending STOP-class order (an offline CPU is stopped): the order is cleared, and a
 /// STOP_AND_STORE_STATUS stores this call site as the status. Cannot fail.
@@ -389,14 +417,6 @@ typedef struct chp_cpu_stats {
 } chp_cpu_stats_t;
 /// Reads the statistics counters (relaxed).
 void chp_cpu_statistics(const chp_cpu_t *cpu, chp_cpu_stats_t *out);
-
-// MARK: Test helper
-
-/// Installs an application handler that does nothing on `signo` (for tests: "the application already handles
-/// this signal"). Returns 0 or an errno value.
-int chp_test_install_app_handler(int signo);
-/// Restores the default disposition of `signo`. Returns 0 or an errno value.
-int chp_test_restore_default(int signo);
 
 #ifdef __cplusplus
 }

@@ -97,7 +97,7 @@ final class CPUCore: @unchecked Sendable {
                 }
             }
             if bits.contains(.call) { runPendingCalls() }
-            if control.mailbox.isEmpty { control.pollThenIdle(pollNanoseconds: pollNanoseconds) }
+            control.waitForOrders(pollNanoseconds: pollNanoseconds)
         }
     }
 

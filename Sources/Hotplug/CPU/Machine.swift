@@ -286,10 +286,10 @@ public final class Machine: Sendable {
         state.withLock { $0.active.remove(cpu) }   // like Linux: inactive first
         core.ack.reset()
         core.control.lifecycle = .offline
-        core.control.post(.lifecycle)
+        let delivery = core.control.post(.lifecycle)
         let delivered: Bool
         do {
-            try core.control.deliver(order: .stop, cpu: cpu, resendNanoseconds: resendNanoseconds,
+            try core.control.deliver(delivery, order: .stop, cpu: cpu, resendNanoseconds: resendNanoseconds,
                                      timeoutNanoseconds: responseNanoseconds)
             delivered = true
         } catch {

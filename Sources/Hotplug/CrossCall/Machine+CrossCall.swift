@@ -41,8 +41,8 @@ extension Machine {
         let request = CrossCallRequest(body)
         let core = cores[cpu]
         guard core.enqueue(request) else { throw .notOnline(cpu: cpu) }
-        core.control.post(.call)
-        try core.control.deliver(order: .emergencySignal, cpu: cpu, resendNanoseconds: resendNanoseconds,
+        let delivery = core.control.post(.call)
+        try core.control.deliver(delivery, order: .emergencySignal, cpu: cpu, resendNanoseconds: resendNanoseconds,
                                  timeoutNanoseconds: responseNanoseconds)
         return CrossCall(request: request, target: cpu)
     }

@@ -48,18 +48,22 @@ struct ControlBlock: @unchecked Sendable {
     /// Evaluates and posts an order; delivers the wake-up it needs. Throws when a running CPU does not answer.
     func sigp(_ order: SIGPOrder, parameter: UInt32, source: Int?, cpu: Int,
               resendNanoseconds: Int64, timeoutNanoseconds: Int64) throws(HotplugError) -> SIGPResult {
-        var needsDelivery = false
-        let result = chp_sigp_post(raw, Int32(order.rawValue), parameter, Int32(source ?? -1), &needsDelivery)
-        if needsDelivery {
-            try deliver(order: order, cpu: cpu, resendNanoseconds: resendNanoseconds, timeoutNanoseconds: timeoutNanoseconds)
+        var delivery = chp_delivery_t()
+        let result = chp_sigp_post(raw, Int32(order.rawValue), parameter, Int32(source ?? -1), &delivery)
+        if delivery.ticket != 0 {
+            try deliver(delivery, order: order, cpu: cpu, resendNanoseconds: resendNanoseconds,
+                        timeoutNanoseconds: timeoutNanoseconds)
         }
         return SIGPResult(conditionCode: SIGPResult.ConditionCode(rawValue: Int(result.cc)) ?? .notOperational,
                           status: SIGPStatus(rawValue: result.status))
     }
 
-    func deliver(order: SIGPOrder, cpu: Int, resendNanoseconds: Int64, timeoutNanoseconds: Int64) throws(HotplugError) {
+    /// Delivers the wake-up a post needs.
+    func deliver(_ delivery: chp_delivery_t, order: SIGPOrder, cpu: Int, resendNanoseconds: Int64,
+                 timeoutNanoseconds: Int64) throws(HotplugError) {
         let started = Shim.monotonicNanoseconds()
-        switch chp_sigp_deliver(raw, resendNanoseconds, timeoutNanoseconds) {
+        var delivery = delivery
+        switch chp_sigp_deliver(raw, &delivery, resendNanoseconds, timeoutNanoseconds) {
         case 0: return
         case ETIMEDOUT:
             throw .notResponding(cpu: cpu, order: order, waitedNanoseconds: Shim.monotonicNanoseconds() - started)
@@ -67,7 +71,12 @@ struct ControlBlock: @unchecked Sendable {
         }
     }
 
-    func post(_ bits: Bits) { chp_cpu_post_bits(raw, bits.rawValue) }
+    /// Posts internal bits; returns what their delivery needs.
+    func post(_ bits: Bits) -> chp_delivery_t {
+        var delivery = chp_delivery_t()
+        chp_cpu_post_bits(raw, bits.rawValue, &delivery)
+        return delivery
+    }
     /// Returns the bits that were still pending (and are now removed).
     func retract(_ bits: Bits) -> Bits { Bits(rawValue: chp_cpu_retract_bits(raw, bits.rawValue)) }
     func wakeMailbox() { chp_cpu_wake_mailbox(raw) }
@@ -129,7 +138,8 @@ struct ControlBlock: @unchecked Sendable {
         return (parameter, source < 0 ? nil : Int(source))
     }
     func takeEmergencySignals() -> UInt32 { chp_cpu_take_emergency(raw) }
-    func pollThenIdle(pollNanoseconds: Int64) { chp_cpu_poll_then_idle(raw, pollNanoseconds) }
+    /// Returns at once when orders are pending; else polls, then parks in the kernel until one is posted.
+    func waitForOrders(pollNanoseconds: Int64) { chp_cpu_wait_for_orders(raw, pollNanoseconds) }
     func absorbStop() { chp_cpu_absorb_stop(raw) }
     /// Blocks in the kernel until the lifecycle lets it run or exit; returns what it saw.
     func parkOffline() -> Lifecycle { Lifecycle(rawValue: chp_cpu_park_offline(raw)) ?? .exit }
