@@ -1,0 +1,139 @@
+// CPeers: the raw peers the benchmarks compare swift-hotplug against, and the few timing helpers both sides share.
+//
+// Every peer runs its measuring side on the calling thread (the caller pins it) and starts one partner thread
+// pinned to `partner_cpu` (-1: not pinned). It first runs `warmup` untimed samples, then writes `count` samples,
+// in nanoseconds of CLOCK_MONOTONIC, to `samples`. Nothing in a timed loop allocates or takes a lock. Every spin
+// issues a pause hint and, after CPR_SPIN_BUDGET iterations, gives way with sched_yield (two-core machines).
+//
+// House rules: every symbol is prefixed `cpr_`; each prototype says how it fails; C never exits or aborts; every
+// atomic names its memory order and every acquire/release pair names its partner.
+#ifndef CPEERS_H
+#define CPEERS_H
+
+#include <errno.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Pause iterations of a spin before it starts giving way with sched_yield.
+enum { CPR_SPIN_BUDGET = 4096 };
+/// Spin iterations between two looks at the clock (time bounds).
+enum { CPR_CHECK_EVERY = 256 };
+
+/// CLOCK_MONOTONIC in nanoseconds. Cannot fail.
+static inline int64_t cpr_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/// The CPU's spin-wait hint. Cannot fail.
+static inline void cpr_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/// One step of a bounded spin: a pause hint within the budget, sched_yield past it. Cannot fail.
+static inline void cpr_spin_step(uint32_t spins) {
+    if (spins < CPR_SPIN_BUDGET) cpr_relax();
+    else sched_yield();
+}
+
+// Explicitly ordered access to words shared between threads (and with signal handlers). None can fail.
+static inline uint64_t cpr_load_acquire_u64(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
+static inline uint32_t cpr_load_acquire_u32(const uint32_t *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
+static inline void cpr_store_release_u32(uint32_t *word, uint32_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+static inline void cpr_store_release_u64(uint64_t *word, uint64_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+/// Adds one with release order (the acknowledgement of an interruption). Partner: the acquire load in
+/// cpr_wait_change. Cannot fail.
+static inline void cpr_bump_release_u64(uint64_t *word) { __atomic_fetch_add(word, 1, __ATOMIC_RELEASE); }
+
+/// Spins (pause hint, then sched_yield past the budget) until `*word != old`, for at most `timeout_ns`.
+/// Acquire: partner of the release in cpr_bump_release_u64. Returns 0, or ETIMEDOUT.
+static inline int cpr_wait_change(const uint64_t *word, uint64_t old, int64_t timeout_ns) {
+    int64_t start = 0;
+    for (uint32_t spins = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) == old; spins++) {
+        cpr_spin_step(spins);
+        if (spins % CPR_CHECK_EVERY == CPR_CHECK_EVERY - 1) {
+            int64_t now = cpr_now_ns();
+            if (start == 0) start = now;
+            else if (now - start >= timeout_ns) return ETIMEDOUT;
+        }
+    }
+    return 0;
+}
+
+/// Allocates `size` zeroed bytes aligned to a cache line (shared words on lines of their own).
+/// Returns NULL and sets errno.
+void *cpr_alloc_lines(size_t size);
+/// Frees memory from cpr_alloc_lines. Cannot fail.
+void cpr_free(void *memory);
+
+/// Pins the calling thread to physical CPU `cpu`. Returns -1 and sets errno.
+int cpr_pin_self(int cpu);
+
+/// Spins (pause hint, sched_yield every CPR_SPIN_BUDGET iterations) until `*stop` is non-zero (acquire: partner of
+/// the release store that sets it), or for at most `limit_ns`. This is "a CPU running user code", the same loop
+/// for our logical CPU and for the raw peer. Cannot fail.
+void cpr_busy_until(const uint32_t *stop, int64_t limit_ns);
+
+/// SIGRTMIN as the C library sees it. Cannot fail.
+int cpr_sigrtmin(void);
+
+/// Peer of "SIGP to a polling CPU": two threads bounce one cache line through an atomic word. A sample is one round
+/// trip (the caller writes the line, the partner answers on the same line). Returns 0, or an errno value:
+/// ETIMEDOUT (no answer within `timeout_ns`), or pthread_create's.
+int cpr_pingpong(int partner_cpu, int64_t *samples, size_t count, size_t warmup, int64_t timeout_ns);
+
+/// Peer of "SIGP to a running CPU": the partner spins in user code (cpr_busy_until); a raw SA_SIGINFO handler on
+/// `signo` increments the partner's own acknowledgement word (release); a sample is tgkill + spinning until that
+/// word changes (acquire). The previous disposition of `signo` is restored. Returns 0, or an errno value:
+/// ETIMEDOUT, EBUSY (`signo` already has a handler), or sigaction's / pthread_create's / tgkill's.
+int cpr_signal_roundtrip(int partner_cpu, int signo, int64_t *samples, size_t count, size_t warmup,
+                         int64_t timeout_ns);
+
+/// Peer of "SIGP waking a parked CPU": the partner blocks in futex_wait on a word; a sample is storing the word +
+/// FUTEX_WAKE, then spinning until the woken partner's acknowledgement. Before each sample the caller waits until
+/// the partner announced it waits, then `settle_ns` more so that it is asleep in the kernel.
+/// Returns 0, or an errno value: ETIMEDOUT, or pthread_create's.
+int cpr_futex_roundtrip(int partner_cpu, int64_t settle_ns, int64_t *samples, size_t count, size_t warmup,
+                        int64_t timeout_ns);
+
+/// The barrier peers.
+typedef enum cpr_barrier_kind {
+    CPR_BARRIER_PTHREAD = 0,            // glibc pthread_barrier_wait
+    CPR_BARRIER_CK_CENTRALIZED = 1,     // Concurrency Kit ck_barrier_centralized
+    CPR_BARRIER_CK_DISSEMINATION = 2,   // Concurrency Kit ck_barrier_dissemination
+    CPR_BARRIER_CK_TOURNAMENT = 3,      // Concurrency Kit ck_barrier_tournament
+    CPR_BARRIER_CK_MCS = 4,             // Concurrency Kit ck_barrier_mcs
+} cpr_barrier_kind_t;
+
+/// True when the barrier can run here: pthread always; the Concurrency Kit ones when <ck_barrier.h> was present at
+/// build time and libck opens at run time. Cannot fail.
+bool cpr_barrier_available(cpr_barrier_kind_t kind);
+
+/// Two threads (the caller and the partner) run `warmup + count` back-to-back episodes; the caller takes the clock
+/// after each episode, and a sample is the time between two consecutive episode exits (one whole episode).
+/// Concurrency Kit barriers only spin: give the partner a CPU of its own. Returns 0, or an errno value: ENOTSUP
+/// (not available), ENOMEM, or pthread_create's / pthread_barrier_init's.
+int cpr_barrier_episodes(cpr_barrier_kind_t kind, int partner_cpu, int64_t *samples, size_t count, size_t warmup);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A goal on the p50 ratio ours / peer.
+struct Goal: Sendable {
+    /// The highest p50 ratio that meets the goal; nil: informational row.
+    var limit: Double?
+    var text: String
+
+    init(limit: Double?, text: String? = nil) {
+        self.limit = limit
+        self.text = text ?? limit.map { "<= \(fixed($0, 2))x" } ?? "(info)"
+    }
+}
+
+/// One line of the table: a figure of ours beside one peer.
+struct Row: Sendable {
+    let figure: String
+    let peerName: String
+    let ours: Stats?
+    let peerStats: Stats?
+    var goal: Goal
+    let error: String?
+    var note: String?
+
+    /// ours p50 / peer p50.
+    var ratioP50: Double? {
+        guard let ours, let peerStats, peerStats.p50 > 0 else { return nil }
+        return Double(ours.p50) / Double(peerStats.p50)
+    }
+
+    /// ours p99 / peer p99.
+    var ratioP99: Double? {
+        guard let ours, let peerStats, peerStats.p99 > 0 else { return nil }
+        return Double(ours.p99) / Double(peerStats.p99)
+    }
+
+    /// Whether the p50 ratio is within the goal; nil when there is nothing to judge (informational row, peer not
+    /// available), false when the figure failed.
+    var met: Bool? {
+        if error != nil { return false }
+        guard let limit = goal.limit, let ratio = ratioP50 else { return nil }
+        return ratio <= limit
+    }
+}
+
+/// Everything one run measured.
+struct Report {
+    let rows: [Row]
+    let layout: Layout
+    let iterations: Int
+    let rounds: Int
+    let warmup: Int
+    let clockP50: Int64
+    let clockP99: Int64
+
+    func table() -> String {
+        let header = ["figure", "peer", "ours p50/p99 ns", "peer p50/p99 ns", "ratio p50", "ratio p99", "goal (p50)", "met"]
+        var lines: [[String]] = [header]
+        for row in rows {
+            let met = row.met.map { $0 ? "yes" : "no" } ?? "-"
+            lines.append([
+                row.figure, row.peerName,
+                row.ours.map { "\($0.p50)/\($0.p99)" } ?? "-",
+                row.peerStats.map { "\($0.p50)/\($0.p99)" } ?? "-",
+                row.ratioP50.map { ratio($0) } ?? "-",
+                row.ratioP99.map { ratio($0) } ?? "-",
+                row.goal.text, met,
+            ])
+        }
+        var widths = header.map { _ in 0 }
+        for line in lines {
+            for (column, cell) in line.enumerated() { widths[column] = max(widths[column], cell.count) }
+        }
+        func render(_ line: [String]) -> String {
+            line.enumerated().map { column, cell in
+                column >= 2 && column <= 5
+                    ? String(repeating: " ", count: widths[column] - cell.count) + cell
+                    : cell + String(repeating: " ", count: widths[column] - cell.count)
+            }.joined(separator: "  ")
+        }
+        var out = [render(lines[0]), String(repeating: "-", count: widths.reduce(2 * (widths.count - 1), +))]
+        out += lines.dropFirst().map(render)
+        out.append("")
+        for row in rows {
+            if let error = row.error { out.append("FAILED \(row.figure) vs \(row.peerName): \(error)") }
+            if let note = row.note { out.append("note: \(row.figure) vs \(row.peerName): \(note)") }
+        }
+        let sender = layout.sender.map { "physical CPU \($0)" } ?? "unpinned (single CPU)"
+        out.append("samples: \(iterations) per side per figure, in \(rounds) alternating blocks of ours and each peer, "
+                   + "\(warmup) warm-up samples before each block")
+        out.append("CPUs: target (logical CPU 1 / peer partner) physical CPU \(layout.target); sender \(sender)")
+        out.append("clock: CLOCK_MONOTONIC, one reading costs p50 \(clockP50) ns / p99 \(clockP99) ns (inside every sample)")
+        out.append("ratio = ours / peer (p50 and p99); met judges the p50 ratio against the goal. SIGP figures are round "
+                   + "trips on both sides, so the polling ratio is also ours one-way / one cache-line transfer.")
+        return out.joined(separator: "\n")
+    }
+
+    /// Writes the report as JSON; returns a failure message, or nil.
+    func writeJSON(to path: String) -> String? {
+        func stats(_ s: Stats?) -> String {
+            guard let s else { return "null" }
+            return "{\"samples\": \(s.count), \"min\": \(s.min), \"p50\": \(s.p50), \"p99\": \(s.p99), \"max\": \(s.max)}"
+        }
+        func number(_ value: Double?) -> String { value.map { fixed($0, 4) } ?? "null" }
+        func string(_ value: String?) -> String { value.map(jsonString) ?? "null" }
+        var figures: [String] = []
+        for row in rows {
+            figures.append("""
+                    {"figure": \(jsonString(row.figure)), "peer": \(jsonString(row.peerName)), \
+                "ours_ns": \(stats(row.ours)), "peer_ns": \(stats(row.peerStats)), \
+                "ratio_p50": \(number(row.ratioP50)), "ratio_p99": \(number(row.ratioP99)), \
+                "goal": \(jsonString(row.goal.text)), "goal_max_ratio_p50": \(number(row.goal.limit)), \
+                "met": \(row.met.map { $0 ? "true" : "false" } ?? "null"), \
+                "error": \(string(row.error)), "note": \(string(row.note))}
+                """)
+        }
+        let text = """
+            {
+              "samples_per_side": \(iterations),
+              "rounds": \(rounds),
+              "warmup_per_block": \(warmup),
+              "target_cpu": \(layout.target),
+              "sender_cpu": \(layout.sender.map(String.init) ?? "null"),
+              "clock_reading_ns": {"p50": \(clockP50), "p99": \(clockP99)},
+              "ratio": "ours / peer; met compares ratio_p50 with goal_max_ratio_p50",
+              "figures": [
+            \(figures.joined(separator: ",\n"))
+              ]
+            }
+
+            """
+        guard let file = fopen(path, "w") else { return "cannot open \(path): \(String(cString: strerror(errno)))" }
+        let written = fputs(text, file)
+        let closed = fclose(file)
+        if written < 0 || closed != 0 { return "cannot write \(path): \(String(cString: strerror(errno)))" }
+        return nil
+    }
+}
+
+/// `value` with `digits` decimals.
+func fixed(_ value: Double, _ digits: Int) -> String {
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let scaled = Int((value * scale).rounded())
+    let whole = scaled / Int(scale), fraction = String(scaled % Int(scale))
+    return digits == 0 ? "\(whole)" : "\(whole)." + String(repeating: "0", count: digits - fraction.count) + fraction
+}
+
+/// A ratio for the table: three decimals below 0.1, two above.
+func ratio(_ value: Double) -> String { fixed(value, value < 0.1 ? 3 : 2) + "x" }
+
+func jsonString(_ value: String) -> String {
+    var out = "\""
+    for scalar in value.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        default:
+            if scalar.value < 0x20 {
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out + "\""
+}
