@@ -307,7 +307,7 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
     delivery->ticket = 0;
     delivery->seen = 0;
     if (cpu == NULL) return cc(3, 0);
-    // Acquire: partner of the CPU's seq_cst stores of its run state.
+    // Acquire: partner of the CPU's release stores of its run state (chp_cpu_set_run_state).
     uint32_t run = atomic_load_explicit(A32(&cpu->run_state), memory_order_acquire);
     if (run == CHP_RUN_NONE) return cc(3, 0);
     uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire);
@@ -317,8 +317,11 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
                     order == CHP_SIGP_RESTART || order == CHP_SIGP_STOP_AND_STORE_STATUS || reset ||
                     order == CHP_SIGP_COND_EMERGENCY_SIGNAL || order == CHP_SIGP_SENSE_RUNNING;
     if (!modelled) return cc(1, CHP_STATUS_INVALID_ORDER);
-    if (!reset && (mb & CHP_MB_BUSY_MASK)) return cc(2, 0);
     bool offline = run == CHP_RUN_OFFLINE;
+    // The lifecycle's START of a parked CPU is never busy: a STOP or RESTART accepted while it went offline stays
+    // pending and is taken at its first safe point.
+    bool attach = order == CHP_SIGP_START && offline && chp_cpu_lifecycle(cpu) == CHP_LIFE_ONLINE;
+    if (!reset && !attach && (mb & CHP_MB_BUSY_MASK)) return cc(2, 0);
 
     switch (order) {
     case CHP_SIGP_SENSE: {
@@ -636,17 +639,27 @@ void chp_cpu_prepare(chp_cpu_t *cpu) {
     atomic_store_explicit(A32(&cpu->status_stored), 0, memory_order_relaxed);
     atomic_store_explicit(A32(&cpu->check_stop), 0, memory_order_relaxed);
     atomic_store_explicit(AI32(&cpu->tid), 0, memory_order_relaxed);
+    atomic_store_explicit(A64(&cpu->stop_ip), 0, memory_order_relaxed);
+    atomic_store_explicit(A64(&cpu->stop_sp), 0, memory_order_relaxed);
     // Release: publishes the cleared block to the thread created next (pthread_create also orders it).
     atomic_store_explicit(A32(&cpu->lifecycle), CHP_LIFE_PARKED, memory_order_release);
 }
 
-__attribute__((noinline)) uint32_t chp_cpu_park_offline(chp_cpu_t *cpu) {
-    atomic_store_explicit(A64(&cpu->stop_ip), (uint64_t)(uintptr_t)__builtin_return_address(0),
-                          memory_order_relaxed);
-    atomic_store_explicit(A64(&cpu->stop_sp), (uint64_t)(uintptr_t)__builtin_frame_address(0),
-                          memory_order_relaxed);
-    (void)set_class(cpu, CHP_CLASS_QUIET);
+static void enter_offline(chp_cpu_t *cpu, uint64_t ip, uint64_t sp) {
+    atomic_store_explicit(A64(&cpu->stop_ip), ip, memory_order_relaxed);
+    atomic_store_explicit(A64(&cpu->stop_sp), sp, memory_order_relaxed);
+    (void)set_class(cpu, CHP_CLASS_QUIET);   // release (acq_rel CAS): publishes the stop site with the class
     chp_cpu_set_run_state(cpu, CHP_RUN_OFFLINE);
+}
+
+__attribute__((noinline)) void chp_cpu_enter_offline(chp_cpu_t *cpu) {
+    enter_offline(cpu, (uint64_t)(uintptr_t)__builtin_return_address(0),
+                  (uint64_t)(uintptr_t)__builtin_frame_address(0));
+}
+
+__attribute__((noinline)) uint32_t chp_cpu_park_offline(chp_cpu_t *cpu) {
+    enter_offline(cpu, (uint64_t)(uintptr_t)__builtin_return_address(0),
+                  (uint64_t)(uintptr_t)__builtin_frame_address(0));
     acknowledge(cpu);
     uint32_t life;
     // Acquire: P4, partner of the controller's release store in chp_cpu_set_lifecycle.

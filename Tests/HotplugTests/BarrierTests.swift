@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 import Testing
 @testable import Hotplug
@@ -11,8 +12,10 @@ import Testing
         let violations = Atomic<Int>(0)
         let done = Completion()
         let finished = Atomic<Int>(0)
+        var spawned: [pthread_t] = []
+        defer { for thread in spawned { try? Shim.join(thread) } }
         for _ in 0..<threads {
-            _ = try Shim.spawnThread {
+            spawned.append(try Shim.spawnThread {
                 var me = barrier.makeParticipant()
                 for episode in 0..<episodes {
                     arrivals.add(1, ordering: .relaxed)
@@ -22,7 +25,7 @@ import Testing
                     barrier.wait(&me, spinBudget: spinBudget)   // keep episodes apart for the check above
                 }
                 if finished.add(1, ordering: .relaxed).newValue == threads { done.signal() }
-            }
+            })
         }
         #expect(done.wait(timeoutNanoseconds: 60_000_000_000), "barrier episodes did not finish: livelock or lost wake-up")
         #expect(violations.load(ordering: .relaxed) == 0)

@@ -68,7 +68,7 @@ import Testing
         let machine = try Machine(cpus: 2)
         defer { machine.shutdown() }
         let gate = Gate()
-        let ranOn = Mutex<[Int?]>([])
+        let ranOn = Locked<[Int?]>([])
         try machine.submit(on: 1) { gate.spin() }
         #expect(eventually { gate.hasEntered })
         for _ in 0..<5 { try machine.submit(on: 1) { ranOn.withLock { $0.append(machine.currentCPU) } } }

@@ -121,7 +121,7 @@ import Testing
         let machine = try Machine(cpus: 4, configuration: .init(initiallyOnline: 4))
         defer { machine.shutdown() }
         var rng = SystemRandomNumberGenerator()
-        let ran = Mutex([Int: Int]())   // call id -> times run
+        let ran = Locked([Int: Int]())   // call id -> times run
         var accepted: [Int] = []
         let iterations = stressIterations(300, long: 20_000)
         for i in 0..<iterations {

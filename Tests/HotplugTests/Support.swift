@@ -31,7 +31,7 @@ func cpuTime(_ tid: Int32) throws -> Int64 { try Shim.threadCPUTime(tid) }
 
 /// Counts interruptions per CPU, for machines' interrupt handlers.
 final class InterruptLog: Sendable {
-    private let entries = Mutex<[(cpu: Int, interruption: SIGPInterruption, thread: Int32)]>([])
+    private let entries = Locked<[(cpu: Int, interruption: SIGPInterruption, thread: Int32)]>([])
 
     var handler: @Sendable (Int, SIGPInterruption) -> Void {
         { cpu, interruption in

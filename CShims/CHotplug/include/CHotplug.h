@@ -386,6 +386,10 @@ void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns);
 /// STOP_AND_STORE_STATUS stores this call site as the status. Cannot fail.
 void chp_cpu_absorb_stop(chp_cpu_t *cpu);
 
+/// Records the caller's site as where the CPU stops, and sets class QUIET and run state OFFLINE: the step before
+/// acknowledging that it is configured or offline, and parking. Cannot fail.
+void chp_cpu_enter_offline(chp_cpu_t *cpu);
+
 /// Makes a control block fresh for a new thread (configure after standby): clears mailbox, pending
 /// interruptions, status area, check stop, lifecycle; keeps statistics and the owner. Only while no thread uses
 /// it. Cannot fail.

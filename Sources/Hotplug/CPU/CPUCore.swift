@@ -25,7 +25,7 @@ final class CPUCore: @unchecked Sendable {
     let control: ControlBlock
     /// Acknowledgements of lifecycle steps, one at a time (lifecycle operations are serialised).
     let ack = Completion()
-    let calls = Mutex(CallQueue())
+    let calls = Locked(CallQueue())
     let pollNanoseconds: Int64
     let interruptHandler: (@Sendable (Int, SIGPInterruption) -> Void)?
     nonisolated(unsafe) var startError: HotplugError?
@@ -64,7 +64,7 @@ final class CPUCore: @unchecked Sendable {
             ack.signal()
             return
         }
-        control.setRunState(.offline)
+        control.enterOffline()   // records where it parks (the status a STOP_AND_STORE_STATUS stores)
         ack.signal()   // configured
         while true {
             if control.parkOffline() == .exit { break }
@@ -81,11 +81,11 @@ final class CPUCore: @unchecked Sendable {
     private func runOnline() {
         while true {
             let bits = control.safePoint()
-            if bits.contains(.lifecycle), control.lifecycle == .offline {
-                goOffline()
-                return
-            }
-            if bits.contains(.stop) { control.stopHere() }   // blocks until START / RESTART
+            let goingOffline = bits.contains(.lifecycle) && control.lifecycle == .offline
+            // A STOP that meets an offline request is absorbed by going offline (an offline CPU is stopped).
+            if bits.contains(.stop) && !goingOffline { control.stopHere() }   // blocks until START / RESTART
+            // Interruptions taken at this safe point are handled even when the CPU goes offline right after, like
+            // a dying CPU that still handles the IPIs pending on it: nothing accepted is dropped.
             if bits.contains(.restart) { interruptHandler?(id, .restart) }
             if bits.contains(.externalCall), let call = control.takeExternalCall() {
                 interruptHandler?(id, .externalCall(parameter: call.parameter, source: call.source))
@@ -97,6 +97,10 @@ final class CPUCore: @unchecked Sendable {
                 }
             }
             if bits.contains(.call) { runPendingCalls() }
+            if goingOffline {
+                goOffline()
+                return
+            }
             control.waitForOrders(pollNanoseconds: pollNanoseconds)
         }
     }
@@ -112,7 +116,7 @@ final class CPUCore: @unchecked Sendable {
         }
         for request in remaining { request.execute() }
         control.absorbStop()
-        control.setRunState(.offline)
+        control.enterOffline()
     }
 
     // MARK: Cross-calls
@@ -138,6 +142,9 @@ final class CPUCore: @unchecked Sendable {
         }
         for request in batch { request.execute() }
     }
+
+    /// Orders posted after the CPU's last safe point (a RESTART, an external call, emergency signals, a STOP)
+    /// stay pending while it is offline and are taken at its first safe point when it comes back.
 
     /// Called by this CPU's own thread while it waits for another CPU: serves its own cross-calls so that two
     /// CPUs calling each other cannot deadlock.

@@ -68,9 +68,9 @@ public final class Machine: Sendable {
     let logger: Logger
     let responseNanoseconds: Int64
     let resendNanoseconds: Int64
-    let state: Mutex<State>
+    let state: Locked<State>
     /// Serialises lifecycle operations (held for a whole operation; `state` only for short reads and writes).
-    let operations = Mutex(())
+    let operations = Locked(())
     let id: UInt64
 
     private static let machineIDs = Atomic<UInt64>(0)
@@ -116,7 +116,7 @@ public final class Machine: Sendable {
         self.responseNanoseconds = configuration.responseTimeout.nanoseconds
         self.resendNanoseconds = configuration.resendInterval.nanoseconds
         self.id = id
-        self.state = Mutex(State(cpus: Array(repeating: .standby, count: possible),
+        self.state = Locked(State(cpus: Array(repeating: .standby, count: possible),
                                  threads: Array(repeating: nil, count: possible)))
         do {
             for cpu in 0..<initial {

@@ -141,6 +141,8 @@ struct ControlBlock: @unchecked Sendable {
     /// Returns at once when orders are pending; else polls, then parks in the kernel until one is posted.
     func waitForOrders(pollNanoseconds: Int64) { chp_cpu_wait_for_orders(raw, pollNanoseconds) }
     func absorbStop() { chp_cpu_absorb_stop(raw) }
+    /// Records the caller's site as the stop address and becomes quiet and OFFLINE (before it parks).
+    func enterOffline() { chp_cpu_enter_offline(raw) }
     /// Blocks in the kernel until the lifecycle lets it run or exit; returns what it saw.
     func parkOffline() -> Lifecycle { Lifecycle(rawValue: chp_cpu_park_offline(raw)) ?? .exit }
 }

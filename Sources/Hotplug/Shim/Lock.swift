@@ -1,0 +1,38 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A value guarded by a `pthread_mutex_t`, for the runtime's cold paths (lifecycle bookkeeping, cross-call
+/// queues).
+///
+/// Why not `Synchronization.Mutex`: on Linux it hands a contended lock over inside the kernel (priority-inheritance
+/// futex), where ThreadSanitizer cannot see the hand-off, so every contended critical section is reported as a
+/// race (reproduced with four threads and a sleep inside the lock). ThreadSanitizer intercepts `pthread_mutex_*`,
+/// so this lock keeps the sanitizer runs meaningful. No hot path takes it.
+final class Locked<Value>: @unchecked Sendable {
+    // @unchecked: `value` is only touched between pthread_mutex_lock and pthread_mutex_unlock.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private var value: Value
+
+    init(_ value: Value) {
+        self.value = value
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        let rc = pthread_mutex_init(mutex, nil)
+        precondition(rc == 0, "pthread_mutex_init failed: \(rc)")
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    /// Runs `body` with exclusive access to the value.
+    func withLock<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+}
