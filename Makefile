@@ -1,0 +1,33 @@
+# swift-hotplug: the two quick-start targets are `make` (install what is missing, run the demo) and `make test`.
+SWIFT   ?= swift
+SECONDS ?= 10
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps run test tsan demo-ci bench clean
+
+all: run
+
+# libnuma-dev (headers and pkg-config file for the CNuma system library) from Debian's packages, when missing.
+deps:
+	@if ! pkg-config --exists numa 2>/dev/null || [ ! -f /usr/include/numa.h ]; then \
+		echo "installing libnuma-dev"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libnuma-dev pkg-config; \
+	fi
+
+# The main job: logical CPUs on every CPU this process may use, SIGP orders, parking, cross-calls, checked.
+run: deps
+	$(SWIFT) run -c release sigp-demo --seconds $(SECONDS)
+
+test: deps
+	$(SWIFT) test
+
+tsan: deps
+	$(SWIFT) test --sanitize=thread
+
+# Concurrency Kit (libck-dev) is an optional peer of the barrier figure.
+bench: deps
+	@dpkg -s libck-dev >/dev/null 2>&1 || { $(SUDO) apt-get install -y -qq libck-dev || echo "libck-dev unavailable: ck barriers skipped"; }
+	cd Benchmarks && $(SWIFT) run -c release hotplug-peers --json ../bench-results/peers.json
+
+clean:
+	rm -rf .build Benchmarks/.build bench-results
