@@ -28,15 +28,19 @@ final class CPUCore: @unchecked Sendable {
     let calls = Locked(CallQueue())
     let pollNanoseconds: Int64
     let interruptHandler: (@Sendable (Int, SIGPInterruption) -> Void)?
+    /// Runs the STARTING startups on this CPU's thread, its signal still blocked, right after SIGP START.
+    let startingHook: @Sendable (Int) -> Void
     nonisolated(unsafe) var startError: HotplugError?
 
     init(id: Int, slot: Topology.CPU, machineID: UInt64, pollNanoseconds: Int64,
-         interruptHandler: (@Sendable (Int, SIGPInterruption) -> Void)?) throws(HotplugError) {
+         interruptHandler: (@Sendable (Int, SIGPInterruption) -> Void)?,
+         startingHook: @escaping @Sendable (Int) -> Void) throws(HotplugError) {
         self.id = id
         self.slot = slot
         self.machineID = machineID
         self.pollNanoseconds = pollNanoseconds
         self.interruptHandler = interruptHandler
+        self.startingHook = startingHook
         self.control = try ControlBlock.create()
         control.setOwner(self)
     }
@@ -68,6 +72,7 @@ final class CPUCore: @unchecked Sendable {
         ack.signal()   // configured
         while true {
             if control.parkOffline() == .exit { break }
+            startingHook(id)             // STARTING startups, interrupts still off
             try? Shim.blockSIGP(false)   // interrupts on; cannot fail for a valid signal
             ack.signal()   // online
             runOnline()

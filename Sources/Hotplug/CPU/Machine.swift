@@ -71,6 +71,12 @@ public final class Machine: Sendable {
     let state: Locked<State>
     /// Serialises lifecycle operations (held for a whole operation; `state` only for short reads and writes).
     let operations = Locked(())
+    /// The hotplug read/write lock (Linux's `cpu_hotplug_lock`): readers keep the online mask stable.
+    let hotplugLock = ReadWriteLock()
+    /// Serialises stop_machine runs.
+    let stopMachineSerial = Locked(())
+    /// The hotplug states and each CPU's progress through them.
+    let registry: HotplugRegistry
     let id: UInt64
 
     private static let machineIDs = Atomic<UInt64>(0)
@@ -97,12 +103,14 @@ public final class Machine: Sendable {
         let signal = configuration.signal ?? (Shim.realtimeSignalRange.lowerBound + 6)
         try Shim.installSIGP(signal: signal)
         let id = Machine.machineIDs.add(1, ordering: .relaxed).newValue
+        let registry = HotplugRegistry(possible: possible, logger: logger)
         var cores: [CPUCore] = []
         do {
             for cpu in 0..<possible {
                 cores.append(try CPUCore(id: cpu, slot: topology.cpus[cpu % topology.cpus.count], machineID: id,
                                          pollNanoseconds: configuration.pollTime.nanoseconds,
-                                         interruptHandler: configuration.interruptHandler))
+                                         interruptHandler: configuration.interruptHandler,
+                                         startingHook: { cpu in registry.runStarting(cpu: cpu, .startup) }))
             }
         } catch {
             Shim.uninstallSIGP(signal: signal)
@@ -112,6 +120,7 @@ public final class Machine: Sendable {
         self.possibleCount = possible
         self.signal = signal
         self.cores = cores
+        self.registry = registry
         self.logger = logger
         self.responseNanoseconds = configuration.responseTimeout.nanoseconds
         self.resendNanoseconds = configuration.resendInterval.nanoseconds
@@ -223,93 +232,30 @@ public final class Machine: Sendable {
         }
     }
 
-    /// parked -> online: permits the CPU to run and starts it with SIGP START; it then runs its CPU loop.
-    /// A no-op for an online CPU.
-    /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/notPresent(cpu:)``, ``HotplugError/shutDown``.
+    /// Attaches a parked CPU: walks it up through the hotplug states (PREPARE startups on this thread;
+    /// stop_machine, SIGP START, STARTING startups on the CPU; ONLINE startups on the CPU) to online and active.
+    /// A no-op for an online CPU; a CPU left part-way by a failed rollback continues from where it stopped.
+    /// - Throws: ``HotplugError/notPresent(cpu:)``, ``HotplugError/busy(cpu:reason:)`` (hotplug disabled),
+    ///   ``HotplugError/callbackFailed(_:)`` (rolled back, or not: see its `rolledBack`),
+    ///   ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``, ``HotplugError/invalidCPU(_:)``,
+    ///   ``HotplugError/shutDown``.
     public func online(_ cpu: Int) throws(HotplugError) {
         try validate(cpu)
-        try withOperation { () throws(HotplugError) in
-            let current = state.withLock { $0.cpus[cpu] }
-            switch current {
-            case .online: return
-            case .standby: throw .notPresent(cpu: cpu)
-            case .parked: break
-            }
-            let core = cores[cpu]
-            let started = Shim.monotonicNanoseconds()
-            core.setAcceptingCalls(true)
-            core.ack.reset()
-            core.control.lifecycle = .online
-            // SIGP START to a parked CPU whose lifecycle permits running only wakes it: it never signals, so it
-            // cannot fail to answer.
-            let start = try core.control.sigp(.start, parameter: 0, source: nil, cpu: cpu,
-                                              resendNanoseconds: resendNanoseconds, timeoutNanoseconds: responseNanoseconds)
-            precondition(start.conditionCode == .accepted, "SIGP START to parked CPU \(cpu) answered \(start)")
-            _ = core.ack.wait()   // the thread acknowledges as soon as it leaves the park: no user code before
-            state.withLock {
-                $0.cpus[cpu] = .online
-                $0.online.insert(cpu)
-                $0.active.insert(cpu)
-            }
-            trace(cpu, "online", started)
-        }
+        try withOperation { () throws(HotplugError) in try attachLocked(cpu) }
     }
 
-    /// online -> parked: the CPU finishes the cross-calls it accepted, at its next safe point, and parks in the
-    /// kernel. A no-op for a parked CPU.
-    /// - Throws: ``HotplugError/busy(cpu:reason:)`` for the last online CPU; ``HotplugError/incorrectState(cpu:state:operation:)``
-    ///   for a CPU stopped by a SIGP order (START it first); ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``
-    ///   when it does not reach a safe point within the response bound (nothing changed then);
-    ///   ``HotplugError/notPresent(cpu:)``, ``HotplugError/invalidCPU(_:)``, ``HotplugError/shutDown``.
+    /// Detaches an online CPU: walks it down (ONLINE teardowns on the CPU; stop_machine, STARTING teardowns on
+    /// the dying CPU, out of the online mask, its thread parks after finishing the cross-calls it accepted;
+    /// PREPARE teardowns on this thread). A no-op for a parked CPU.
+    /// - Throws: ``HotplugError/busy(cpu:reason:)`` for the last online CPU or while hotplug is disabled;
+    ///   ``HotplugError/incorrectState(cpu:state:operation:)`` for a CPU stopped by a SIGP order (START it
+    ///   first); ``HotplugError/callbackFailed(_:)`` (rolled forward, or not);
+    ///   ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` when a CPU does not reach a safe point in time
+    ///   (nothing changed then); ``HotplugError/notPresent(cpu:)``, ``HotplugError/invalidCPU(_:)``,
+    ///   ``HotplugError/shutDown``.
     public func offline(_ cpu: Int) throws(HotplugError) {
         try validate(cpu)
-        try withOperation { () throws(HotplugError) in
-            try offlineLocked(cpu, allowLast: false)
-        }
-    }
-
-    private func offlineLocked(_ cpu: Int, allowLast: Bool) throws(HotplugError) {
-        let (current, onlineCount) = state.withLock { ($0.cpus[cpu], $0.online.count) }
-        switch current {
-        case .parked: return
-        case .standby: throw .notPresent(cpu: cpu)
-        case .online: break
-        }
-        if !allowLast && onlineCount <= 1 {
-            throw .busy(cpu: cpu, reason: "it is the last online CPU")
-        }
-        let core = cores[cpu]
-        if core.isStoppedByOrder {
-            throw .incorrectState(cpu: cpu, state: .online, operation: "offline (it is stopped by a SIGP order; START it first)")
-        }
-        let started = Shim.monotonicNanoseconds()
-        state.withLock { $0.active.remove(cpu) }   // like Linux: inactive first
-        core.ack.reset()
-        core.control.lifecycle = .offline
-        let delivery = core.control.post(.lifecycle)
-        let delivered: Bool
-        do {
-            try core.control.deliver(delivery, order: .stop, cpu: cpu, resendNanoseconds: resendNanoseconds,
-                                     timeoutNanoseconds: responseNanoseconds)
-            delivered = true
-        } catch {
-            delivered = false
-        }
-        let waitLeft = responseNanoseconds - (Shim.monotonicNanoseconds() - started)
-        if !delivered || !core.ack.wait(timeoutNanoseconds: max(0, waitLeft)) {
-            if !core.control.retract(.lifecycle).isEmpty {
-                // It never saw the request: nothing changed.
-                core.control.lifecycle = .online
-                state.withLock { $0.active.insert(cpu) }
-                throw .timeout(cpu: cpu, operation: "offline", waitedNanoseconds: Shim.monotonicNanoseconds() - started)
-            }
-            _ = core.ack.wait()   // it took the request and is on its way down (finishing accepted calls)
-        }
-        state.withLock {
-            $0.cpus[cpu] = .parked
-            $0.online.remove(cpu)
-        }
-        trace(cpu, "offline", started)
+        try withOperation { () throws(HotplugError) in try detachLocked(cpu) }
     }
 
     /// parked -> standby: the CPU's thread exits and is joined. A no-op in standby.
@@ -355,7 +301,7 @@ public final class Machine: Sendable {
                     core.control.wakeMailbox()
                 }
                 do {
-                    try offlineLocked(cpu, allowLast: true)
+                    try detachLocked(cpu, allowLast: true)
                     try deconfigureLocked(cpu)
                 } catch {
                     logger.error("shutdown: logical CPU \(cpu) did not go down: \(error); its thread is left running")
@@ -366,7 +312,7 @@ public final class Machine: Sendable {
         }
     }
 
-    private func withOperation<T>(_ body: () throws(HotplugError) -> T) throws(HotplugError) -> T {
+    func withOperation<T>(_ body: () throws(HotplugError) -> T) throws(HotplugError) -> T {
         let result: Result<T, HotplugError> = operations.withLock { _ in
             if state.withLock({ $0.isShutDown }) { return .failure(.shutDown) }
             do throws(HotplugError) { return .success(try body()) } catch { return .failure(error) }
@@ -374,7 +320,7 @@ public final class Machine: Sendable {
         return try result.get()
     }
 
-    private func trace(_ cpu: Int, _ operation: String, _ started: Int64) {
+    func trace(_ cpu: Int, _ operation: String, _ started: Int64) {
         logger.debug("hotplug transition", metadata: [
             "cpu": "\(cpu)", "operation": "\(operation)",
             "duration_us": "\(Double(Shim.monotonicNanoseconds() - started) / 1000)",

@@ -30,6 +30,14 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidConfiguration(String)
     /// A system call failed.
     case system(call: String, errno: Int32)
+    /// A hotplug callback failed; the failure says whether the CPU went back to where it started.
+    case callbackFailed(HotplugCallbackFailure)
+    /// The section's range of dynamic states is full.
+    case noFreeState(section: HotplugSection)
+    /// A failure cannot be injected there (the callback may not fail, or no such state).
+    case cannotInject(state: HotplugState, direction: HotplugDirection, reason: String)
+    /// No such registered state (or instance).
+    case unknownState(HotplugState)
 
     public var description: String {
         switch self {
@@ -49,6 +57,11 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
         case .shutDown: return "the machine was shut down"
         case .invalidConfiguration(let why): return "invalid configuration: \(why)"
         case .system(let call, let errno): return "\(call) failed: \(Shim.errnoDescription(errno)) (errno \(errno))"
+        case .callbackFailed(let failure): return failure.description
+        case .noFreeState(let section): return "no free \(section) hotplug state: the dynamic range is full"
+        case .cannotInject(let state, let direction, let reason):
+            return "cannot inject a \(direction) failure at \(state): \(reason)"
+        case .unknownState(let state): return "no such hotplug state (or instance): \(state)"
         }
     }
 }
