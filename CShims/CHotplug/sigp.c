@@ -255,6 +255,15 @@ int chp_sigp_block(bool block) {
     return pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
 }
 
+bool chp_sigp_is_blocked(void) {
+    int signo = chp_sigp_signal();
+    if (signo == 0) return false;
+    sigset_t set;
+    sigemptyset(&set);
+    if (pthread_sigmask(SIG_BLOCK, NULL, &set) != 0) return false;
+    return sigismember(&set, signo) == 1;
+}
+
 int chp_cpu_bind_self(chp_cpu_t *cpu) {
     atomic_store_explicit(AI32(&cpu->tid), (int32_t)chp_gettid(), memory_order_release);
     chp_self = cpu;

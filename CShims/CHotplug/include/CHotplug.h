@@ -299,6 +299,9 @@ chp_cpu_t *chp_cpu_self(void);
 /// Returns an errno value.
 int chp_sigp_block(bool block);
 
+/// True when the SIGP signal is blocked for the calling thread. Cannot fail.
+bool chp_sigp_is_blocked(void);
+
 /// Result of posting an order. `cc` is the condition code (0 accepted, 1 status stored, 2 busy, 3 not
 /// operational); `status` holds the status bits for cc 1.
 typedef struct chp_sigp_result {

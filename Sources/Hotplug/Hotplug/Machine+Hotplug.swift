@@ -238,9 +238,7 @@ extension Machine {
                let (step, error) = try walkOnline(cpu, .startup) {   // runs nothing when nothing was torn down
                 return reportRollbackFailure(cpu, step, .startup, error)
             }
-            if start == .online, registry.current(cpu) >= HotplugState(rawValue: HotplugState.onlineDynamic.upperBound) {
-                registry.setCurrent(cpu, .online)
-            }
+            if start == .online, registry.current(cpu) >= .teardownCPU { registry.setCurrent(cpu, .online) }
             if registry.current(cpu) == .online { state.withLock { $0.active.insert(cpu) } }
             return true
         } catch {

@@ -69,6 +69,9 @@ enum Shim {
         if rc != 0 { throw .system(call: "pthread_sigmask", errno: rc) }
     }
 
+    /// True when the SIGP signal is blocked on the calling thread.
+    static var isSIGPBlocked: Bool { chp_sigp_is_blocked() }
+
     /// Starts a joinable OS thread running `body`.
     static func spawnThread(_ body: @escaping @Sendable () -> Void) throws(HotplugError) -> pthread_t {
         final class Box: @unchecked Sendable {   // handed over to the new thread, released there: never shared

@@ -1,0 +1,69 @@
+/// One slot per possible logical CPU of a machine, each on its own cache lines, so that CPUs updating their own
+/// slots never share a line (no false sharing) and take no lock.
+///
+/// A CPU reaches its own slot with ``withLocal(_:)``: it runs on that CPU's thread, so nobody else touches the
+/// slot meanwhile. ``forEachOnline(_:)`` visits every online CPU's slot on that CPU's own thread, with the online
+/// mask held stable. Slots of CPUs that are not online keep their values: a PREPARE teardown (on the control
+/// thread, after the CPU is dead) may read or drain a dead CPU's slot with ``withSlot(of:_:)``.
+public final class PerCPU<Value>: @unchecked Sendable {
+    // @unchecked: slot `i` is touched only by logical CPU `i`'s thread (withLocal, forEachOnline), or by one thread
+    // while CPU `i` is not running (withSlot: the caller's promise, documented there).
+    public let machine: Machine
+    private let base: UnsafeMutableRawPointer
+    /// Bytes from one slot to the next: the value's stride rounded up to whole cache lines.
+    public let slotStride: Int
+    static var cacheLine: Int { 64 }
+
+    /// - Parameters:
+    ///   - machine: whose possible CPUs get a slot each.
+    ///   - initial: the first value of each CPU's slot.
+    public init(_ machine: Machine, initial: (_ cpu: Int) -> Value) {
+        self.machine = machine
+        let line = PerCPU.cacheLine
+        let size = max(MemoryLayout<Value>.stride, 1)
+        slotStride = (size + line - 1) / line * line
+        base = .allocate(byteCount: slotStride * machine.possibleCount,
+                         alignment: max(line, MemoryLayout<Value>.alignment))
+        for cpu in 0..<machine.possibleCount {
+            (base + cpu * slotStride).bindMemory(to: Value.self, capacity: 1).initialize(to: initial(cpu))
+        }
+    }
+
+    deinit {
+        for cpu in 0..<machine.possibleCount { slot(cpu).deinitialize(count: 1) }
+        base.deallocate()
+    }
+
+    private func slot(_ cpu: Int) -> UnsafeMutablePointer<Value> {
+        (base + cpu * slotStride).assumingMemoryBound(to: Value.self)
+    }
+
+    /// The calling CPU's slot, without a lock.
+    /// - Warning: traps when the caller is not a logical CPU of ``machine`` (a programmer error).
+    public func withLocal<T>(_ body: (_ cpu: Int, inout Value) throws -> T) rethrows -> T {
+        guard let cpu = machine.currentCPU else {
+            preconditionFailure("PerCPU.withLocal called off the machine's logical CPUs (thread \(Shim.currentThreadID))")
+        }
+        return try body(cpu, &slot(cpu).pointee)
+    }
+
+    /// Runs `body` on every online CPU's own thread with that CPU's slot, the online mask held stable (under the
+    /// hotplug read lock). Returns each CPU's result.
+    /// - Throws: the errors of ``Machine/runOnEach(timeout:_:)``.
+    public func forEachOnline<T: Sendable>(_ body: @escaping @Sendable (_ cpu: Int, inout Value) -> T) throws -> [Int: T] {
+        try machine.withCPUsReadLocked {
+            try machine.runOnEach { cpu in body(cpu, &self.slot(cpu).pointee) }
+        }
+    }
+
+    /// Any CPU's slot, from any thread.
+    /// - Warning: only while that CPU cannot touch it: it is not online (a PREPARE callback, after detach), or the
+    ///   caller runs on that CPU. Otherwise this is a data race.
+    public func withSlot<T>(of cpu: Int, _ body: (inout Value) throws -> T) throws -> T {
+        try machine.validate(cpu)
+        return try body(&slot(cpu).pointee)
+    }
+
+    /// The address of a CPU's slot (for placement checks).
+    public func address(of cpu: Int) -> UnsafeRawPointer { UnsafeRawPointer(base + cpu * slotStride) }
+}

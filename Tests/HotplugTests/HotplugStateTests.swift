@@ -1,0 +1,284 @@
+import Foundation
+import Testing
+@testable import Hotplug
+
+/// A subsystem that records every callback: which state, which direction, on which thread, with the SIGP signal
+/// blocked or not; and which states are "live" (started up, not torn down) on each CPU.
+final class Recorder: Sendable {
+    struct Call: Equatable {
+        let name: String
+        let direction: HotplugDirection
+        let cpu: Int
+        let thread: Int32
+        let onCPU: Int?
+        let sigpBlocked: Bool
+    }
+
+    private let calls = Locked<[Call]>([])
+    private let live = Locked<[Int: Set<String>]>([:])
+    /// Startups of these (name, cpu) fail.
+    let failStartup = Locked<Set<String>>([])
+    /// Teardowns of these (name, cpu) fail.
+    let failTeardown = Locked<Set<String>>([])
+    let machine: Locked<Machine?> = Locked(nil)
+
+    struct Refused: Error, CustomStringConvertible {
+        let what: String
+        var description: String { "refused: \(what)" }
+    }
+
+    func callbacks(_ name: String) -> (startup: HotplugCallback, teardown: HotplugCallback) {
+        ({ cpu in try self.record(name, .startup, cpu) }, { cpu in try self.record(name, .teardown, cpu) })
+    }
+
+    private func record(_ name: String, _ direction: HotplugDirection, _ cpu: Int) throws {
+        let key = "\(name)@\(cpu)"
+        if direction == .startup, failStartup.withLock({ $0.contains(key) }) { throw Refused(what: "startup \(key)") }
+        if direction == .teardown, failTeardown.withLock({ $0.contains(key) }) { throw Refused(what: "teardown \(key)") }
+        let onCPU = machine.withLock { $0 }?.currentCPU
+        calls.withLock { $0.append(Call(name: name, direction: direction, cpu: cpu, thread: Shim.currentThreadID,
+                                        onCPU: onCPU, sigpBlocked: Shim.isSIGPBlocked)) }
+        live.withLock { live in
+            if direction == .startup { live[cpu, default: []].insert(name) } else { live[cpu, default: []].remove(name) }
+        }
+    }
+
+    func take() -> [Call] { calls.withLock { all in defer { all.removeAll() }; return all } }
+    func live(_ cpu: Int) -> Set<String> { live.withLock { $0[cpu] ?? [] } }
+    func order(_ calls: [Call]) -> [String] { calls.map { "\($0.direction == .startup ? "+" : "-")\($0.name)" } }
+}
+
+@Suite struct HotplugStateTests {
+    /// P1, P2 (PREPARE), S1, S2 (STARTING), O1, O2 (ONLINE), registered in that order.
+    private func setUp(cpus: Int = 2) throws -> (Machine, Recorder, [String: HotplugState]) {
+        let machine = try Machine(cpus: cpus)
+        let recorder = Recorder()
+        recorder.machine.withLock { $0 = machine }
+        var states: [String: HotplugState] = [:]
+        for (name, section) in [("test:p1", HotplugSection.prepare), ("test:p2", .prepare), ("test:s1", .starting),
+                                ("test:s2", .starting), ("test:o1", .online), ("test:o2", .online)] {
+            let (up, down) = recorder.callbacks(name)
+            states[name] = try machine.hotplug.register(name, section: section, startup: up, teardown: down)
+        }
+        return (machine, recorder, states)
+    }
+
+    @Test func callbacksRunInOrderOnTheThreadTheirSectionNames() throws {
+        let (m, r, states) = try setUp()
+        defer { m.shutdown() }
+        // Registration invoked every startup on the CPUs already online.
+        #expect(r.live(0) == ["test:p1", "test:p2", "test:s1", "test:s2", "test:o1", "test:o2"])
+        #expect(r.live(1) == r.live(0))
+        #expect(m.hotplug.states.map(\.name) == ["test:p1", "test:p2", "test:s1", "test:s2", "test:o1", "test:o2"])
+        #expect(states["test:p1"]! < states["test:p2"]! && states["test:p2"]! < .bringup)
+        #expect(.bringup < states["test:s1"]! && states["test:s2"]! < .teardownCPU && .teardownCPU < states["test:o1"]!)
+        _ = r.take()
+
+        let control = Shim.currentThreadID
+        let cpuThread = try #require(try m.threadID(of: 1))
+        try m.offline(1)
+        let down = r.take()
+        #expect(r.order(down) == ["-test:o2", "-test:o1", "-test:s2", "-test:s1", "-test:p2", "-test:p1"])
+        try m.online(1)
+        let up = r.take()
+        #expect(r.order(up) == ["+test:p1", "+test:p2", "+test:s1", "+test:s2", "+test:o1", "+test:o2"])
+        for call in down + up {
+            switch call.name {
+            case "test:p1", "test:p2":   // PREPARE: the control thread
+                #expect(call.thread == control && call.onCPU == nil, "\(call)")
+            case "test:s1", "test:s2":   // STARTING: the target CPU, signal blocked
+                #expect(call.thread == cpuThread && call.onCPU == 1 && call.sigpBlocked, "\(call)")
+            default:                     // ONLINE: the target CPU at a safe point, signal not blocked
+                #expect(call.thread == cpuThread && call.onCPU == 1 && !call.sigpBlocked, "\(call)")
+            }
+            #expect(call.cpu == 1)
+        }
+        #expect(try m.hotplug.currentState(of: 1) == .online)
+        #expect(try m.hotplug.targetState(of: 1) == .online)
+        try m.offline(1)
+        #expect(try m.hotplug.currentState(of: 1) == .offline)
+        #expect(r.live(1).isEmpty)
+    }
+
+    @Test func registrationRollsBackWhenCPUNFails() throws {
+        let m = try Machine(cpus: 3)
+        defer { m.shutdown() }
+        let r = Recorder()
+        r.failStartup.withLock { $0.insert("test:x@2") }
+        let (up, down) = r.callbacks("test:x")
+        #expect {
+            try m.hotplug.register("test:x", section: .online, startup: up, teardown: down)
+        } throws: { error in
+            guard case HotplugError.callbackFailed(let failure) = error else { return false }
+            return failure.cpu == 2 && failure.direction == .startup && failure.rolledBack
+        }
+        #expect(r.order(r.take()) == ["+test:x", "+test:x", "-test:x", "-test:x"])
+        #expect((0..<3).allSatisfy { r.live($0).isEmpty })
+        #expect(m.hotplug.states.isEmpty, "the failed state was not removed")
+        // Without invoking: nothing runs now, and the next attach runs it.
+        try m.offline(2)
+        r.failStartup.withLock { $0.removeAll() }
+        let state = try m.hotplug.register("test:x", section: .prepare, invokeOnExisting: false, startup: up, teardown: down)
+        #expect(r.take().isEmpty)
+        try m.online(2)
+        #expect(r.live(2) == ["test:x"] && r.live(0).isEmpty)
+        try m.hotplug.unregister(state)
+        #expect(r.live(2).isEmpty)
+    }
+
+    /// Injecting a failure at every state that may fail, in both directions, returns the CPU to where it started
+    /// with every completed step undone; everywhere else injection is refused.
+    @Test func faultInjectionAtEveryStateRollsBack() throws {
+        let (m, r, states) = try setUp(cpus: 3)
+        defer { m.shutdown() }
+        let attachPoints: [HotplugState] = [states["test:p1"]!, states["test:p2"]!, .bringup, states["test:o1"]!, states["test:o2"]!]
+        let detachPoints: [HotplugState] = [states["test:o2"]!, states["test:o1"]!, .teardownCPU]
+        for point in attachPoints {
+            try m.offline(2)
+            let before = (m.online, m.active, r.live(2), try m.state(of: 2))
+            try m.hotplug.injectFailure(cpu: 2, at: point, direction: .startup)
+            #expect {
+                try m.online(2)
+            } throws: { error in
+                guard case HotplugError.callbackFailed(let failure) = error else { return false }
+                return failure.state == point && failure.rolledBack && failure.underlying is InjectedFailure
+            }
+            #expect((m.online, m.active, r.live(2), try m.state(of: 2)) == before, "attach failing at \(m.hotplug.name(of: point))")
+            #expect(try m.hotplug.currentState(of: 2) == .offline)
+            try m.online(2)   // the injection fired once
+            #expect(r.live(2) == r.live(0))
+        }
+        for point in detachPoints {
+            let before = (m.online, m.active, r.live(2), try m.state(of: 2))
+            try m.hotplug.injectFailure(cpu: 2, at: point, direction: .teardown)
+            #expect {
+                try m.offline(2)
+            } throws: { error in
+                guard case HotplugError.callbackFailed(let failure) = error else { return false }
+                return failure.state == point && failure.rolledBack && failure.underlying is InjectedFailure
+            }
+            #expect((m.online, m.active, r.live(2), try m.state(of: 2)) == before, "detach failing at \(m.hotplug.name(of: point))")
+            #expect(try m.hotplug.currentState(of: 2) == .online)
+            #expect(try m.run(on: 2) { m.currentCPU } == 2)
+        }
+        let refused: [(HotplugState, HotplugDirection)] = [
+            (states["test:p1"]!, .teardown), (states["test:s1"]!, .startup), (states["test:s2"]!, .teardown),
+            (.bringup, .teardown), (.teardownCPU, .startup), (HotplugState(rawValue: 77), .startup),
+        ]
+        for (state, direction) in refused {
+            #expect(throws: HotplugError.self) { try m.hotplug.injectFailure(cpu: 2, at: state, direction: direction) }
+        }
+    }
+
+    @Test func aFailedRollbackIsReportedAndTheCPUStaysWhereItStopped() throws {
+        let (m, r, states) = try setUp()
+        defer { m.shutdown() }
+        try m.offline(1)
+        // Attach fails at O2; its rollback tears O1 down, which fails too.
+        try m.hotplug.injectFailure(cpu: 1, at: states["test:o2"]!, direction: .startup)
+        r.failTeardown.withLock { $0.insert("test:o1@1") }
+        #expect {
+            try m.online(1)
+        } throws: { error in
+            guard case HotplugError.callbackFailed(let failure) = error else { return false }
+            return failure.state == states["test:o2"]! && !failure.rolledBack
+        }
+        #expect(try m.hotplug.currentState(of: 1) == states["test:o1"]!, "not where it stopped")
+        #expect(r.live(1).contains("test:o1") && !r.live(1).contains("test:o2"))
+        #expect(m.online.contains(1) && !m.active.contains(1))
+        // Once the subsystem recovers, the next attach continues from there.
+        r.failTeardown.withLock { $0.removeAll() }
+        try m.online(1)
+        #expect(try m.hotplug.currentState(of: 1) == .online && m.active.contains(1))
+        #expect(r.live(1) == r.live(0))
+    }
+
+    @Test func multiInstanceStatesAddAndRemovePerInstance() throws {
+        let m = try Machine(cpus: 3)
+        defer { m.shutdown() }
+        let live = Locked<Set<String>>([])
+        let state = try m.hotplug.registerMultiInstance("test:multi", section: .online,
+            startup: { cpu, instance in live.withLock { _ = $0.insert("\(instance)@\(cpu)") } },
+            teardown: { cpu, instance in live.withLock { _ = $0.remove("\(instance)@\(cpu)") } })
+        try m.hotplug.addInstance("a", to: state)
+        #expect(live.withLock { $0 } == ["a@0", "a@1", "a@2"])
+        try m.hotplug.injectFailure(cpu: 2, at: state, direction: .startup)
+        #expect(throws: HotplugError.self) { try m.hotplug.addInstance("b", to: state) }
+        #expect(live.withLock { $0 } == ["a@0", "a@1", "a@2"], "instance b was not rolled back on CPUs 0 and 1")
+        #expect(m.hotplug.states.first?.instances == ["a"])
+        try m.hotplug.addInstance("b", to: state)
+        try m.offline(1)
+        #expect(live.withLock { $0 } == ["a@0", "a@2", "b@0", "b@2"])
+        try m.online(1)
+        #expect(live.withLock { $0 }.count == 6)
+        try m.hotplug.removeInstance("a", from: state)
+        #expect(live.withLock { $0 } == ["b@0", "b@1", "b@2"])
+        #expect(m.hotplug.states.first?.instances == ["b"])
+        #expect(throws: HotplugError.unknownState(state)) { try m.hotplug.removeInstance("a", from: state) }
+    }
+
+    @Test(arguments: [(HotplugSection.prepare, 19), (.starting, 19), (.online, 39)])
+    func dynamicRangeExhaustion(section: HotplugSection, capacity: Int) throws {
+        let m = try Machine(cpus: 1)
+        defer { m.shutdown() }
+        var states: [HotplugState] = []
+        for i in 0..<capacity { states.append(try m.hotplug.register("test:\(i)", section: section, startup: nil, teardown: nil)) }
+        #expect(throws: HotplugError.noFreeState(section: section)) {
+            try m.hotplug.register("test:full", section: section, startup: nil, teardown: nil)
+        }
+        try m.hotplug.unregister(states[3])
+        #expect(try m.hotplug.register("test:again", section: section, startup: nil, teardown: nil) == states[3])
+        #expect(throws: HotplugError.invalidConfiguration("a hotplug state needs a name (\"subsys:mode\")")) {
+            try m.hotplug.register("", section: section, startup: nil, teardown: nil)
+        }
+    }
+
+    @Test func disabledHotplugIsBusyAndNests() throws {
+        let m = try Machine(cpus: 2)
+        defer { m.shutdown() }
+        m.hotplug.disable()
+        m.hotplug.disable()
+        #expect(throws: HotplugError.busy(cpu: 1, reason: "hotplug is disabled")) { try m.offline(1) }
+        m.hotplug.enable()
+        #expect(throws: HotplugError.busy(cpu: 1, reason: "hotplug is disabled")) { try m.offline(1) }
+        m.hotplug.enable()
+        try m.offline(1)
+        m.hotplug.disable()
+        #expect(throws: HotplugError.busy(cpu: 1, reason: "hotplug is disabled")) { try m.online(1) }
+        m.hotplug.enable()
+        try m.online(1)
+    }
+
+    @Test func unbalancedEnableTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let m = try Machine(cpus: 1)
+            m.hotplug.enable()
+        }
+    }
+
+    @Test func theReadLockKeepsTheOnlineMaskStable() throws {
+        let m = try Machine(cpus: 3)
+        defer { m.shutdown() }
+        let stop = Locked(false)
+        let cycles = Locked(0)
+        let cycler = try Shim.spawnThread {
+            while !stop.withLock({ $0 }) {
+                try? m.offline(1 + cycles.withLock { $0 } % 2)
+                try? m.online(1 + cycles.withLock { $0 } % 2)
+                cycles.withLock { $0 += 1 }
+            }
+        }
+        for _ in 0..<stressIterations(200, long: 5_000) {
+            try m.withCPUsReadLocked {
+                let first = m.online
+                usleep(200)
+                #expect(m.online == first, "the online mask changed under the read lock")
+                let ran = try m.runOnEach { cpu in cpu }.keys.sorted()
+                #expect(ran == Array(first))
+            }
+        }
+        stop.withLock { $0 = true }
+        try Shim.join(cycler)
+        #expect(cycles.withLock { $0 } > 0, "the cycler never ran")
+    }
+}
