@@ -149,3 +149,26 @@ import Testing
         #expect(ran.withLock { $0.values.allSatisfy { $0 == 1 } })
     }
 }
+
+@Suite struct LastReferenceTests {
+    /// The last reference to a machine may be dropped on one of its own CPUs (a cross-call that captured it):
+    /// the shutdown then runs there, takes every other CPU down and retires that one without a hang.
+    @Test func aMachineReleasedOnItsOwnCPUShutsDownWithoutHanging() throws {
+        var tids: [Int32] = []
+        let scopeEnded = Completion()
+        let ranOn = Locked<Int?>(nil)
+        do {
+            let machine = try Machine(cpus: 3)
+            tids = try (0..<3).map { try #require(try machine.threadID(of: $0)) }
+            // The closure holds the only other reference; it outlives the test's by waiting for the scope to end.
+            try machine.submit(on: 1) { [machine] in
+                _ = scopeEnded.wait(timeoutNanoseconds: 10_000_000_000)
+                ranOn.withLock { $0 = machine.currentCPU }
+            }
+        }
+        scopeEnded.signal()
+        #expect(eventually(timeout: .seconds(20)) { tids.allSatisfy { !threadExists($0) } },
+                "threads left: \(tids.filter(threadExists))")
+        #expect(ranOn.withLock { $0 } == 1)
+    }
+}

@@ -86,7 +86,7 @@ final class CPUCore: @unchecked Sendable {
     private func runOnline() {
         while true {
             let bits = control.safePoint()
-            let goingOffline = bits.contains(.lifecycle) && control.lifecycle == .offline
+            let goingOffline = bits.contains(.lifecycle) && (control.lifecycle == .offline || control.lifecycle == .exit)
             // A STOP that meets an offline request is absorbed by going offline (an offline CPU is stopped).
             if bits.contains(.stop) && !goingOffline { control.stopHere() }   // blocks until START / RESTART
             // Interruptions taken at this safe point are handled even when the CPU goes offline right after, like
@@ -169,7 +169,8 @@ final class CrossCallRequest: @unchecked Sendable {
     // @unchecked: `work` is immutable; the phase is an Atomic; completion is a futex event.
     enum Phase: Int { case queued = 0, running, done, cancelled }
 
-    private let work: @Sendable () -> Void
+    /// Touched only by the thread that wins the phase CAS (then nil'ed before completion is signalled).
+    private nonisolated(unsafe) var work: (@Sendable () -> Void)?
     private let phase = Atomic<Int>(Phase.queued.rawValue)
     let done = Completion()
 
@@ -179,7 +180,10 @@ final class CrossCallRequest: @unchecked Sendable {
         // Acquire: partner of the submitter's release in `cancel` (a cancelled call never runs).
         guard phase.compareExchange(expected: Phase.queued.rawValue, desired: Phase.running.rawValue,
                                     ordering: .acquiring).exchanged else { return }
-        work()
+        work?()
+        // Drop what the closure captured while the waiter still waits: a machine captured by it is then never
+        // released last on this CPU's thread (its deinit would have to take this very CPU down).
+        work = nil
         phase.store(Phase.done.rawValue, ordering: .releasing)
         done.signal()   // release: partner of the waiter's acquire in Completion.wait
     }

@@ -294,12 +294,16 @@ public final class Machine: Sendable {
     public func shutdown() {
         operations.withLock { _ in
             guard !state.withLock({ $0.isShutDown }) else { return }
-            for cpu in 0..<possibleCount where state.withLock({ $0.cpus[cpu] }) != .standby {
-                let core = cores[cpu]
-                if core.isStoppedByOrder {   // release a stopped CPU (and drop a STOP not taken yet)
-                    _ = core.control.retract([.stop, .stopStore, .stopped, .restart])
-                    core.control.wakeMailbox()
-                }
+            // Release every CPU stopped by an order first (and drop STOPs not taken yet): a stopped CPU cannot
+            // reach the safe point that every stop_machine below needs from it.
+            for core in cores where core.isStoppedByOrder {
+                _ = core.control.retract([.stop, .stopStore, .stopped, .restart])
+                core.control.wakeMailbox()
+            }
+            // Highest first, so that the lowest CPU (usually the first one attached) goes last. A shutdown running
+            // on one of this machine's own CPUs (its last reference dropped there) retires that CPU last, inline.
+            let me = currentCPU
+            for cpu in (0..<possibleCount).reversed() where cpu != me && state.withLock({ $0.cpus[cpu] }) != .standby {
                 do {
                     try detachLocked(cpu, allowLast: true)
                     try deconfigureLocked(cpu)
@@ -307,9 +311,44 @@ public final class Machine: Sendable {
                     logger.error("shutdown: logical CPU \(cpu) did not go down: \(error); its thread is left running")
                 }
             }
+            if let me { retireCurrentCPU(me) }
             state.withLock { $0.isShutDown = true }
             Shim.uninstallSIGP(signal: signal)
         }
+    }
+
+    /// Takes down the CPU the caller runs on: its teardowns run inline on its own thread (ONLINE, then STARTING
+    /// with the signal blocked, then PREPARE), it leaves every mask, and its thread exits detached when the
+    /// current work returns to its safe point.
+    private func retireCurrentCPU(_ cpu: Int) {
+        let core = cores[cpu]
+        state.withLock { $0.active.remove(cpu) }
+        for step in registry.states(in: HotplugState.onlineDynamic).reversed() where registry.current(cpu) >= step {
+            do { try registry.invoke(step, cpu: cpu, .teardown) } catch {
+                logger.error("shutdown: teardown of \(registry.name(step)) failed on CPU \(cpu): \(error)")
+            }
+        }
+        if registry.current(cpu) >= .bringup {
+            try? Shim.blockSIGP(true)
+            registry.runStarting(cpu: cpu, .teardown)
+            try? Shim.blockSIGP(false)
+        }
+        for step in registry.states(in: 1...(HotplugState.bringup.rawValue - 1)).reversed() where registry.current(cpu) >= step {
+            do { try registry.invoke(step, cpu: cpu, .teardown) } catch {
+                logger.error("shutdown: teardown of \(registry.name(step)) failed on CPU \(cpu): \(error)")
+            }
+        }
+        registry.setCurrent(cpu, .offline)
+        let thread = state.withLock { state -> pthread_t? in
+            state.online.remove(cpu)
+            state.present.remove(cpu)
+            state.cpus[cpu] = .standby
+            defer { state.threads[cpu] = nil }
+            return state.threads[cpu]
+        }
+        if let thread { Shim.detach(thread) }
+        core.control.lifecycle = .exit
+        _ = core.control.post(.lifecycle)   // taken at its next safe point: it goes offline, then exits
     }
 
     func withOperation<T>(_ body: () throws(HotplugError) -> T) throws(HotplugError) -> T {

@@ -97,6 +97,9 @@ enum Shim {
         if rc != 0 { throw .system(call: "pthread_join", errno: rc) }
     }
 
+    /// Lets a thread's resources go when it exits, without a join.
+    static func detach(_ thread: pthread_t) { pthread_detach(thread) }
+
     static func yield() { sched_yield() }
 }
 
