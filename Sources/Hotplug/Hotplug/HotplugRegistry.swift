@@ -71,7 +71,13 @@ final class HotplugRegistry: Sendable {
         }
     }
 
-    func remove(_ state: HotplugState) { contents.withLock { _ = $0.entries.removeValue(forKey: state) } }
+    /// Removes a state and the injections armed on it (a later state in the same slot starts clean).
+    func remove(_ state: HotplugState) {
+        contents.withLock { contents in
+            contents.entries.removeValue(forKey: state)
+            contents.injections = contents.injections.filter { $0.state != state }
+        }
+    }
 
     /// Consumes an injected failure for this callback, if one is armed.
     func takeInjection(_ cpu: Int, _ state: HotplugState, _ direction: HotplugDirection) -> Bool {
