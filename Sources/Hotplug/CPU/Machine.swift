@@ -70,11 +70,11 @@ public final class Machine: Sendable {
     let resendNanoseconds: Int64
     let state: Locked<State>
     /// Serialises lifecycle operations (held for a whole operation; `state` only for short reads and writes).
-    let operations = Locked(())
+    let operations = Lock()
     /// The hotplug read/write lock (Linux's `cpu_hotplug_lock`): readers keep the online mask stable.
     let hotplugLock = ReadWriteLock()
     /// Serialises stop_machine runs.
-    let stopMachineSerial = Locked(())
+    let stopMachineSerial = Lock()
     /// The hotplug states and each CPU's progress through them.
     let registry: HotplugRegistry
     let id: UInt64
@@ -292,7 +292,7 @@ public final class Machine: Sendable {
     /// Idempotent; later operations throw ``HotplugError/shutDown``. A CPU that cannot be brought to a safe
     /// point (stuck in user code) is logged and its thread left running: its memory is never freed under it.
     public func shutdown() {
-        operations.withLock { _ in
+        operations.withLock {
             guard !state.withLock({ $0.isShutDown }) else { return }
             // Release every CPU stopped by an order first (and drop STOPs not taken yet): a stopped CPU cannot
             // reach the safe point that every stop_machine below needs from it.
@@ -352,7 +352,7 @@ public final class Machine: Sendable {
     }
 
     func withOperation<T>(_ body: () throws(HotplugError) -> T) throws(HotplugError) -> T {
-        let result: Result<T, HotplugError> = operations.withLock { _ in
+        let result: Result<T, HotplugError> = operations.withLock {
             if state.withLock({ $0.isShutDown }) { return .failure(.shutDown) }
             do throws(HotplugError) { return .success(try body()) } catch { return .failure(error) }
         }

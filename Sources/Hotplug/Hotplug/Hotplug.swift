@@ -113,7 +113,7 @@ extension Machine {
         /// Disables hotplug operations (nesting): until the matching ``enable()``, attach and detach fail with
         /// ``HotplugError/busy(cpu:reason:)``.
         public func disable() {
-            machine.operations.withLock { _ in machine.registry.contents.withLock { $0.disableDepth += 1 } }
+            machine.operations.withLock { machine.registry.contents.withLock { $0.disableDepth += 1 } }
         }
 
         /// Undoes one ``disable()``. Traps when hotplug is not disabled (an unbalanced call is a programmer error).

@@ -71,3 +71,27 @@ final class ReadWriteLock: @unchecked Sendable {
         return try body()
     }
 }
+
+/// A plain `pthread_mutex_t` lock guarding no value of its own (serialisation only).
+final class Lock: @unchecked Sendable {
+    // @unchecked: the pthread mutex is the synchronisation.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        let rc = pthread_mutex_init(mutex, nil)
+        precondition(rc == 0, "pthread_mutex_init failed: \(rc)")
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+}

@@ -101,7 +101,7 @@ extension Machine {
     /// stop_machine over the current online CPUs; the caller keeps the online mask stable (read or write lock).
     func stopMachineLocked(active: CPUSet?, timeout: Duration?,
                            _ body: @escaping @Sendable (Int) throws -> Void) throws {
-        try stopMachineSerial.withLock { _ throws in
+        try stopMachineSerial.withLock { () throws in
             let participants = online
             guard let first = participants.first(where: { _ in true }) else { return }
             let runners = active.map { CPUSet($0.filter { participants.contains($0) }) } ?? [first]
