@@ -17,8 +17,11 @@ extension Machine {
         /// order is callback order).
         /// - Parameters:
         ///   - name: "subsys:mode"; must not be empty.
+        ///   - section: where the callbacks run (PREPARE, STARTING or ONLINE).
         ///   - invokeOnExisting: run `startup` now for every CPU already past the state (on the thread the section
         ///     requires). A failure on CPU N tears the state down again on the CPUs before N and removes it.
+        ///   - startup: runs on attach (ascending order); nil for none.
+        ///   - teardown: runs on detach (descending order); nil for none.
         /// - Returns: the state.
         /// - Throws: ``HotplugError/noFreeState(section:)`` when the section's range is full;
         ///   ``HotplugError/callbackFailed(_:)`` when an invoked startup failed; ``HotplugError/shutDown``.
