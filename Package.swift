@@ -44,7 +44,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HotplugTests",
-            dependencies: ["Hotplug", "CHotplug"],
+            dependencies: ["Hotplug", "CHotplug", .product(name: "Logging", package: "swift-log")],
             path: "Tests/HotplugTests"
         ),
     ]
