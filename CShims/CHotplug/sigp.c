@@ -492,6 +492,7 @@ int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t res
         atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
     }
     uint32_t spins = 0;
+    uint32_t resent = 0;
     // Acquire: P3, partner of the acknowledger's release CAS of sig_ack.
     while (atomic_load_explicit(A64(&cpu->sig_ack), memory_order_acquire) < ticket) {
         spins++;
@@ -502,11 +503,9 @@ int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t res
         // Stopped or parked offline since: the order stays pending (accepted), as for a stopped CPU.
         if ((mb & CHP_MB_STOPPED) || CLASS_OF(mb) == CHP_CLASS_QUIET) return 0;
         int64_t now = chp_monotonic_ns();
-        if (now - start >= timeout_ns) {
-            atomic_store_explicit(A32(&cpu->check_stop), 1, memory_order_relaxed);
-            return ETIMEDOUT;
-        }
         // POLLING / IDLE now: it passed a safe point (or will before it waits), which acknowledges; keep waiting.
+        // The resend comes before the timeout check, so a CPU is only reported after at least one resend, even
+        // when this sender was descheduled for the whole bound.
         if (CLASS_OF(mb) == CHP_CLASS_RUNNING && now - last_send >= resend_ns) {
             // Lost, or blocked by the thread's signal mask: send it again (a blocked one stays pending).
             if (syscall(SYS_tgkill, getpid(), tid, signo) == 0) {
@@ -516,6 +515,12 @@ int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t res
                 return errno;
             }
             last_send = now;
+            resent++;
+        }
+        // Past the bound, and resent at least once (or twice the bound: it was never running code meanwhile).
+        if (now - start >= timeout_ns && (resent > 0 || now - start >= 2 * timeout_ns)) {
+            atomic_store_explicit(A32(&cpu->check_stop), 1, memory_order_relaxed);
+            return ETIMEDOUT;
         }
     }
     return 0;

@@ -16,8 +16,8 @@ extension Machine {
     ///   - parameter: the 32-bit parameter (carried by ``SIGPOrder/externalCall``).
     /// - Returns: the condition code and status.
     /// - Throws: ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)`` when a running CPU did not
-    ///   acknowledge within ``Configuration/responseTimeout`` (the order stays posted; the CPU reports check stop
-    ///   until it next reaches a safe point).
+    ///   acknowledge within ``Configuration/responseTimeout`` and after at least one resend (at most twice the
+    ///   bound); the order stays posted, and the CPU reports check stop until it next reaches a safe point.
     @discardableResult
     public func sigp(_ cpu: Int, _ order: SIGPOrder, parameter: UInt32 = 0) throws(HotplugError) -> SIGPResult {
         guard (0..<possibleCount).contains(cpu) else { return SIGPResult(conditionCode: .notOperational) }
