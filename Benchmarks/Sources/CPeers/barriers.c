@@ -16,8 +16,6 @@
 #define CPR_HAVE_CK 0
 #endif
 
-enum { CPR_THREADS = 2 };
-
 #if CPR_HAVE_CK
 typedef struct ck_api {
     int loaded;   // 0 not tried, 1 loaded, -1 not available
@@ -86,15 +84,16 @@ bool cpr_barrier_available(cpr_barrier_kind_t kind) {
 // The shared part of one run. Each thread keeps its barrier state on its own stack (Concurrency Kit's split).
 typedef struct barrier_run {
     cpr_barrier_kind_t kind;
+    unsigned threads;
     size_t episodes;
     pthread_barrier_t pthread;
 #if CPR_HAVE_CK
     _Alignas(64) ck_barrier_centralized_t centralized;
-    ck_barrier_dissemination_t *dissemination;   // CPR_THREADS of them
-    ck_barrier_dissemination_flag_t *dissemination_flags[CPR_THREADS];
+    ck_barrier_dissemination_t *dissemination;              // `threads` of them
+    ck_barrier_dissemination_flag_t **dissemination_flags;  // `threads` arrays
     ck_barrier_tournament_t tournament;
-    ck_barrier_tournament_round_t *tournament_rounds[CPR_THREADS];
-    ck_barrier_mcs_t *mcs;                        // CPR_THREADS of them
+    ck_barrier_tournament_round_t **tournament_rounds;      // `threads` arrays
+    ck_barrier_mcs_t *mcs;                                  // `threads` of them
 #endif
 } barrier_run_t;
 
@@ -117,7 +116,7 @@ static void run_episodes(barrier_run_t *run, int64_t *samples, size_t count, siz
         switch (run->kind) {
         case CPR_BARRIER_PTHREAD: (void)pthread_barrier_wait(&run->pthread); break;
 #if CPR_HAVE_CK
-        case CPR_BARRIER_CK_CENTRALIZED: ck.centralized(&run->centralized, &centralized, CPR_THREADS); break;
+        case CPR_BARRIER_CK_CENTRALIZED: ck.centralized(&run->centralized, &centralized, run->threads); break;
         case CPR_BARRIER_CK_DISSEMINATION: ck.dissemination(run->dissemination, &dissemination); break;
         case CPR_BARRIER_CK_TOURNAMENT: ck.tournament(&run->tournament, &tournament); break;
         case CPR_BARRIER_CK_MCS: ck.mcs(run->mcs, &mcs); break;
@@ -140,80 +139,112 @@ static void *barrier_partner(void *arg) {
 
 static void barrier_run_free(barrier_run_t *run) {
 #if CPR_HAVE_CK
-    for (int i = 0; i < CPR_THREADS; i++) {
-        free(run->dissemination_flags[i]);
-        free(run->tournament_rounds[i]);
+    for (unsigned i = 0; i < run->threads; i++) {
+        if (run->dissemination_flags != NULL) free(run->dissemination_flags[i]);
+        if (run->tournament_rounds != NULL) free(run->tournament_rounds[i]);
     }
+    free(run->dissemination_flags);
+    free(run->tournament_rounds);
     free(run->dissemination);
     free(run->mcs);
 #endif
     cpr_free(run);
 }
 
-int cpr_barrier_episodes(cpr_barrier_kind_t kind, int partner_cpu, int64_t *samples, size_t count, size_t warmup) {
+// Allocates `threads` zeroed arrays of `size` elements of `element` bytes; false when one failed.
+#if CPR_HAVE_CK
+static bool alloc_arrays(void **arrays, unsigned threads, size_t size, size_t element) {
+    bool ok = true;
+    for (unsigned i = 0; i < threads; i++) {
+        arrays[i] = calloc(size, element);
+        if (arrays[i] == NULL) ok = false;
+    }
+    return ok;
+}
+#endif
+
+int cpr_barrier_episodes(cpr_barrier_kind_t kind, const int *cpus, size_t threads, int64_t *samples, size_t count,
+                         size_t warmup) {
     if (!cpr_barrier_available(kind)) return ENOTSUP;
+    if (threads < 1 || threads > CPR_MAX_THREADS) return EINVAL;
     barrier_run_t *run = cpr_alloc_lines(sizeof(barrier_run_t));
     if (run == NULL) return errno;
     run->kind = kind;
+    run->threads = (unsigned)threads;
     run->episodes = warmup + count;
     int rc = 0;
     switch (kind) {
     case CPR_BARRIER_PTHREAD:
-        rc = pthread_barrier_init(&run->pthread, NULL, CPR_THREADS);
+        rc = pthread_barrier_init(&run->pthread, NULL, run->threads);
         break;
 #if CPR_HAVE_CK
     case CPR_BARRIER_CK_CENTRALIZED:
         break;   // zeroed memory is CK_BARRIER_CENTRALIZED_INITIALIZER
     case CPR_BARRIER_CK_DISSEMINATION: {
         // As Concurrency Kit's own regression does: one barrier record per thread, `size` flags per thread.
-        unsigned size = ck.dissemination_size(CPR_THREADS);
-        run->dissemination = calloc(CPR_THREADS, sizeof(ck_barrier_dissemination_t));
-        for (int i = 0; i < CPR_THREADS; i++)
-            run->dissemination_flags[i] = calloc(size, sizeof(ck_barrier_dissemination_flag_t));
-        if (run->dissemination == NULL || !run->dissemination_flags[0] || !run->dissemination_flags[1]) {
+        unsigned size = ck.dissemination_size(run->threads);
+        run->dissemination = calloc(threads, sizeof(ck_barrier_dissemination_t));
+        run->dissemination_flags = calloc(threads, sizeof(ck_barrier_dissemination_flag_t *));
+        if (run->dissemination == NULL || run->dissemination_flags == NULL
+            || !alloc_arrays((void **)run->dissemination_flags, run->threads, size,
+                             sizeof(ck_barrier_dissemination_flag_t))) {
             rc = ENOMEM;
             break;
         }
-        ck.dissemination_init(run->dissemination, run->dissemination_flags, CPR_THREADS);
+        ck.dissemination_init(run->dissemination, run->dissemination_flags, run->threads);
         break;
     }
     case CPR_BARRIER_CK_TOURNAMENT: {
-        unsigned size = ck.tournament_size(CPR_THREADS);
-        for (int i = 0; i < CPR_THREADS; i++)
-            run->tournament_rounds[i] = calloc(size, sizeof(ck_barrier_tournament_round_t));
-        if (!run->tournament_rounds[0] || !run->tournament_rounds[1]) { rc = ENOMEM; break; }
-        ck.tournament_init(&run->tournament, run->tournament_rounds, CPR_THREADS);
+        unsigned size = ck.tournament_size(run->threads);
+        run->tournament_rounds = calloc(threads, sizeof(ck_barrier_tournament_round_t *));
+        if (run->tournament_rounds == NULL
+            || !alloc_arrays((void **)run->tournament_rounds, run->threads, size,
+                             sizeof(ck_barrier_tournament_round_t))) {
+            rc = ENOMEM;
+            break;
+        }
+        ck.tournament_init(&run->tournament, run->tournament_rounds, run->threads);
         break;
     }
     case CPR_BARRIER_CK_MCS:
-        run->mcs = calloc(CPR_THREADS, sizeof(ck_barrier_mcs_t));
+        run->mcs = calloc(threads, sizeof(ck_barrier_mcs_t));
         if (run->mcs == NULL) { rc = ENOMEM; break; }
-        ck.mcs_init(run->mcs, CPR_THREADS);
+        ck.mcs_init(run->mcs, run->threads);
         break;
 #endif
     default:
         rc = ENOTSUP;
     }
-    if (rc != 0) { barrier_run_free(run); return rc; }
+    if (rc != 0) {
+        if (kind == CPR_BARRIER_PTHREAD) { cpr_free(run); return rc; }   // never initialised
+        barrier_run_free(run);
+        return rc;
+    }
 
-    pthread_t partner;
-    pthread_attr_t attr;
-    rc = pthread_attr_init(&attr);
-    if (rc == 0 && partner_cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(partner_cpu, &set);
-        (void)pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
-    }
-    if (rc == 0) {
-        rc = pthread_create(&partner, &attr, barrier_partner, run);
+    // Partners 1..threads-1. When one cannot start (the system is out of threads or memory), the error is returned
+    // and the partners already started stay in the barrier for good, with the run they use.
+    pthread_t partners[CPR_MAX_THREADS];
+    size_t started = 0;
+    for (size_t i = 1; i < threads && rc == 0; i++) {
+        pthread_attr_t attr;
+        rc = pthread_attr_init(&attr);
+        if (rc != 0) break;
+        if (cpus[i] >= 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(cpus[i], &set);
+            (void)pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+        }
+        rc = pthread_create(&partners[i], &attr, barrier_partner, run);
         pthread_attr_destroy(&attr);
+        if (rc == 0) started = i;
     }
+    if (rc == 0) run_episodes(run, samples, count, warmup);
+    for (size_t i = 1; i <= started && rc == 0; i++) pthread_join(partners[i], NULL);
     if (rc == 0) {
-        run_episodes(run, samples, count, warmup);
-        pthread_join(partner, NULL);
+        if (kind == CPR_BARRIER_PTHREAD) pthread_barrier_destroy(&run->pthread);
+        barrier_run_free(run);
     }
-    if (kind == CPR_BARRIER_PTHREAD) pthread_barrier_destroy(&run->pthread);
-    barrier_run_free(run);
+    // rc != 0: started partners still wait in the barrier; leak the run rather than free memory they use.
     return rc;
 }

@@ -1,4 +1,5 @@
-// The raw peers of the SIGP figures: cache-line ping-pong, tgkill + handler round trip, futex wake round trip.
+// The raw peers: cache-line ping-pong, tgkill + handler and futex wake round trips (SIGP figures), membarrier
+// (stop_machine) and pthread_create + pthread_join (attach / detach).
 //
 // Memory-ordering map (every pair names its partner):
 // - Q1 ping-pong: the caller's release store of an odd value, partner of the echo's acquire load; the echo's release
@@ -8,9 +9,11 @@
 // - Q3 stop words: release store by the caller, partner of the acquire load in the partner's loop.
 // - Q4 futex peer: the wakee's release store of `waiting`, partner of the caller's acquire load before a sample;
 //   the caller's release store of `word`, partner of the wakee's acquire load after futex_wait.
+// - Q5 membarrier peer: each partner's release increment of `started`, partner of the caller's acquire load.
 #include "CPeers.h"
 
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -268,5 +271,96 @@ int cpr_futex_roundtrip(int partner_cpu, int64_t settle_ns, int64_t *samples, si
     cpr_futex_wake(&peer->word, 1);
     pthread_join(wakee, NULL);
     cpr_free(peer);
+    return rc;
+}
+
+// MARK: membarrier (peer of stop_machine)
+
+typedef struct membarrier_peer {
+    _Alignas(CPR_LINE) uint32_t stop;      // 1: partners leave (also the sleeping partners' futex word)
+    char pad0[CPR_LINE - sizeof(uint32_t)];
+    _Alignas(CPR_LINE) uint32_t started;   // partners that spin, or are about to block
+    char pad1[CPR_LINE - sizeof(uint32_t)];
+} membarrier_peer_t;
+
+static void *membarrier_spinner(void *arg) {
+    membarrier_peer_t *peer = arg;
+    __atomic_fetch_add(&peer->started, 1, __ATOMIC_RELEASE);   // Q5
+    cpr_busy_until(&peer->stop, INT64_MAX);                     // Q3
+    return NULL;
+}
+
+static void *membarrier_sleeper(void *arg) {
+    membarrier_peer_t *peer = arg;
+    __atomic_fetch_add(&peer->started, 1, __ATOMIC_RELEASE);   // Q5
+    // Acquire: Q3. EINTR / EAGAIN / spurious: re-check.
+    while (__atomic_load_n(&peer->stop, __ATOMIC_ACQUIRE) == 0) (void)cpr_futex_wait(&peer->stop, 0);
+    return NULL;
+}
+
+int cpr_membarrier_register(void) {
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 ? 0 : errno;
+}
+
+int cpr_membarrier_rounds(const int *cpus, size_t threads, bool spinning, int64_t settle_ns, int64_t *samples,
+                          size_t count, size_t warmup, int64_t timeout_ns) {
+    if (threads < 1 || threads > CPR_MAX_THREADS) return EINVAL;
+    membarrier_peer_t *peer = cpr_alloc_lines(sizeof(membarrier_peer_t));
+    if (peer == NULL) return errno;
+    pthread_t partners[CPR_MAX_THREADS];
+    size_t started = 0;
+    int rc = 0;
+    for (size_t i = 1; i < threads; i++) {
+        rc = start_partner(&partners[i], cpus[i], spinning ? membarrier_spinner : membarrier_sleeper, peer);
+        if (rc != 0) break;
+        started = i;
+    }
+    int64_t start = cpr_now_ns();
+    for (uint32_t spins = 0; rc == 0 && __atomic_load_n(&peer->started, __ATOMIC_ACQUIRE) < threads - 1; spins++) {
+        cpr_spin_step(spins);   // Q5
+        if (cpr_now_ns() - start >= timeout_ns) rc = ETIMEDOUT;
+    }
+    if (rc == 0 && !spinning) {
+        int64_t settled = cpr_now_ns() + settle_ns;
+        for (uint32_t spins = 0; cpr_now_ns() < settled; spins++) cpr_spin_step(spins);
+    }
+    for (size_t i = 0; rc == 0 && i < warmup + count; i++) {
+        int64_t t0 = cpr_now_ns();
+        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) { rc = errno; break; }
+        int64_t t1 = cpr_now_ns();
+        if (i >= warmup) samples[i - warmup] = t1 - t0;
+    }
+    __atomic_store_n(&peer->stop, 1, __ATOMIC_RELEASE);   // Q3
+    cpr_futex_wake(&peer->stop, INT32_MAX);
+    for (size_t i = 1; i <= started; i++) pthread_join(partners[i], NULL);
+    cpr_free(peer);
+    return rc;
+}
+
+// MARK: pthread_create + pthread_join (peer of attach / detach)
+
+static void *trivial_thread(void *arg) { return arg; }
+
+int cpr_thread_create_join(int partner_cpu, int64_t *samples, size_t count, size_t warmup) {
+    pthread_attr_t attr;
+    int rc = pthread_attr_init(&attr);
+    if (rc != 0) return rc;
+    if (partner_cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(partner_cpu, &set);
+        (void)pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+    }
+    for (size_t i = 0; i < warmup + count; i++) {
+        pthread_t thread;
+        int64_t t0 = cpr_now_ns();
+        rc = pthread_create(&thread, &attr, trivial_thread, NULL);
+        if (rc != 0) break;
+        rc = pthread_join(thread, NULL);
+        int64_t t1 = cpr_now_ns();
+        if (rc != 0) break;
+        if (i >= warmup) samples[i - warmup] = t1 - t0;
+    }
+    pthread_attr_destroy(&attr);
     return rc;
 }

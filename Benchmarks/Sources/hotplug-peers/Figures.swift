@@ -7,20 +7,45 @@ import Glibc
 import Musl
 #endif
 
-/// Where the two sides run: the target (logical CPU 1 of our machines, the partner thread of a peer) and the
-/// sender (a plain thread; the measuring one). They are different physical CPUs whenever there are two.
+/// Where the sides run: the target (logical CPU 1 of our machines, the partner thread of a peer) and the sender (a
+/// plain thread; the measuring one). They are different physical CPUs whenever there are two. The N-thread figures
+/// use `cpus`: every physical CPU of the affinity mask in the order of the topology's slots (logical CPU i of a
+/// machine runs on slot i % slots), so `cpus[0]` is the sender and the CPU of logical CPU 0, `cpus[1]` the target.
 struct Layout: Sendable {
     let target: Int
     let sender: Int?
+    let cpus: [Int]
 
     static func current() throws(BenchFailure) -> Layout {
         let topology: Topology
         do { topology = try Topology.current() } catch { throw BenchFailure("topology: \(error)") }
         // Logical CPU i of a machine runs on slot i % slots.
         let target = topology.cpus[1 % topology.cpus.count].physicalID
-        return Layout(target: target, sender: topology.physicalCPUs.first { $0 != target })
+        let sender = topology.physicalCPUs.first { $0 != target }
+        var cpus: [Int] = []
+        for cpu in [sender].compactMap({ $0 }) + [target] + topology.cpus.map(\.physicalID) where !cpus.contains(cpu) {
+            cpus.append(cpu)
+        }
+        return Layout(target: target, sender: sender, cpus: cpus)
+    }
+
+    /// The physical CPU of thread `index` of an N-thread figure (thread 0 measures); nil (not pinned) on a single
+    /// CPU or past the CPUs of the mask.
+    func cpu(_ index: Int) -> Int? {
+        cpus.count >= 2 && index < cpus.count ? cpus[index] : nil
+    }
+
+    /// `cpu(0..<threads)` for the C peers (-1: not pinned).
+    func cpuArray(_ threads: Int) -> [Int32] {
+        (0..<threads).map { Int32(cpu($0) ?? -1) }
     }
 }
+
+/// One side of a comparison: fills a block of samples.
+typealias Side = @Sendable (Layout, Settings, UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) -> Void
+
+/// Our side of a figure with several series measured together (attach / detach): fills one block per series.
+typealias MultiSide = @Sendable (Layout, Settings, [UnsafeMutableBufferPointer<Int64>]) throws(BenchFailure) -> Void
 
 /// Knobs shared by every figure.
 struct Settings: Sendable {
@@ -181,40 +206,155 @@ func peerFutex(_ layout: Layout, _ settings: Settings, into out: UnsafeMutableBu
     }
 }
 
-// MARK: d. Barrier episode, 2 threads
+// MARK: d. Barrier episode, N threads
 
-/// Ours: two plain threads (sender CPU and target CPU) run back-to-back SpinBarrier episodes; the sender takes the
-/// clock after each, a sample is the time between two consecutive episode exits. The peers do exactly the same.
-func oursBarrier(_ layout: Layout, _ settings: Settings, into out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) {
-    let barrier = SpinBarrier(participants: 2)
-    let measuring = barrier.makeParticipant()
-    let other = barrier.makeParticipant()
-    let samples = SampleBlock(out)
-    let episodes = settings.warmup + samples.count
-    let partner = try PinnedThread.start(pinnedTo: layout.target) {
-        var participant = other
-        for _ in 0..<episodes { barrier.wait(&participant) }
-    }
-    try PinnedThread.run(pinnedTo: layout.sender) {
-        var participant = measuring
-        var previous = cpr_now_ns()
-        for i in 0..<episodes {
-            barrier.wait(&participant)
-            let now = cpr_now_ns()
-            if i >= settings.warmup { samples[i - settings.warmup] = now - previous }
-            previous = now
+/// Ours: `threads` plain threads, thread i pinned to `layout.cpu(i)`, run back-to-back SpinBarrier episodes; thread 0
+/// takes the clock after each, a sample is the time between two consecutive episode exits. The peers do exactly the
+/// same.
+func oursBarrier(threads: Int) -> Side {
+    { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
+        let barrier = SpinBarrier(participants: threads)
+        let participants = (0..<threads).map { _ in barrier.makeParticipant() }
+        let samples = SampleBlock(out)
+        let episodes = settings.warmup + samples.count
+        var partners: [PinnedThread] = []
+        var failure: BenchFailure?
+        for index in 1..<threads {
+            do throws(BenchFailure) {
+                let mine = participants[index]
+                partners.append(try PinnedThread.start(pinnedTo: layout.cpu(index)) {
+                    var participant = mine
+                    for _ in 0..<episodes { barrier.wait(&participant) }
+                })
+            } catch {
+                // The partners already started stay parked in the barrier for good; the figure fails.
+                failure = error
+                break
+            }
         }
+        if let failure { throw failure }
+        let first = participants[0]
+        try PinnedThread.run(pinnedTo: layout.cpu(0)) {
+            var participant = first
+            var previous = cpr_now_ns()
+            for i in 0..<episodes {
+                barrier.wait(&participant)
+                let now = cpr_now_ns()
+                if i >= settings.warmup { samples[i - settings.warmup] = now - previous }
+                previous = now
+            }
+        }
+        for partner in partners { try partner.join() }
     }
-    try partner.join()
 }
 
-func peerBarrier(_ kind: cpr_barrier_kind_t) -> @Sendable (Layout, Settings, UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) -> Void {
+func peerBarrier(_ kind: cpr_barrier_kind_t, threads: Int) -> Side {
     { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
         let samples = SampleBlock(out)
-        try PinnedThread.run(pinnedTo: layout.sender) { () throws(BenchFailure) in
-            let rc = cpr_barrier_episodes(kind, Int32(layout.target), samples.base, samples.count, settings.warmup)
+        let cpus = layout.cpuArray(threads)
+        try PinnedThread.run(pinnedTo: layout.cpu(0)) { () throws(BenchFailure) in
+            let rc = cpus.withUnsafeBufferPointer {
+                cpr_barrier_episodes(kind, $0.baseAddress, threads, samples.base, samples.count, settings.warmup)
+            }
             if rc != 0 { throw .errno("barrier episodes", rc) }
         }
+    }
+}
+
+// MARK: e. stop_machine, N CPUs vs membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)
+
+/// The body of every timed stop_machine: nothing (a global, so the timed loop creates no closure).
+private let emptyStopBody: @Sendable (Int) throws -> Void = { _ in }
+
+/// Ours: `Machine(cpus: threads)`, all online and idle (each polls its mailbox for the default 20 us, then parks);
+/// a sample is one `stopMachine { _ in }` (PREPARE -> DISABLE_IRQ -> RUN on one CPU -> EXIT), back to back, from a
+/// plain thread pinned to `layout.cpu(0)`, which it shares with logical CPU 0 (the peer's timing thread runs there too).
+func oursStopMachine(threads: Int) -> Side {
+    { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
+        let machine: Machine
+        do {
+            machine = try Machine(cpus: threads, configuration: .init(responseTimeout: .nanoseconds(settings.timeoutNs)))
+        } catch {
+            throw BenchFailure("machine: \(error)")
+        }
+        defer { machine.shutdown() }
+        let samples = SampleBlock(out)
+        let timeout = Duration.nanoseconds(settings.timeoutNs)
+        try PinnedThread.run(pinnedTo: layout.cpu(0)) { () throws(BenchFailure) in
+            for i in 0..<(settings.warmup + samples.count) {
+                let t0 = cpr_now_ns()
+                do { try machine.stopMachine(timeout: timeout, emptyStopBody) } catch {
+                    throw BenchFailure("stopMachine: \(error)")
+                }
+                let t1 = cpr_now_ns()
+                if i >= settings.warmup { samples[i - settings.warmup] = t1 - t0 }
+            }
+        }
+    }
+}
+
+/// How long the idle membarrier partners get to fall asleep in futex_wait, once per block.
+let membarrierSettleNs: Int64 = 1_000_000
+
+/// The peer: `threads - 1` plain threads pinned to `layout.cpu(1..<threads)`, spinning in user code (`spinning`) or
+/// blocked in futex_wait, and the measuring thread on `layout.cpu(0)`; a sample is one
+/// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0).
+func peerMembarrier(threads: Int, spinning: Bool) -> Side {
+    { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
+        let samples = SampleBlock(out)
+        let cpus = layout.cpuArray(threads)
+        try PinnedThread.run(pinnedTo: layout.cpu(0)) { () throws(BenchFailure) in
+            let rc = cpus.withUnsafeBufferPointer {
+                cpr_membarrier_rounds($0.baseAddress, threads, spinning, membarrierSettleNs, samples.base,
+                                      samples.count, settings.warmup, settings.timeoutNs)
+            }
+            if rc != 0 { throw .errno("membarrier", rc) }
+        }
+    }
+}
+
+// MARK: f. attach / detach vs pthread_create + pthread_join
+
+/// Ours: `Machine(cpus: cpus, initiallyOnline: cpus)`; from a plain thread pinned to `layout.cpu(0)`, a detach sample
+/// is `offline(1)` (into `blocks[0]`), an attach sample `online(1)` (into `blocks[1]`), alternating back to back.
+func oursAttachDetach(cpus: Int) -> MultiSide {
+    { (layout: Layout, settings: Settings, blocks: [UnsafeMutableBufferPointer<Int64>]) throws(BenchFailure) in
+        let machine: Machine
+        do {
+            machine = try Machine(cpus: cpus, configuration: .init(initiallyOnline: cpus,
+                                                                   responseTimeout: .nanoseconds(settings.timeoutNs)))
+        } catch {
+            throw BenchFailure("machine: \(error)")
+        }
+        defer { machine.shutdown() }
+        let detach = SampleBlock(blocks[0]), attach = SampleBlock(blocks[1])
+        try PinnedThread.run(pinnedTo: layout.cpu(0)) { () throws(BenchFailure) in
+            for i in 0..<(settings.warmup + detach.count) {
+                let t0 = cpr_now_ns()
+                do { try machine.offline(attachDetachCPU) } catch { throw BenchFailure("offline(1): \(error)") }
+                let t1 = cpr_now_ns()
+                do { try machine.online(attachDetachCPU) } catch { throw BenchFailure("online(1): \(error)") }
+                let t2 = cpr_now_ns()
+                if i >= settings.warmup {
+                    detach[i - settings.warmup] = t1 - t0
+                    attach[i - settings.warmup] = t2 - t1
+                }
+            }
+        }
+    }
+}
+
+/// The logical CPU taken offline and back online.
+private let attachDetachCPU = 1
+
+/// The peer: from the measuring thread on `layout.cpu(0)`, a sample is pthread_create of a thread that returns at
+/// once, with default attributes (so it inherits the measuring thread's affinity and runs on its CPU), +
+/// pthread_join. (Pinning it to another CPU through its attributes costs about 3x more on a 2-core VM.)
+func peerThreadCreateJoin(_ layout: Layout, _ settings: Settings, into out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) {
+    let samples = SampleBlock(out)
+    try PinnedThread.run(pinnedTo: layout.cpu(0)) { () throws(BenchFailure) in
+        let rc = cpr_thread_create_join(-1, samples.base, samples.count, settings.warmup)
+        if rc != 0 { throw .errno("pthread_create + pthread_join", rc) }
     }
 }
 

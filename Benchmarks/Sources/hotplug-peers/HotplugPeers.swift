@@ -16,13 +16,19 @@ struct HotplugPeers: ParsableCommand {
         abstract: "Measure swift-hotplug's figures beside their raw peers, in the same run.",
         discussion: """
             Each figure alternates blocks of ours and of its peer (--rounds of each), so drift on a noisy machine \
-            hits both sides alike. A sample is one round trip (or one barrier episode), timed with \
+            hits both sides alike. A sample is one round trip, barrier episode, stop_machine, membarrier, hotplug \
+            operation or pthread_create + pthread_join, timed with \
             CLOCK_MONOTONIC; p50 and p99 are nearest-rank percentiles of the sorted samples. \
-            ratio = ours / peer, for p50 and for p99; a goal is met when the p50 ratio is within it.
+            ratio = ours / peer, for p50 and for p99; a goal is met when the p50 ratio is within it. The barrier \
+            and stop_machine figures run for every N from 2 to the CPUs of the affinity mask (--max-threads).
             """)
 
     @Option(help: "Timed samples per side of each figure.")
     var iterations: Int = 20_000
+
+    @Option(name: .customLong("slow-iterations"),
+            help: "Timed samples per side of the slow figures (stop-machine, attach-detach).")
+    var slowIterations: Int = 5_000
 
     @Option(help: "Untimed warm-up samples before every block.")
     var warmup: Int = 300
@@ -36,8 +42,13 @@ struct HotplugPeers: ParsableCommand {
     @Option(name: .customLong("settle-us"), help: "Time given a parked CPU to fall asleep before each sample.")
     var settleMicroseconds: Int = 20
 
-    @Option(name: .customLong("figure"), help: "Run only these figures: polling, running, parked, barrier.")
+    @Option(name: .customLong("figure"),
+            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach.")
     var figures: [FigureID] = []
+
+    @Option(name: .customLong("max-threads"),
+            help: "Largest N of the N-thread figures (barrier, stop-machine; attach-detach's machine size); default and cap: the CPUs of the affinity mask.")
+    var maxThreads: Int?
 
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
@@ -47,10 +58,14 @@ struct HotplugPeers: ParsableCommand {
 
     mutating func validate() throws {
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
-        guard rounds >= 1, rounds <= iterations else { throw ValidationError("--rounds must be in 1...iterations") }
+        guard slowIterations >= 1 else { throw ValidationError("--slow-iterations must be at least 1") }
+        guard rounds >= 1, rounds <= min(iterations, slowIterations) else {
+            throw ValidationError("--rounds must be in 1...min(iterations, slow-iterations)")
+        }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
         guard timeoutMilliseconds >= 1 else { throw ValidationError("--timeout-ms must be at least 1") }
         guard settleMicroseconds >= 0 else { throw ValidationError("--settle-us must not be negative") }
+        if let maxThreads, maxThreads < 2 { throw ValidationError("--max-threads must be at least 2") }
     }
 
     func run() throws {
@@ -64,14 +79,20 @@ struct HotplugPeers: ParsableCommand {
         }
         let settings = Settings(warmup: warmup, timeoutNs: Int64(timeoutMilliseconds) * 1_000_000,
                                 settleNs: Int64(settleMicroseconds) * 1_000)
+        // N-thread figures: every N from 2 to the CPUs of the affinity mask (at most --max-threads); 2 on one CPU.
+        let mostThreads = max(2, min(maxThreads ?? layout.cpus.count, layout.cpus.count))
+        let threadCounts = 2...mostThreads
         let selected = figures.isEmpty ? FigureID.allCases : FigureID.allCases.filter(figures.contains)
         var rows: [Row] = []
         for figure in selected {
-            rows += measure(figure, layout: layout, settings: settings)
+            for plan in plans(figure, layout: layout, threadCounts: threadCounts) {
+                rows += measure(plan, layout: layout, settings: settings)
+            }
         }
         let clock = clockOverhead(layout)
-        let report = Report(rows: rows, layout: layout, iterations: iterations, rounds: rounds, warmup: warmup,
-                            clockP50: clock.p50, clockP99: clock.p99)
+        let report = Report(rows: rows, layout: layout, iterations: iterations, slowIterations: slowIterations,
+                            rounds: rounds, warmup: warmup,
+                            threadCounts: threadCounts, clockP50: clock.p50, clockP99: clock.p99)
         print(report.table())
         if let json {
             if let failure = report.writeJSON(to: json) {
@@ -91,64 +112,141 @@ struct HotplugPeers: ParsableCommand {
 
     // MARK: Running a figure
 
-    typealias Side = @Sendable (Layout, Settings, UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) -> Void
-
     /// One side of a comparison: a name and how to fill a block of samples.
     struct Contender {
         let name: String
         let measure: Side
         var available = true
+        var unavailableNote = "not available here"
     }
 
-    private func measure(_ figure: FigureID, layout: Layout, settings: Settings) -> [Row] {
-        let ours: Side
+    /// One figure as it is measured: our series (one figure title each; attach / detach has two, measured together)
+    /// beside every peer.
+    struct Plan {
+        let titles: [String]
+        let ours: MultiSide
         var peers: [(Contender, Goal)]
-        switch figure {
-        case .polling:
-            ours = oursPolling
-            peers = [(Contender(name: "cache-line ping-pong round trip", measure: peerPingPong), Goal(limit: 4))]
-        case .running:
-            ours = oursRunning
-            peers = [(Contender(name: "raw tgkill + handler round trip", measure: peerSignal), Goal(limit: 1.1))]
-        case .parked:
-            ours = oursParked
-            peers = [(Contender(name: "raw futex wake round trip", measure: peerFutex), Goal(limit: 1.2))]
-        case .barrier:
-            ours = oursBarrier
-            peers = [(Contender(name: "glibc pthread_barrier_wait", measure: peerBarrier(CPR_BARRIER_PTHREAD)),
-                      Goal(limit: 1.0 / 15, text: "<= 0.067x (>= 15x faster)"))]
-            let ck: [(String, cpr_barrier_kind_t)] = [
-                ("ck centralized barrier", CPR_BARRIER_CK_CENTRALIZED),
-                ("ck dissemination barrier", CPR_BARRIER_CK_DISSEMINATION),
-                ("ck tournament barrier", CPR_BARRIER_CK_TOURNAMENT),
-                ("ck MCS barrier", CPR_BARRIER_CK_MCS),
-            ]
-            for (name, kind) in ck {
-                var contender = Contender(name: name, measure: peerBarrier(kind))
-                // Concurrency Kit barriers only spin: on a single CPU each episode would wait for a time slice.
-                contender.available = cpr_barrier_available(kind) && layout.sender != nil
-                peers.append((contender, Goal(limit: 1.0, text: "<= 1.0x best ck")))
-            }
-        }
-        let live = peers.filter { $0.0.available }
-        let rows: [Row] = peers.filter { !$0.0.available }.map { peer in
-            Row(figure: figure.title, peerName: peer.0.name, ours: nil, peerStats: nil, goal: peer.1,
-                error: nil, note: "not available here (Concurrency Kit missing, or a single CPU)")
+        /// Peers whose names start with `prefix` compete: only the best (lowest p50) keeps its goal and gets `note`,
+        /// the others inform.
+        var bestOf: (prefix: String, note: String)?
+        /// Measured with `--slow-iterations` samples per side instead of `--iterations`.
+        var slow = false
+
+        init(_ title: String, ours: @escaping Side, peers: [(Contender, Goal)],
+             bestOf: (prefix: String, note: String)? = nil) {
+            self.init(titles: [title], ours: { layout, settings, blocks throws(BenchFailure) in
+                try ours(layout, settings, blocks[0])
+            }, peers: peers, bestOf: bestOf)
         }
 
-        Watchdog.arm(figure.title, seconds: 60 + Int64(iterations / 1_000) * Int64(1 + live.count))
+        init(titles: [String], ours: @escaping MultiSide, peers: [(Contender, Goal)],
+             bestOf: (prefix: String, note: String)? = nil) {
+            self.titles = titles
+            self.ours = ours
+            self.peers = peers
+            self.bestOf = bestOf
+        }
+    }
+
+    /// The plans of one figure: one per thread count for the N-thread figures.
+    private func plans(_ figure: FigureID, layout: Layout, threadCounts: ClosedRange<Int>) -> [Plan] {
+        switch figure {
+        case .polling:
+            return [Plan(figure.title, ours: oursPolling, peers: [
+                (Contender(name: "cache-line ping-pong round trip", measure: peerPingPong), Goal(limit: 4)),
+            ])]
+        case .running:
+            return [Plan(figure.title, ours: oursRunning, peers: [
+                (Contender(name: "raw tgkill + handler round trip", measure: peerSignal), Goal(limit: 1.1)),
+            ])]
+        case .parked:
+            return [Plan(figure.title, ours: oursParked, peers: [
+                (Contender(name: "raw futex wake round trip", measure: peerFutex), Goal(limit: 1.2)),
+            ])]
+        case .barrier:
+            return threadCounts.map { threads in
+                var peers = [(Contender(name: "glibc pthread_barrier_wait",
+                                        measure: peerBarrier(CPR_BARRIER_PTHREAD, threads: threads)),
+                              Goal(limit: 1.0 / 15, text: "<= 0.067x (>= 15x faster)"))]
+                let ck: [(String, cpr_barrier_kind_t)] = [
+                    ("ck centralized barrier", CPR_BARRIER_CK_CENTRALIZED),
+                    ("ck dissemination barrier", CPR_BARRIER_CK_DISSEMINATION),
+                    ("ck tournament barrier", CPR_BARRIER_CK_TOURNAMENT),
+                    ("ck MCS barrier", CPR_BARRIER_CK_MCS),
+                ]
+                for (name, kind) in ck {
+                    var contender = Contender(name: name, measure: peerBarrier(kind, threads: threads))
+                    // Concurrency Kit barriers only spin: on a single CPU each episode would wait for a time slice.
+                    contender.available = cpr_barrier_available(kind) && layout.sender != nil
+                    contender.unavailableNote = "not available here (Concurrency Kit missing, or a single CPU)"
+                    peers.append((contender, Goal(limit: 1.0, text: "<= 1.0x best ck")))
+                }
+                return Plan("barrier episode, \(threads) threads", ours: oursBarrier(threads: threads), peers: peers,
+                            bestOf: ("ck ", "best ck barrier"))
+            }
+        case .stopMachine:
+            let registered = cpr_membarrier_register()
+            return threadCounts.map { threads in
+                let others = threads - 1
+                var peers: [(Contender, Goal)] = [
+                    (Contender(name: "membarrier expedited, \(others) thread\(others == 1 ? "" : "s") spinning",
+                               measure: peerMembarrier(threads: threads, spinning: true)),
+                     Goal(limit: 1.0)),
+                    (Contender(name: "membarrier expedited, \(others) thread\(others == 1 ? "" : "s") idle",
+                               measure: peerMembarrier(threads: threads, spinning: false)),
+                     Goal(limit: nil)),
+                ]
+                if registered != 0 {
+                    for index in peers.indices {
+                        peers[index].0.available = false
+                        peers[index].0.unavailableNote = "not available here: MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: "
+                            + String(cString: strerror(registered))
+                    }
+                }
+                let title = "stop_machine, \(threads) CPUs"
+                var plan = Plan(title, ours: oursStopMachine(threads: threads), peers: peers)
+                plan.slow = true
+                return plan
+            }
+        case .attachDetach:
+            let cpus = threadCounts.upperBound
+            let goal = Goal(limit: 0.5, maxOursP50: 20_000, text: "<= 0.5x and <= 20 us")
+            var plan = Plan(titles: ["detach: offline(1), \(cpus) CPUs", "attach: online(1), \(cpus) CPUs"],
+                            ours: oursAttachDetach(cpus: cpus), peers: [
+                (Contender(name: "pthread_create + pthread_join", measure: peerThreadCreateJoin), goal),
+            ])
+            plan.slow = true
+            return [plan]
+        }
+    }
+
+    private func measure(_ plan: Plan, layout: Layout, settings: Settings) -> [Row] {
+        let peers = plan.peers
+        let live = peers.filter { $0.0.available }
+        var rows: [Row] = []
+        for title in plan.titles {
+            rows += peers.filter { !$0.0.available }.map { peer in
+                Row(figure: title, peerName: peer.0.name, ours: nil, peerStats: nil, goal: peer.1,
+                    error: nil, note: peer.0.unavailableNote)
+            }
+        }
+
+        let count = plan.slow ? slowIterations : iterations
+        // Allow 1 ms a sample on average (10 ms for the slow figures) before calling a figure hung.
+        Watchdog.arm(plan.titles.joined(separator: " / "),
+                     seconds: 60 + Int64(count / (plan.slow ? 100 : 1_000)) * Int64(plan.titles.count + live.count))
         defer { Watchdog.disarm() }
-        let oursSamples = SampleBuffer(count: iterations)
-        let peerSamples = live.map { _ in SampleBuffer(count: iterations) }
+        let oursSamples = plan.titles.map { _ in SampleBuffer(count: count) }
+        let peerSamples = live.map { _ in SampleBuffer(count: count) }
         defer {
-            oursSamples.deallocate()
+            oursSamples.forEach { $0.deallocate() }
             peerSamples.forEach { $0.deallocate() }
         }
         var failure: (side: String, error: BenchFailure)?
         rounds: for round in 0..<rounds {
-            let range = blockRange(round)
+            let range = blockRange(round, of: count)
             do {
-                try ours(layout, settings, oursSamples.block(range))
+                try plan.ours(layout, settings, oursSamples.map { $0.block(range) })
             } catch {
                 failure = ("ours", error)
                 break rounds
@@ -164,31 +262,39 @@ struct HotplugPeers: ParsableCommand {
         }
         if let failure {
             let message = "\(failure.side): \(failure.error)"
-            return rows + live.map { peer in
-                Row(figure: figure.title, peerName: peer.0.name, ours: nil, peerStats: nil, goal: peer.1, error: message, note: nil)
-            }
-        }
-        let oursStats = Stats(oursSamples.storage)
-        var measured = live.enumerated().map { index, peer in
-            Row(figure: figure.title, peerName: peer.0.name, ours: oursStats, peerStats: Stats(peerSamples[index].storage),
-                goal: peer.1, error: nil, note: nil)
-        }
-        if figure == .barrier {
-            // The ck goal is against the best ck barrier (lowest p50): only that row decides; the others inform.
-            let ckRows = measured.indices.filter { measured[$0].peerName.hasPrefix("ck ") }
-            if let best = ckRows.min(by: { measured[$0].peerStats!.p50 < measured[$1].peerStats!.p50 }) {
-                for index in ckRows where index != best {
-                    measured[index].goal = Goal(limit: nil, text: "(info)")
+            for title in plan.titles {
+                rows += live.map { peer in
+                    Row(figure: title, peerName: peer.0.name, ours: nil, peerStats: nil, goal: peer.1, error: message,
+                        note: nil)
                 }
-                measured[best].note = "best ck barrier"
             }
+            return rows
         }
-        return rows + measured
+        let peerStats = peerSamples.map { Stats($0.storage) }
+        for (series, title) in plan.titles.enumerated() {
+            let oursStats = Stats(oursSamples[series].storage)
+            var measured = live.enumerated().map { index, peer in
+                Row(figure: title, peerName: peer.0.name, ours: oursStats, peerStats: peerStats[index], goal: peer.1,
+                    error: nil, note: nil)
+            }
+            if let (prefix, note) = plan.bestOf {
+                // The goal is against the best of these peers (lowest p50): only that row decides; the others inform.
+                let competing = measured.indices.filter { measured[$0].peerName.hasPrefix(prefix) }
+                if let best = competing.min(by: { measured[$0].peerStats!.p50 < measured[$1].peerStats!.p50 }) {
+                    for index in competing where index != best {
+                        measured[index].goal = Goal(limit: nil, text: "(info)")
+                    }
+                    measured[best].note = note
+                }
+            }
+            rows += measured
+        }
+        return rows
     }
 
-    /// The samples of block `round`: `iterations` split into `rounds` nearly equal blocks.
-    private func blockRange(_ round: Int) -> Range<Int> {
-        let base = iterations / rounds, extra = iterations % rounds
+    /// The samples of block `round`: `count` split into `rounds` nearly equal blocks.
+    private func blockRange(_ round: Int, of count: Int) -> Range<Int> {
+        let base = count / rounds, extra = count % rounds
         let start = round * base + min(round, extra)
         return start..<(start + base + (round < extra ? 1 : 0))
     }
@@ -217,13 +323,19 @@ struct HotplugPeers: ParsableCommand {
 /// The figures of this runner.
 enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
     case polling, running, parked, barrier
+    case stopMachine = "stop-machine"
+    case attachDetach = "attach-detach"
 
+    /// The title of a single-series figure (the N-thread ones name N in theirs).
     var title: String {
         switch self {
         case .polling: return "SIGP to a polling CPU"
         case .running: return "SIGP to a running CPU"
         case .parked: return "SIGP waking a parked CPU"
-        case .barrier: return "barrier episode, 2 threads"
+        case .barrier: return "barrier episode, N threads"
+        case .stopMachine: return "stop_machine, N CPUs"
+        case .attachDetach: return "attach / detach"
         }
     }
 }
+

@@ -1,9 +1,11 @@
 // CPeers: the raw peers the benchmarks compare swift-hotplug against, and the few timing helpers both sides share.
 //
-// Every peer runs its measuring side on the calling thread (the caller pins it) and starts one partner thread
-// pinned to `partner_cpu` (-1: not pinned). It first runs `warmup` untimed samples, then writes `count` samples,
-// in nanoseconds of CLOCK_MONOTONIC, to `samples`. Nothing in a timed loop allocates or takes a lock. Every spin
-// issues a pause hint and, after CPR_SPIN_BUDGET iterations, gives way with sched_yield (two-core machines).
+// Every peer runs its measuring side on the calling thread (the caller pins it) and starts its partner threads
+// pinned to `partner_cpu` or `cpus[1...]` (-1: not pinned). It first runs `warmup` untimed samples, then writes
+// `count` samples, in nanoseconds of CLOCK_MONOTONIC, to `samples`. Nothing in a timed loop allocates or takes a
+// lock of ours (what the peer itself does, pthread_create's stack or glibc's barrier lock, is what it measures).
+// Every spin of ours issues a pause hint and, after CPR_SPIN_BUDGET iterations, gives way with sched_yield
+// (two-core machines); Concurrency Kit's barriers spin as Concurrency Kit wrote them.
 //
 // House rules: every symbol is prefixed `cpr_`; each prototype says how it fails; C never exits or aborts; every
 // atomic names its memory order and every acquire/release pair names its partner.
@@ -127,11 +129,35 @@ typedef enum cpr_barrier_kind {
 /// build time and libck opens at run time. Cannot fail.
 bool cpr_barrier_available(cpr_barrier_kind_t kind);
 
-/// Two threads (the caller and the partner) run `warmup + count` back-to-back episodes; the caller takes the clock
-/// after each episode, and a sample is the time between two consecutive episode exits (one whole episode).
-/// Concurrency Kit barriers only spin: give the partner a CPU of its own. Returns 0, or an errno value: ENOTSUP
-/// (not available), ENOMEM, or pthread_create's / pthread_barrier_init's.
-int cpr_barrier_episodes(cpr_barrier_kind_t kind, int partner_cpu, int64_t *samples, size_t count, size_t warmup);
+/// The most threads a barrier or membarrier peer runs.
+enum { CPR_MAX_THREADS = 1024 };
+
+/// `threads` threads (the caller and `threads - 1` partners) run `warmup + count` back-to-back episodes; the caller
+/// takes the clock after each episode, and a sample is the time between two consecutive episode exits (one whole
+/// episode). The caller runs where it is (it pins itself; `cpus[0]` is not used); partner i is pinned to `cpus[i]`
+/// (-1: not pinned). Concurrency Kit barriers only spin: give every thread a CPU of its own. Returns 0, or an errno
+/// value: ENOTSUP (not available), EINVAL (`threads` not in 1...CPR_MAX_THREADS), ENOMEM, or pthread_create's /
+/// pthread_barrier_init's.
+int cpr_barrier_episodes(cpr_barrier_kind_t kind, const int *cpus, size_t threads, int64_t *samples, size_t count,
+                         size_t warmup);
+
+/// Registers the process for MEMBARRIER_CMD_PRIVATE_EXPEDITED (once is enough; repeating it is harmless).
+/// Returns 0, or an errno value (ENOSYS, EINVAL: the kernel does not have it).
+int cpr_membarrier_register(void);
+
+/// Peer of "stop_machine, N CPUs": `threads - 1` partners, partner i pinned to `cpus[i]` (-1: not pinned), either
+/// spin in user code (cpr_busy_until; `spinning`) or block in futex_wait (not `spinning`; the caller then waits
+/// `settle_ns` once so that they are asleep in the kernel). Once all have started, a sample is one
+/// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) on the calling thread (which pins itself; `cpus[0]` is not
+/// used). Register first (cpr_membarrier_register). Returns 0, or an errno value: ETIMEDOUT (the partners did not
+/// start within `timeout_ns`), EINVAL, or membarrier's / pthread_create's.
+int cpr_membarrier_rounds(const int *cpus, size_t threads, bool spinning, int64_t settle_ns, int64_t *samples,
+                          size_t count, size_t warmup, int64_t timeout_ns);
+
+/// Peer of "attach / detach": a sample is pthread_create of a thread that returns at once (pinned to
+/// `partner_cpu` through its attributes; -1: not pinned) + pthread_join of it. Returns 0, or an errno value
+/// (pthread_attr_init's / pthread_create's / pthread_join's).
+int cpr_thread_create_join(int partner_cpu, int64_t *samples, size_t count, size_t warmup);
 
 #ifdef __cplusplus
 }
