@@ -99,9 +99,31 @@ extension Machine {
     }
 
     /// stop_machine over the current online CPUs; the caller keeps the online mask stable (read or write lock).
+    ///
+    /// A caller that is not one of this machine's CPUs hands the run to the first online CPU, which takes part
+    /// inline: an outside controller would compete with the participants for their cores and sleep through
+    /// futex wake-ups (measured: 3-5 us coordinated by a CPU, about 200 us by an outside thread, 2 cores).
     func stopMachineLocked(active: CPUSet?, timeout: Duration?,
                            _ body: @escaping @Sendable (Int) throws -> Void) throws {
         try stopMachineSerial.withLock { () throws in
+            guard currentCPU == nil, let coordinator = online.first(where: { _ in true }) else {
+                return try stopMachineSerialised(active: active, timeout: timeout, body)
+            }
+            do {
+                try run(on: coordinator, timeout: timeout) { [self] in   // strong: shutdown may run from deinit, where an unowned read traps; the call drops it before completing
+                    try stopMachineSerialised(active: active, timeout: timeout, body)
+                }
+            } catch HotplugError.timeout(let cpu, "cross-call", let waited) where cpu == coordinator {
+                // The coordinator itself did not reach a safe point in time: nothing started.
+                throw HotplugError.timeout(cpu: coordinator, operation: "stop_machine", waitedNanoseconds: waited)
+            }
+        }
+    }
+
+    /// The run itself; the caller holds `stopMachineSerial`.
+    private func stopMachineSerialised(active: CPUSet?, timeout: Duration?,
+                                       _ body: @escaping @Sendable (Int) throws -> Void) throws {
+        do {
             let participants = online
             guard let first = participants.first(where: { _ in true }) else { return }
             let runners = active.map { CPUSet($0.filter { participants.contains($0) }) } ?? [first]
