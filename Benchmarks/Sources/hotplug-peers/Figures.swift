@@ -267,9 +267,11 @@ func peerBarrier(_ kind: cpr_barrier_kind_t, threads: Int) -> Side {
 private let emptyStopBody: @Sendable (Int) throws -> Void = { _ in }
 
 /// Ours: `Machine(cpus: threads)`, all online and idle (each polls its mailbox for the default 20 us, then parks);
-/// a sample is one `stopMachine { _ in }` (PREPARE -> DISABLE_IRQ -> RUN on one CPU -> EXIT), back to back, from a
-/// plain thread pinned to `layout.cpu(0)`, which it shares with logical CPU 0 (the peer's timing thread runs there too).
-func oursStopMachine(threads: Int) -> Side {
+/// a sample is one `stopMachine { _ in }` (PREPARE -> DISABLE_IRQ -> RUN on one CPU -> EXIT), back to back.
+/// `onCPU`: called on logical CPU 0 itself (pinned to `layout.cpu(0)`), so the run takes the same N threads as the
+/// peer's, as the kernel's stop_machine is called from a CPU. Otherwise from a plain thread pinned to
+/// `layout.cpu(0)`, which it then shares with logical CPU 0 (N + 1 threads on N CPUs).
+func oursStopMachine(threads: Int, onCPU: Bool) -> Side {
     { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
         let machine: Machine
         do {
@@ -280,7 +282,7 @@ func oursStopMachine(threads: Int) -> Side {
         defer { machine.shutdown() }
         let samples = SampleBlock(out)
         let timeout = Duration.nanoseconds(settings.timeoutNs)
-        try PinnedThread.run(pinnedTo: layout.cpu(0)) { () throws(BenchFailure) in
+        let loop: @Sendable () throws -> Void = {
             for i in 0..<(settings.warmup + samples.count) {
                 let t0 = cpr_now_ns()
                 do { try machine.stopMachine(timeout: timeout, emptyStopBody) } catch {
@@ -289,6 +291,23 @@ func oursStopMachine(threads: Int) -> Side {
                 let t1 = cpr_now_ns()
                 if i >= settings.warmup { samples[i - settings.warmup] = t1 - t0 }
             }
+        }
+        try runTimedLoop(machine, onCPU: onCPU, layout: layout, loop)
+    }
+}
+
+/// Runs a timed loop on logical CPU 0 (`onCPU`) or on a plain thread pinned to `layout.cpu(0)`.
+func runTimedLoop(_ machine: Machine, onCPU: Bool, layout: Layout,
+                  _ loop: @escaping @Sendable () throws -> Void) throws(BenchFailure) {
+    if onCPU {
+        do { try machine.run(on: 0, timeout: .seconds(60), loop) } catch let failure as BenchFailure {
+            throw failure
+        } catch {
+            throw BenchFailure("run(on: 0): \(error)")
+        }
+    } else {
+        try PinnedThread.run(pinnedTo: layout.cpu(0)) { () throws(BenchFailure) in
+            do { try loop() } catch let failure as BenchFailure { throw failure } catch { throw BenchFailure("\(error)") }
         }
     }
 }
@@ -315,9 +334,10 @@ func peerMembarrier(threads: Int, spinning: Bool) -> Side {
 
 // MARK: f. attach / detach vs pthread_create + pthread_join
 
-/// Ours: `Machine(cpus: cpus, initiallyOnline: cpus)`; from a plain thread pinned to `layout.cpu(0)`, a detach sample
-/// is `offline(1)` (into `blocks[0]`), an attach sample `online(1)` (into `blocks[1]`), alternating back to back.
-func oursAttachDetach(cpus: Int) -> MultiSide {
+/// Ours: `Machine(cpus: cpus, initiallyOnline: cpus)`; a detach sample is `offline(1)` (into `blocks[0]`), an
+/// attach sample `online(1)` (into `blocks[1]`), alternating back to back; called on logical CPU 0 (`onCPU`) or from a
+/// plain thread pinned to `layout.cpu(0)`.
+func oursAttachDetach(cpus: Int, onCPU: Bool) -> MultiSide {
     { (layout: Layout, settings: Settings, blocks: [UnsafeMutableBufferPointer<Int64>]) throws(BenchFailure) in
         let machine: Machine
         do {
@@ -328,7 +348,7 @@ func oursAttachDetach(cpus: Int) -> MultiSide {
         }
         defer { machine.shutdown() }
         let detach = SampleBlock(blocks[0]), attach = SampleBlock(blocks[1])
-        try PinnedThread.run(pinnedTo: layout.cpu(0)) { () throws(BenchFailure) in
+        try runTimedLoop(machine, onCPU: onCPU, layout: layout) {
             for i in 0..<(settings.warmup + detach.count) {
                 let t0 = cpr_now_ns()
                 do { try machine.offline(attachDetachCPU) } catch { throw BenchFailure("offline(1): \(error)") }

@@ -203,20 +203,33 @@ struct HotplugPeers: ParsableCommand {
                             + String(cString: strerror(registered))
                     }
                 }
-                let title = "stop_machine, \(threads) CPUs"
-                var plan = Plan(title, ours: oursStopMachine(threads: threads), peers: peers)
-                plan.slow = true
-                return plan
-            }
+                // Deciding: called on a CPU of the machine (N threads, like the peer's). Information: called from a
+                // plain thread that shares CPU 0 with logical CPU 0 (N + 1 threads on N CPUs).
+                var onCPU = Plan("stop_machine, \(threads) CPUs, called on CPU 0",
+                                 ours: oursStopMachine(threads: threads, onCPU: true), peers: peers)
+                onCPU.slow = true
+                var outside = Plan("stop_machine, \(threads) CPUs, called from a plain thread",
+                                   ours: oursStopMachine(threads: threads, onCPU: false),
+                                   peers: peers.map { ($0.0, Goal(limit: nil)) })
+                outside.slow = true
+                return [onCPU, outside]
+            }.flatMap { $0 }
         case .attachDetach:
             let cpus = threadCounts.upperBound
             let goal = Goal(limit: 0.5, maxOursP50: 20_000, text: "<= 0.5x and <= 20 us")
-            var plan = Plan(titles: ["detach: offline(1), \(cpus) CPUs", "attach: online(1), \(cpus) CPUs"],
-                            ours: oursAttachDetach(cpus: cpus), peers: [
+            var plan = Plan(titles: ["detach: offline(1), \(cpus) CPUs, called on CPU 0",
+                                     "attach: online(1), \(cpus) CPUs, called on CPU 0"],
+                            ours: oursAttachDetach(cpus: cpus, onCPU: true), peers: [
                 (Contender(name: "pthread_create + pthread_join", measure: peerThreadCreateJoin), goal),
             ])
             plan.slow = true
-            return [plan]
+            var outside = Plan(titles: ["detach: offline(1), \(cpus) CPUs, called from a plain thread",
+                                        "attach: online(1), \(cpus) CPUs, called from a plain thread"],
+                               ours: oursAttachDetach(cpus: cpus, onCPU: false), peers: [
+                (Contender(name: "pthread_create + pthread_join", measure: peerThreadCreateJoin), Goal(limit: nil)),
+            ])
+            outside.slow = true
+            return [plan, outside]
         }
     }
 
