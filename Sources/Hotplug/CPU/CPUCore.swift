@@ -166,7 +166,8 @@ struct CallQueue {
 
 /// One cross-call: queued on the target, run at its safe point, cancellable until it starts.
 final class CrossCallRequest: @unchecked Sendable {
-    // @unchecked: `work` is immutable; the phase is an Atomic; completion is a futex event.
+    // @unchecked: `work` is touched only by the one thread that wins the phase CAS (it runs it, then clears it
+    // before signalling completion); the phase is an Atomic; completion is a futex event.
     enum Phase: Int { case queued = 0, running, done, cancelled }
 
     /// Touched only by the thread that wins the phase CAS (then nil'ed before completion is signalled).

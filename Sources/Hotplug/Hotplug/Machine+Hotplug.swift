@@ -190,14 +190,7 @@ extension Machine {
 
     /// PREPARE teardowns on the control thread, descending ("dead" callbacks). They may not fail.
     private func prepareDown(_ cpu: Int) {
-        for step in registry.states(in: 1...(HotplugState.bringup.rawValue - 1)).reversed() where registry.current(cpu) >= step {
-            do {
-                try registry.invoke(step, cpu: cpu, .teardown)
-            } catch {
-                preconditionFailure("PREPARE teardown \(registry.name(step)) failed on CPU \(cpu): \(error); it may not fail")
-            }
-            registry.setCurrent(cpu, HotplugState(rawValue: step.rawValue - 1))
-        }
+        prepareDownTo(cpu, .offline)
         registry.setCurrent(cpu, .offline)
     }
 
@@ -218,6 +211,7 @@ extension Machine {
         }
     }
 
+    /// PREPARE teardowns, descending, of the states above `start`.
     private func prepareDownTo(_ cpu: Int, _ start: HotplugState) {
         for step in registry.states(in: 1...(HotplugState.bringup.rawValue - 1)).reversed()
         where registry.current(cpu) >= step && step > start {

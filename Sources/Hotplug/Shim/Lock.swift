@@ -12,28 +12,15 @@ import Musl
 /// race (reproduced with four threads and a sleep inside the lock). ThreadSanitizer intercepts `pthread_mutex_*`,
 /// so this lock keeps the sanitizer runs meaningful. No hot path takes it.
 final class Locked<Value>: @unchecked Sendable {
-    // @unchecked: `value` is only touched between pthread_mutex_lock and pthread_mutex_unlock.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    // @unchecked: `value` is only touched inside `lock.withLock`.
+    private let lock = Lock()
     private var value: Value
 
-    init(_ value: Value) {
-        self.value = value
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        let rc = pthread_mutex_init(mutex, nil)
-        precondition(rc == 0, "pthread_mutex_init failed: \(rc)")
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
+    init(_ value: Value) { self.value = value }
 
     /// Runs `body` with exclusive access to the value.
     func withLock<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body(&value)
+        try lock.withLock { () throws(E) -> T in try body(&value) }
     }
 }
 
