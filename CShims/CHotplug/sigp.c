@@ -306,6 +306,14 @@ void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits, chp_delivery_t *delivery) 
 
 void chp_cpu_wake_mailbox(chp_cpu_t *cpu) { wake_mailbox(cpu); }
 
+bool chp_cpu_post_and_wake_idle(chp_cpu_t *cpu, uint32_t bits) {
+    uint32_t seen = post(cpu, bits);   // release: P1; the returned word holds the class at the post (P2)
+    if ((seen & CHP_MB_STOPPED) || CLASS_OF(seen) != CHP_CLASS_IDLE) return false;
+    atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
+    wake_mailbox(cpu);
+    return true;
+}
+
 uint32_t chp_cpu_retract_bits(chp_cpu_t *cpu, uint32_t bits) {
     uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~bits, memory_order_acq_rel);
     return old & bits;
@@ -435,7 +443,7 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
     case CHP_SIGP_INITIAL_CPU_RESET: {
         // Clear every pending interruption and order; place the CPU in the stopped state.
         atomic_store_explicit(A32(&cpu->emergency_count), 0, memory_order_relaxed);
-        uint32_t keep = CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_STOPPED | CHP_MB_CLASS_MASK;
+        uint32_t keep = CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_TASKLET | CHP_MB_STOPPED | CHP_MB_CLASS_MASK;
         uint64_t t = take_ticket(cpu);
         for (;;) {
             uint32_t next = mb & keep;
@@ -551,7 +559,8 @@ static void clear_check_stop(chp_cpu_t *cpu) {
 
 uint32_t chp_cpu_safe_point(chp_cpu_t *cpu) {
     clear_check_stop(cpu);
-    uint32_t take = CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY | CHP_MB_CALL | CHP_MB_LIFECYCLE;
+    uint32_t take = CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY | CHP_MB_CALL | CHP_MB_LIFECYCLE |
+                    CHP_MB_TASKLET;
     uint32_t old = atomic_load_explicit(A32(&cpu->mailbox), memory_order_relaxed);
     uint32_t next;
     do {

@@ -30,6 +30,8 @@ final class CPUCore: @unchecked Sendable {
     let interruptHandler: (@Sendable (Int, SIGPInterruption) -> Void)?
     /// Runs the STARTING startups on this CPU's thread, its signal still blocked, right after SIGP START.
     let startingHook: @Sendable (Int) -> Void
+    /// Runs this CPU's tasklets (set once, before the thread starts).
+    nonisolated(unsafe) var taskletHook: (@Sendable (Int) -> Void)?
     nonisolated(unsafe) var startError: HotplugError?
 
     init(id: Int, slot: Topology.CPU, machineID: UInt64, pollNanoseconds: Int64,
@@ -102,6 +104,7 @@ final class CPUCore: @unchecked Sendable {
                 }
             }
             if bits.contains(.call) { runPendingCalls() }
+            if bits.contains(.tasklet) && !goingOffline { taskletHook?(id) }
             if goingOffline {
                 goOffline()
                 return

@@ -77,6 +77,8 @@ public final class Machine: Sendable {
     let stopMachineSerial = Lock()
     /// The hotplug states and each CPU's progress through them.
     let registry: HotplugRegistry
+    /// The tasklet lists of every CPU.
+    let tasklets: TaskletEngine
     let id: UInt64
 
     private static let machineIDs = Atomic<UInt64>(0)
@@ -121,6 +123,22 @@ public final class Machine: Sendable {
         self.signal = signal
         self.cores = cores
         self.registry = registry
+        let tasklets = TaskletEngine(cores: cores, machineID: id)
+        self.tasklets = tasklets
+        for core in cores {
+            // Weak: the engine keeps the cores; a CPU thread keeps no engine (nor machine) alive.
+            core.taskletHook = { [weak tasklets] cpu in tasklets?.run(cpu: cpu) }
+        }
+        registry.insertBuiltin(.taskletsStarting, .init(
+            name: "tasklets:starting",
+            startup: { [weak tasklets] cpu in tasklets?.cpuStarting(cpu) },
+            teardown: { [weak tasklets] cpu in tasklets?.cpuDying(cpu) },
+            isMultiInstance: false))
+        registry.insertBuiltin(.taskletsDead, .init(
+            name: "tasklets:dead",
+            startup: nil,
+            teardown: { [weak tasklets] cpu in tasklets?.takeOver(from: cpu) },
+            isMultiInstance: false))
         self.logger = logger
         self.responseNanoseconds = configuration.responseTimeout.nanoseconds
         self.resendNanoseconds = configuration.resendInterval.nanoseconds
@@ -312,6 +330,8 @@ public final class Machine: Sendable {
                 }
             }
             if let me { retireCurrentCPU(me) }
+            let dropped = tasklets.droppedAtShutdown.load(ordering: .relaxed)
+            if dropped > 0 { logger.warning("shutdown: \(dropped) scheduled tasklet run(s) had no CPU left and did not run") }
             state.withLock { $0.isShutDown = true }
             Shim.uninstallSIGP(signal: signal)
         }

@@ -93,7 +93,8 @@ extension Machine {
                 contents.entries.keys.sorted().map { state in
                     let entry = contents.entries[state]!
                     return HotplugStateInfo(state: state, name: entry.name, section: state.section,
-                                            isMultiInstance: entry.isMultiInstance, instances: entry.instances)
+                                            isMultiInstance: entry.isMultiInstance, instances: entry.instances,
+                                            isBuiltin: entry.isBuiltin)
                 }
             }
         }
@@ -163,7 +164,10 @@ extension Machine {
     func unregisterState(_ state: HotplugState, invokeTeardown: Bool) throws(HotplugError) {
         try withOperation { () throws(HotplugError) in
             try hotplugLock.withWriteLock { () throws(HotplugError) in
-                guard registry.entry(state) != nil else { throw .unknownState(state) }
+                guard let entry = registry.entry(state) else { throw .unknownState(state) }
+                if entry.isBuiltin {
+                    throw .invalidConfiguration("the built-in state \(entry.name) cannot be unregistered")
+                }
                 if invokeTeardown {
                     for cpu in (0..<possibleCount).reversed() where registry.current(cpu) >= state {
                         do {

@@ -12,6 +12,7 @@ final class HotplugRegistry: Sendable {
         var instanceTeardown: HotplugInstanceCallback?
         var isMultiInstance: Bool
         var instances: [String] = []
+        var isBuiltin = false
     }
 
     struct Injection: Hashable {
@@ -72,6 +73,13 @@ final class HotplugRegistry: Sendable {
     }
 
     /// Removes a state and the injections armed on it (a later state in the same slot starts clean).
+    /// Registers one of the runtime's own states at its fixed slot.
+    func insertBuiltin(_ state: HotplugState, _ entry: Entry) {
+        var entry = entry
+        entry.isBuiltin = true
+        contents.withLock { $0.entries[state] = entry }
+    }
+
     func remove(_ state: HotplugState) {
         contents.withLock { contents in
             contents.entries.removeValue(forKey: state)
@@ -121,7 +129,7 @@ final class HotplugRegistry: Sendable {
     /// Runs the STARTING callbacks on the target CPU's own thread (its signal blocked), ascending on attach,
     /// descending on detach, updating the CPU's progress. STARTING callbacks may not fail.
     func runStarting(cpu: Int, _ direction: HotplugDirection) {
-        var states = self.states(in: HotplugState.startingDynamic)
+        var states = self.states(in: HotplugState.taskletsStarting.rawValue...HotplugState.startingDynamic.upperBound)
         if direction == .teardown { states.reverse() }
         for state in states {
             let due = direction == .startup ? current(cpu) < state : current(cpu) >= state

@@ -9,9 +9,10 @@
 /// ```
 ///   offline (0)
 ///   PREPARE   1...39   control thread; before the CPU starts / after it is dead   startup may fail
-///                      (1...19 dynamic, 20...39 built-in: the tasklet takeover and the slab drain come here)
+///                      (1...19 dynamic, 20...39 built-in: 30 tasklets:dead, the takeover; the slab drain below it)
 ///   bringup   40       synchronise all CPUs (stop_machine), unpark the CPU's thread, SIGP START
 ///   STARTING  41...59  the target CPU, with its SIGP signal blocked, while every    must not fail
+///                      (41 built-in: tasklets:starting; 42...59 dynamic)
 ///                      other online CPU is stopped
 ///   teardown  60       the CPU is in the online mask ("AP online"); its teardown is the CPU's death:
 ///                      stop_machine, the STARTING teardowns on the dying CPU, out of the online mask, park
@@ -59,7 +60,12 @@ public struct HotplugState: RawRepresentable, Hashable, Comparable, Sendable, Cu
 
     static let prepareDynamic = 1...19
     static let prepareBuiltin = 20...39
-    static let startingDynamic = 41...59
+    static let startingDynamic = 42...59
+    /// Built-in: the tasklet takeover (teardown after the CPU is dead). Above the slab drain's slot, so it runs
+    /// first on detach.
+    static let taskletsDead = HotplugState(rawValue: 30)
+    /// Built-in: the CPU takes tasklets (startup) / stops taking them (teardown), while everyone else is stopped.
+    static let taskletsStarting = HotplugState(rawValue: 41)
     static let onlineDynamic = 61...99
 
     /// The section a state belongs to (boundaries report the section they close).
@@ -130,4 +136,6 @@ public struct HotplugStateInfo: Sendable, Equatable {
     public let section: HotplugSection
     public let isMultiInstance: Bool
     public let instances: [String]
+    /// True for the runtime's own states (the tasklet takeover, ...): they cannot be unregistered.
+    public let isBuiltin: Bool
 }

@@ -25,6 +25,7 @@ struct ControlBlock: @unchecked Sendable {
         static let call = Bits(rawValue: UInt32(CHP_MB_CALL))
         static let lifecycle = Bits(rawValue: UInt32(CHP_MB_LIFECYCLE))
         static let stopped = Bits(rawValue: UInt32(CHP_MB_STOPPED))
+        static let tasklet = Bits(rawValue: UInt32(CHP_MB_TASKLET))
     }
 
     static func create() throws(HotplugError) -> ControlBlock {
@@ -80,6 +81,8 @@ struct ControlBlock: @unchecked Sendable {
     /// Returns the bits that were still pending (and are now removed).
     func retract(_ bits: Bits) -> Bits { Bits(rawValue: chp_cpu_retract_bits(raw, bits.rawValue)) }
     func wakeMailbox() { chp_cpu_wake_mailbox(raw) }
+    /// Posts bits that need no signal; wakes the CPU only when it is idle.
+    func postAndWakeIfIdle(_ bits: Bits) { _ = chp_cpu_post_and_wake_idle(raw, bits.rawValue) }
 
     var mailbox: Bits { Bits(rawValue: chp_cpu_mailbox(raw)) }
     var runState: RunState { RunState(raw: chp_cpu_run_state(raw)) }

@@ -101,6 +101,8 @@ enum Shim {
     static func detach(_ thread: pthread_t) { pthread_detach(thread) }
 
     static func yield() { sched_yield() }
+
+    static func sleep(microseconds: UInt32) { usleep(microseconds) }
 }
 
 /// A one-shot completion on a futex word (C memory, so the address is stable and the kernel can wait on it).

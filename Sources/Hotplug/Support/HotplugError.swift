@@ -38,6 +38,8 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
     case cannotInject(state: HotplugState, direction: HotplugDirection, reason: String)
     /// No such registered state (or instance).
     case unknownState(HotplugState)
+    /// ``Tasklet/kill()`` was called from inside the tasklet itself (it would wait for itself forever).
+    case taskletKillsItself
 
     public var description: String {
         switch self {
@@ -62,6 +64,7 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
         case .cannotInject(let state, let direction, let reason):
             return "cannot inject a \(direction) failure at \(state): \(reason)"
         case .unknownState(let state): return "no such hotplug state (or instance): \(state)"
+        case .taskletKillsItself: return "a tasklet cannot kill itself: kill() would wait for its own run to end"
         }
     }
 }
