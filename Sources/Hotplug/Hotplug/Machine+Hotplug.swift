@@ -103,15 +103,16 @@ extension Machine {
         core.setAcceptingCalls(true)
         core.ack.reset()
         let start: @Sendable (Int) throws -> Void = { [self] _ in
+            // In the online mask before it runs anything (everyone else is stopped meanwhile).
+            state.withLock {
+                $0.cpus[cpu] = .online
+                $0.online.insert(cpu)
+            }
             core.control.lifecycle = .online
             let result = try core.control.sigp(.start, parameter: 0, source: nil, cpu: cpu,
                                                resendNanoseconds: resendNanoseconds, timeoutNanoseconds: responseNanoseconds)
             precondition(result.conditionCode == .accepted, "SIGP START to parked CPU \(cpu) answered \(result)")
             _ = core.ack.wait()   // no user code runs before this acknowledgement but the STARTING callbacks
-            state.withLock {
-                $0.cpus[cpu] = .online
-                $0.online.insert(cpu)
-            }
             registry.setCurrent(cpu, .teardownCPU)
         }
         if online.isEmpty {

@@ -131,16 +131,25 @@ final class TaskletEngine: Sendable {
     func run(cpu: Int) {
         let queue = queues[cpu]
         guard queue.active.load(ordering: .acquiring) else { return }   // going or gone offline: the takeover has them
-        runDeferred(&queue.deferredHigh, cpu: cpu, queue: queue)
+        runDeferred(.high, cpu: cpu, queue: queue)
         runChain(takeInOrder(queue.high), cpu: cpu, queue: queue)
-        runDeferred(&queue.deferredNormal, cpu: cpu, queue: queue)
+        runDeferred(.normal, cpu: cpu, queue: queue)
         runChain(takeInOrder(queue.normal), cpu: cpu, queue: queue)
     }
 
-    private func runDeferred(_ deferred: inout [UInt], cpu: Int, queue: TaskletQueue) {
-        guard !deferred.isEmpty else { return }
-        let retry = deferred
-        deferred.removeAll(keepingCapacity: true)
+    /// Retries the runs deferred because their tasklet was disabled (a run may defer itself again meanwhile, so
+    /// the list is taken out first).
+    private func runDeferred(_ priority: Tasklet.Priority, cpu: Int, queue: TaskletQueue) {
+        let retry: [UInt]
+        if priority == .high {
+            guard !queue.deferredHigh.isEmpty else { return }
+            retry = queue.deferredHigh
+            queue.deferredHigh = []
+        } else {
+            guard !queue.deferredNormal.isEmpty else { return }
+            retry = queue.deferredNormal
+            queue.deferredNormal = []
+        }
         for link in retry { runOne(link, cpu: cpu, queue: queue) }
     }
 
