@@ -38,6 +38,22 @@ final class RunLog: Sendable {
         #expect(!t.isScheduled && !t.isRunning)
     }
 
+    @Test func aParkedCPUIsWokenWhenWorkArrives() throws {
+        let m = try Machine(cpus: 2, configuration: .init(pollTime: .zero))
+        defer { m.shutdown() }
+        let log = RunLog()
+        let t = Tasklet(m) { log.record("t", m.currentCPU) }
+        for round in 1...20 {
+            #expect(eventually { (try? m.runState(of: 1)) == .idle })
+            let before = try m.deliveryStatistics(of: 1)
+            #expect(try t.schedule(on: 1))
+            #expect(eventually { log.count("t") == round })
+            let after = try m.deliveryStatistics(of: 1)
+            #expect(after.futexWakes == before.futexWakes + 1, "an idle CPU is woken by exactly one futex wake")
+            #expect(after.signalsSent == before.signalsSent, "no signal is needed for a tasklet")
+        }
+    }
+
     @Test func schedulesBeforeItStartsCoalesce() throws {
         let m = try Machine(cpus: 2)
         defer { m.shutdown() }
