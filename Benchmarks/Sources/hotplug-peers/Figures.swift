@@ -52,6 +52,10 @@ struct Settings: Sendable {
     let warmup: Int
     let timeoutNs: Int64
     let settleNs: Int64
+    /// Operations per sample of the batch figures (tasklet throughput).
+    let batchSize: Int
+    /// Untimed batches before every block of the batch figures.
+    let batchWarmup: Int
 }
 
 /// The logical CPU our figures aim at.

@@ -17,8 +17,8 @@ struct HotplugPeers: ParsableCommand {
         discussion: """
             Each figure alternates blocks of ours and of its peer (--rounds of each), so drift on a noisy machine \
             hits both sides alike. A sample is one round trip, barrier episode, stop_machine, membarrier, hotplug \
-            operation or pthread_create + pthread_join, timed with \
-            CLOCK_MONOTONIC; p50 and p99 are nearest-rank percentiles of the sorted samples. \
+            operation or pthread_create + pthread_join, or (tasklet throughput) one batch divided by its size, timed \
+            with CLOCK_MONOTONIC; p50 and p99 are nearest-rank percentiles of the sorted samples. \
             ratio = ours / peer, for p50 and for p99; a goal is met when the p50 ratio is within it. The barrier \
             and stop_machine figures run for every N from 2 to the CPUs of the affinity mask (--max-threads).
             """)
@@ -33,6 +33,16 @@ struct HotplugPeers: ParsableCommand {
     @Option(help: "Untimed warm-up samples before every block.")
     var warmup: Int = 300
 
+    @Option(help: "Timed batches per side of the batch figure (tasklet-throughput).")
+    var batches: Int = 1_000
+
+    @Option(name: .customLong("batch-size"),
+            help: "Operations per batch of the batch figure (also the number of tasklets created up front).")
+    var batchSize: Int = 10_000
+
+    @Option(name: .customLong("batch-warmup"), help: "Untimed batches before every block of the batch figure.")
+    var batchWarmup: Int = 20
+
     @Option(help: "Blocks per side of each figure, alternating ours and the peer.")
     var rounds: Int = 4
 
@@ -43,7 +53,7 @@ struct HotplugPeers: ParsableCommand {
     var settleMicroseconds: Int = 20
 
     @Option(name: .customLong("figure"),
-            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach.")
+            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency.")
     var figures: [FigureID] = []
 
     @Option(name: .customLong("max-threads"),
@@ -59,10 +69,13 @@ struct HotplugPeers: ParsableCommand {
     mutating func validate() throws {
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
         guard slowIterations >= 1 else { throw ValidationError("--slow-iterations must be at least 1") }
-        guard rounds >= 1, rounds <= min(iterations, slowIterations) else {
-            throw ValidationError("--rounds must be in 1...min(iterations, slow-iterations)")
+        guard batches >= 1 else { throw ValidationError("--batches must be at least 1") }
+        guard rounds >= 1, rounds <= min(iterations, slowIterations, batches) else {
+            throw ValidationError("--rounds must be in 1...min(iterations, slow-iterations, batches)")
         }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
+        guard batchWarmup >= 0 else { throw ValidationError("--batch-warmup must not be negative") }
         guard timeoutMilliseconds >= 1 else { throw ValidationError("--timeout-ms must be at least 1") }
         guard settleMicroseconds >= 0 else { throw ValidationError("--settle-us must not be negative") }
         if let maxThreads, maxThreads < 2 { throw ValidationError("--max-threads must be at least 2") }
@@ -78,7 +91,8 @@ struct HotplugPeers: ParsableCommand {
             throw ExitCode.failure
         }
         let settings = Settings(warmup: warmup, timeoutNs: Int64(timeoutMilliseconds) * 1_000_000,
-                                settleNs: Int64(settleMicroseconds) * 1_000)
+                                settleNs: Int64(settleMicroseconds) * 1_000, batchSize: batchSize,
+                                batchWarmup: batchWarmup)
         // N-thread figures: every N from 2 to the CPUs of the affinity mask (at most --max-threads); 2 on one CPU.
         let mostThreads = max(2, min(maxThreads ?? layout.cpus.count, layout.cpus.count))
         let threadCounts = 2...mostThreads
@@ -91,6 +105,7 @@ struct HotplugPeers: ParsableCommand {
         }
         let clock = clockOverhead(layout)
         let report = Report(rows: rows, layout: layout, iterations: iterations, slowIterations: slowIterations,
+                            batches: batches, batchSize: batchSize, batchWarmup: batchWarmup,
                             rounds: rounds, warmup: warmup,
                             threadCounts: threadCounts, clockP50: clock.p50, clockP99: clock.p99)
         print(report.table())
@@ -131,6 +146,8 @@ struct HotplugPeers: ParsableCommand {
         var bestOf: (prefix: String, note: String)?
         /// Measured with `--slow-iterations` samples per side instead of `--iterations`.
         var slow = false
+        /// A batch figure: `--batches` samples per side, each one batch's time per operation, in picoseconds.
+        var batches = false
 
         init(_ title: String, ours: @escaping Side, peers: [(Contender, Goal)],
              bestOf: (prefix: String, note: String)? = nil) {
@@ -230,6 +247,31 @@ struct HotplugPeers: ParsableCommand {
             ])
             outside.slow = true
             return [plan, outside]
+        case .taskletThroughput:
+            // Deciding: the schedules are made on logical CPU 1 itself; the peer's producer runs on CPU 1's physical
+            // CPU. Information: both from a plain thread on the other physical CPU.
+            var onCPU = Plan("tasklet schedule -> run throughput, per CPU: ns/op, scheduled on CPU 1",
+                             ours: oursTaskletThroughput(onCPU: true), peers: [
+                (Contender(name: "DispatchQueue.async, serial queue", measure: peerDispatchThroughput(onCPU: true)),
+                 Goal(limit: 0.1, text: "<= 0.1x (>= 10x throughput)")),
+            ])
+            onCPU.batches = true
+            var outside = Plan("tasklet schedule -> run throughput, per CPU: ns/op, from a plain thread",
+                               ours: oursTaskletThroughput(onCPU: false), peers: [
+                (Contender(name: "DispatchQueue.async, serial queue", measure: peerDispatchThroughput(onCPU: false)),
+                 Goal(limit: nil)),
+            ])
+            outside.batches = true
+            return [onCPU, outside]
+        case .taskletLatency:
+            return [
+                Plan("tasklet cross-CPU schedule -> run, parked CPU", ours: oursTaskletLatency(polling: false), peers: [
+                    (Contender(name: "raw futex wake round trip", measure: peerFutex), Goal(limit: nil)),
+                ]),
+                Plan("tasklet cross-CPU schedule -> run, polling CPU", ours: oursTaskletLatency(polling: true), peers: [
+                    (Contender(name: "cache-line ping-pong round trip", measure: peerPingPong), Goal(limit: nil)),
+                ]),
+            ]
         }
     }
 
@@ -244,10 +286,13 @@ struct HotplugPeers: ParsableCommand {
             }
         }
 
-        let count = plan.slow ? slowIterations : iterations
-        // Allow 1 ms a sample on average (10 ms for the slow figures) before calling a figure hung.
+        let count = plan.batches ? batches : plan.slow ? slowIterations : iterations
+        // Allow 1 ms a sample on average (10 ms for the slow figures, 5 us an operation for the batch figures) before
+        // calling a figure hung.
+        let secondsPerSide = plan.batches ? Int64(count) * Int64(batchSize) / 200_000
+            : Int64(count / (plan.slow ? 100 : 1_000))
         Watchdog.arm(plan.titles.joined(separator: " / "),
-                     seconds: 60 + Int64(count / (plan.slow ? 100 : 1_000)) * Int64(plan.titles.count + live.count))
+                     seconds: 60 + secondsPerSide * Int64(plan.titles.count + live.count))
         defer { Watchdog.disarm() }
         let oursSamples = plan.titles.map { _ in SampleBuffer(count: count) }
         let peerSamples = live.map { _ in SampleBuffer(count: count) }
@@ -288,7 +333,7 @@ struct HotplugPeers: ParsableCommand {
             let oursStats = Stats(oursSamples[series].storage)
             var measured = live.enumerated().map { index, peer in
                 Row(figure: title, peerName: peer.0.name, ours: oursStats, peerStats: peerStats[index], goal: peer.1,
-                    error: nil, note: nil)
+                    error: nil, note: nil, scale: plan.batches ? picosecondsPerNanosecond : 1)
             }
             if let (prefix, note) = plan.bestOf {
                 // The goal is against the best of these peers (lowest p50): only that row decides; the others inform.
@@ -338,6 +383,8 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
     case polling, running, parked, barrier
     case stopMachine = "stop-machine"
     case attachDetach = "attach-detach"
+    case taskletThroughput = "tasklet-throughput"
+    case taskletLatency = "tasklet-latency"
 
     /// The title of a single-series figure (the N-thread ones name N in theirs).
     var title: String {
@@ -348,6 +395,8 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
         case .barrier: return "barrier episode, N threads"
         case .stopMachine: return "stop_machine, N CPUs"
         case .attachDetach: return "attach / detach"
+        case .taskletThroughput: return "tasklet schedule -> run throughput, per CPU"
+        case .taskletLatency: return "tasklet cross-CPU schedule -> run latency"
         }
     }
 }

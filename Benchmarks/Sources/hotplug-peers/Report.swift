@@ -28,6 +28,13 @@ struct Row: Sendable {
     var goal: Goal
     let error: String?
     var note: String?
+    /// Sample units per nanosecond: 1, or `picosecondsPerNanosecond` for the batch figures (time per operation).
+    var scale: Int64 = 1
+
+    /// A sample value in ns: whole for plain samples, one decimal (three in the JSON) for per-operation times.
+    func nanoseconds(_ value: Int64, digits: Int = 1) -> String {
+        scale == 1 ? "\(value)" : fixed(Double(value) / Double(scale), digits)
+    }
 
     /// ours p50 / peer p50.
     var ratioP50: Double? {
@@ -56,6 +63,9 @@ struct Report {
     let layout: Layout
     let iterations: Int
     let slowIterations: Int
+    let batches: Int
+    let batchSize: Int
+    let batchWarmup: Int
     let rounds: Int
     let warmup: Int
     let threadCounts: ClosedRange<Int>
@@ -69,8 +79,8 @@ struct Report {
             let met = row.met.map { $0 ? "yes" : "no" } ?? "-"
             lines.append([
                 row.figure, row.peerName,
-                row.ours.map { "\($0.p50)/\($0.p99)" } ?? "-",
-                row.peerStats.map { "\($0.p50)/\($0.p99)" } ?? "-",
+                row.ours.map { "\(row.nanoseconds($0.p50))/\(row.nanoseconds($0.p99))" } ?? "-",
+                row.peerStats.map { "\(row.nanoseconds($0.p50))/\(row.nanoseconds($0.p99))" } ?? "-",
                 row.ratioP50.map { ratio($0) } ?? "-",
                 row.ratioP99.map { ratio($0) } ?? "-",
                 row.goal.text, met,
@@ -97,6 +107,10 @@ struct Report {
         let sender = layout.sender.map { "physical CPU \($0)" } ?? "unpinned (single CPU)"
         out.append("samples: \(iterations) per side per figure (\(slowIterations) for stop_machine and attach / detach), in \(rounds) alternating blocks of ours and each peer, "
                    + "\(warmup) warm-up samples before each block")
+        if rows.contains(where: { $0.scale != 1 }) {
+            out.append("batch figures (ns/op): \(batches) batches of \(batchSize) operations per side, "
+                       + "\(batchWarmup) warm-up batches before each block; a sample is one batch's time / \(batchSize)")
+        }
         out.append("CPUs: target (logical CPU 1 / peer partner) physical CPU \(layout.target); sender \(sender)")
         let placement = layout.cpus.count >= 2 ? "on physical CPU \(layout.cpus)[i]" : "unpinned (single CPU)"
         out.append("N-thread figures: N = \(threadCounts.lowerBound)...\(threadCounts.upperBound) (\(layout.cpus.count) "
@@ -111,9 +125,11 @@ struct Report {
 
     /// Writes the report as JSON; returns a failure message, or nil.
     func writeJSON(to path: String) -> String? {
-        func stats(_ s: Stats?) -> String {
+        func stats(_ s: Stats?, _ row: Row) -> String {
             guard let s else { return "null" }
-            return "{\"samples\": \(s.count), \"min\": \(s.min), \"p50\": \(s.p50), \"p99\": \(s.p99), \"max\": \(s.max)}"
+            func ns(_ value: Int64) -> String { row.nanoseconds(value, digits: 3) }
+            return "{\"samples\": \(s.count), \"min\": \(ns(s.min)), \"p50\": \(ns(s.p50)), \"p99\": \(ns(s.p99)), "
+                + "\"max\": \(ns(s.max))}"
         }
         func number(_ value: Double?) -> String { value.map { fixed($0, 4) } ?? "null" }
         func string(_ value: String?) -> String { value.map(jsonString) ?? "null" }
@@ -121,7 +137,8 @@ struct Report {
         for row in rows {
             figures.append("""
                     {"figure": \(jsonString(row.figure)), "peer": \(jsonString(row.peerName)), \
-                "ours_ns": \(stats(row.ours)), "peer_ns": \(stats(row.peerStats)), \
+                "unit": \(jsonString(row.scale == 1 ? "ns per sample" : "ns per operation (batch time / batch size)")), \
+                "ours_ns": \(stats(row.ours, row)), "peer_ns": \(stats(row.peerStats, row)), \
                 "ratio_p50": \(number(row.ratioP50)), "ratio_p99": \(number(row.ratioP99)), \
                 "goal": \(jsonString(row.goal.text)), "goal_max_ratio_p50": \(number(row.goal.limit)), \
                 "goal_max_ours_p50_ns": \(row.goal.maxOursP50.map(String.init) ?? "null"), \
@@ -133,6 +150,9 @@ struct Report {
             {
               "samples_per_side": \(iterations),
               "samples_per_side_slow_figures": \(slowIterations),
+              "batches_per_side_batch_figures": \(batches),
+              "batch_size": \(batchSize),
+              "warmup_batches_per_block": \(batchWarmup),
               "rounds": \(rounds),
               "warmup_per_block": \(warmup),
               "target_cpu": \(layout.target),

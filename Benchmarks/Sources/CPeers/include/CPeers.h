@@ -80,6 +80,21 @@ static inline int cpr_wait_change(const uint64_t *word, uint64_t old, int64_t ti
     return 0;
 }
 
+/// Spins (pause hint, then sched_yield past the budget) until `*word >= target`, for at most `timeout_ns`.
+/// Acquire: partner of the release in cpr_bump_release_u64. Returns 0, or ETIMEDOUT.
+static inline int cpr_wait_at_least(const uint64_t *word, uint64_t target, int64_t timeout_ns) {
+    int64_t start = 0;
+    for (uint32_t spins = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) < target; spins++) {
+        cpr_spin_step(spins);
+        if (spins % CPR_CHECK_EVERY == CPR_CHECK_EVERY - 1) {
+            int64_t now = cpr_now_ns();
+            if (start == 0) start = now;
+            else if (now - start >= timeout_ns) return ETIMEDOUT;
+        }
+    }
+    return 0;
+}
+
 /// Allocates `size` zeroed bytes aligned to a cache line (shared words on lines of their own).
 /// Returns NULL and sets errno.
 void *cpr_alloc_lines(size_t size);
