@@ -8,7 +8,8 @@ final class TaskletQueue: @unchecked Sendable {
     // takeover on the control thread after that CPU is dead (the hotplug walk orders the two).
     let high = Atomic<UInt>(TaskletEngine.closed)
     let normal = Atomic<UInt>(TaskletEngine.closed)
-    /// Queued runs, for "the CPU with the fewest queued tasklets".
+    /// Runs pushed and not yet taken (an estimate, for "the CPU with the fewest queued tasklets"; deferred runs
+    /// are not counted).
     let pending = Atomic<Int>(0)
     /// True while the CPU is online for tasklets (set and cleared by the built-in STARTING state).
     let active = Atomic<Bool>(false)
@@ -155,39 +156,48 @@ final class TaskletEngine: Sendable {
 
     private func runChain(_ first: UInt, cpu: Int, queue: TaskletQueue) {
         var link = first
+        var taken = 0
         while link != 0 {
             let next = TaskletEngine.tasklet(link).next   // read before the run: it may be queued again
             runOne(link, cpu: cpu, queue: queue)
             link = next
+            taken += 1
         }
+        if taken > 0 { queue.pending.subtract(taken, ordering: .relaxed) }   // once per batch
     }
 
+    /// Runs (or defers, re-queues, drops) one taken tasklet. The common case costs two atomic read-modify-writes
+    /// on its state (SCHED -> RUN in one CAS, RUN cleared after the body) and the release of the queue's reference.
     private func runOne(_ link: UInt, cpu: Int, queue: TaskletQueue) {
         let unmanaged = Unmanaged<Tasklet>.fromOpaque(UnsafeRawPointer(bitPattern: link)!)
         let tasklet = unmanaged.takeUnretainedValue()
-        queue.pending.subtract(1, ordering: .relaxed)
         // Acquire: partner of the release that cleared RUN after the previous run, wherever it ran.
-        let old = tasklet.state.bitwiseOr(Tasklet.runningBit, ordering: .acquiringAndReleasing).oldValue
-        if old & Tasklet.runningBit != 0 {
-            // Running on another CPU right now: it must not run concurrently with itself; queue it again.
-            if !push(tasklet, link: link, on: cpu) { queue.append(deferred: link, tasklet.priority) }
-            return
+        var old = tasklet.state.load(ordering: .acquiring)
+        while true {
+            if old & Tasklet.runningBit != 0 {
+                // Running on another CPU right now: it must not run concurrently with itself; queue it again.
+                if !push(tasklet, link: link, on: cpu) { queue.append(deferred: link, tasklet.priority) }
+                return
+            }
+            if old & Tasklet.killedBit != 0 {
+                // Killed while queued: removed, never run.
+                tasklet.state.bitwiseAnd(~Tasklet.scheduledBit, ordering: .releasing)
+                unmanaged.release()
+                return
+            }
+            if tasklet.disableCount.load(ordering: .acquiring) > 0 {
+                queue.append(deferred: link, tasklet.priority)   // stays queued until enabled
+                return
+            }
+            // SCHED cleared and RUN set together: a schedule from now on queues it again (it runs at least once
+            // more), and nobody else runs it meanwhile.
+            let (exchanged, seen) = tasklet.state.compareExchange(
+                expected: old, desired: (old & ~Tasklet.scheduledBit) | Tasklet.runningBit,
+                successOrdering: .acquiringAndReleasing, failureOrdering: .acquiring)
+            if exchanged { break }
+            old = seen
         }
-        if old & Tasklet.killedBit != 0 {
-            // Killed while queued: removed, never run.
-            tasklet.state.bitwiseAnd(~(Tasklet.scheduledBit | Tasklet.runningBit), ordering: .releasing)
-            unmanaged.release()
-            return
-        }
-        if tasklet.disableCount.load(ordering: .acquiring) > 0 {
-            tasklet.state.bitwiseAnd(~Tasklet.runningBit, ordering: .releasing)
-            queue.pending.add(1, ordering: .relaxed)
-            queue.append(deferred: link, tasklet.priority)   // stays queued until enabled
-            return
-        }
-        // Clear SCHED before the body: a schedule from now on queues it again (it runs at least once more).
-        tasklet.state.bitwiseAnd(~Tasklet.scheduledBit, ordering: .acquiringAndReleasing)
-        tasklet.runner.store(Shim.currentThreadID, ordering: .relaxed)
+        tasklet.runner.store(cores[cpu].control.threadID, ordering: .relaxed)   // for kill(); no system call
         tasklet.body()
         tasklet.runner.store(0, ordering: .relaxed)
         // Release: partner of the acquire of the next run, and of kill()/disable() waiting for RUN to clear.
