@@ -1,4 +1,9 @@
 import CNuma
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// libnuma, reached from here only.
 enum Numa {
@@ -20,4 +25,36 @@ enum Numa {
         }
         return a == b ? 10 : 20
     }
+
+    /// Page-aligned memory placed on `node` (`numa_alloc_onnode`): the kernel places each page there when it is
+    /// first touched. Where NUMA is not available, anonymous `mmap` memory (everything is node 0 then).
+    /// - Throws: ``HotplugError/system(call:errno:)`` when the kernel refuses the mapping.
+    static func allocate(bytes: Int, onNode node: Int) throws(HotplugError) -> UnsafeMutableRawPointer {
+        precondition(bytes > 0, "Numa.allocate needs a positive size, got \(bytes)")
+        if isAvailable {
+            guard let memory = numa_alloc_onnode(bytes, Int32(node)) else {
+                throw .system(call: "numa_alloc_onnode(\(bytes), node \(node))", errno: errno)
+            }
+            return memory
+        }
+        let memory = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let memory, memory != MAP_FAILED else { throw .system(call: "mmap(\(bytes))", errno: errno) }
+        return memory
+    }
+
+    /// Returns memory from ``allocate(bytes:onNode:)`` to the system.
+    static func free(_ memory: UnsafeMutableRawPointer, bytes: Int) {
+        if isAvailable { numa_free(memory, bytes) } else { munmap(memory, bytes) }
+    }
+
+    /// The node the page holding `address` sits on (`get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR)`); the page must have
+    /// been touched. 0 where NUMA is not available; nil when the kernel does not say.
+    static func node(ofAddress address: UnsafeRawPointer) -> Int? {
+        guard isAvailable else { return 0 }
+        var node: Int32 = -1
+        let rc = get_mempolicy(&node, nil, 0, UnsafeMutableRawPointer(mutating: address),
+                               UInt32(MPOL_F_NODE | MPOL_F_ADDR))
+        return rc == 0 && node >= 0 ? Int(node) : nil
+    }
 }
+
