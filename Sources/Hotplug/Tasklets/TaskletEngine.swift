@@ -67,7 +67,7 @@ final class TaskletEngine: Sendable {
         while true {
             if head == TaskletEngine.closed { return false }
             tasklet.next = head   // published by the release CAS below
-            // Release: partner of the consumer's acquiring exchange in `take`.
+            // Release: partner of the consumer's acquiring exchange in `takeInOrder`.
             let (exchanged, seen) = tasklet.priority == .high
                 ? queue.high.compareExchange(expected: head, desired: link, successOrdering: .releasing, failureOrdering: .relaxed)
                 : queue.normal.compareExchange(expected: head, desired: link, successOrdering: .releasing, failureOrdering: .relaxed)
