@@ -55,6 +55,14 @@ final class CPUCore: @unchecked Sendable {
         return Unmanaged<CPUCore>.fromOpaque(owner).takeUnretainedValue()
     }
 
+    /// The id of the logical CPU of machine `machineID` the caller runs on, nil elsewhere; no reference counting
+    /// (the slab allocator's fast paths call it once per operation).
+    @inline(__always)
+    static func currentID(machineID: UInt64) -> Int? {
+        guard let owner = ControlBlock.currentOwner() else { return nil }
+        return Unmanaged<CPUCore>.fromOpaque(owner)._withUnsafeGuaranteedRef { $0.machineID == machineID ? $0.id : nil }
+    }
+
     var isStoppedByOrder: Bool { !control.mailbox.isDisjoint(with: [.stopped, .stop]) }
 
     // MARK: The thread

@@ -79,6 +79,8 @@ public final class Machine: Sendable {
     let registry: HotplugRegistry
     /// The tasklet lists of every CPU.
     let tasklets: TaskletEngine
+    /// The slab caches of this machine (drained by `slab:dead`).
+    let slabs = SlabRegistry()
     let id: UInt64
 
     private static let machineIDs = Atomic<UInt64>(0)
@@ -138,6 +140,17 @@ public final class Machine: Sendable {
             name: "tasklets:dead",
             startup: nil,
             teardown: { [weak tasklets] cpu in tasklets?.takeOver(from: cpu) },
+            isMultiInstance: false))
+        let slabs = self.slabs
+        registry.insertBuiltin(.slabPrepare, .init(
+            name: "slab:prepare",
+            startup: { [weak slabs] cpu in slabs?.prepare(cpu: cpu) },
+            teardown: { [weak slabs] cpu in slabs?.drain(cpu: cpu) },   // an attach rolled back past it
+            isMultiInstance: false))
+        registry.insertBuiltin(.slabDead, .init(
+            name: "slab:dead",
+            startup: nil,
+            teardown: { [weak slabs] cpu in slabs?.drain(cpu: cpu) },
             isMultiInstance: false))
         self.logger = logger
         self.responseNanoseconds = configuration.responseTimeout.nanoseconds
@@ -333,6 +346,7 @@ public final class Machine: Sendable {
             let dropped = tasklets.droppedAtShutdown.load(ordering: .relaxed)
             if dropped > 0 { logger.warning("shutdown: \(dropped) scheduled tasklet run(s) had no CPU left and did not run") }
             state.withLock { $0.isShutDown = true }
+            slabs.close()
             Shim.uninstallSIGP(signal: signal)
         }
     }

@@ -9,7 +9,8 @@
 /// ```
 ///   offline (0)
 ///   PREPARE   1...39   control thread; before the CPU starts / after it is dead   startup may fail
-///                      (1...19 dynamic, 20...39 built-in: 30 tasklets:dead, the takeover; the slab drain below it)
+///                      (1...19 dynamic, 20...39 built-in: 22 slab:prepare gives the CPU its magazines;
+///                      25 slab:dead drains them; 30 tasklets:dead, the takeover)
 ///   bringup   40       synchronise all CPUs (stop_machine), unpark the CPU's thread, SIGP START
 ///   STARTING  41...59  the target CPU, with its SIGP signal blocked, while every    must not fail
 ///                      (41 built-in: tasklets:starting; 42...59 dynamic)
@@ -64,6 +65,11 @@ public struct HotplugState: RawRepresentable, Hashable, Comparable, Sendable, Cu
     /// Built-in: the tasklet takeover (teardown after the CPU is dead). Above the slab drain's slot, so it runs
     /// first on detach.
     static let taskletsDead = HotplugState(rawValue: 30)
+    /// Built-in: the slab allocator drains a dead CPU's magazines (teardown). Below `tasklets:dead`, so it runs
+    /// after the takeover on detach.
+    static let slabDead = HotplugState(rawValue: 25)
+    /// Built-in: the slab allocator gives an attaching CPU its magazines (startup, before the CPU starts).
+    static let slabPrepare = HotplugState(rawValue: 22)
     /// Built-in: the CPU takes tasklets (startup) / stops taking them (teardown), while everyone else is stopped.
     static let taskletsStarting = HotplugState(rawValue: 41)
     static let onlineDynamic = 61...99

@@ -42,6 +42,21 @@ enum Numa {
         return memory
     }
 
+    /// `bytes` of memory placed on `node` whose address is a multiple of `bytes` (a power of two, at least a
+    /// page): ``allocate(bytes:onNode:)`` of twice the size, the unaligned head and tail unmapped at once (only the
+    /// aligned middle is ever touched, so only it gets pages). Free it with ``free(_:bytes:)``.
+    static func allocateAligned(bytes: Int, onNode node: Int) throws(HotplugError) -> UnsafeMutableRawPointer {
+        precondition(bytes > 0 && bytes & (bytes - 1) == 0, "Numa.allocateAligned needs a power of two, got \(bytes)")
+        let raw = try allocate(bytes: bytes * 2, onNode: node)
+        let start = UInt(bitPattern: raw)
+        let aligned = (start + UInt(bytes) - 1) & ~(UInt(bytes) - 1)
+        let head = Int(aligned - start)
+        if head > 0 { munmap(raw, head) }
+        let tail = bytes - head
+        if tail > 0 { munmap(raw + head + bytes, tail) }
+        return raw + head
+    }
+
     /// Returns memory from ``allocate(bytes:onNode:)`` to the system.
     static func free(_ memory: UnsafeMutableRawPointer, bytes: Int) {
         if isAvailable { numa_free(memory, bytes) } else { munmap(memory, bytes) }

@@ -1,0 +1,198 @@
+import Synchronization
+
+// The raw structures of the slab allocator: slab headers, magazines and the per-node lists. Everything here is
+// plain memory guarded by a node's lock, except a CPU's magazines (touched only by that CPU, or by the drain once
+// it is dead) and the node's remote-free stack (lock-free). See ``SlabCache`` for the design.
+
+/// Which list of its node a slab is on.
+enum SlabKind: UInt8 {
+    /// No object of the slab is out.
+    case free
+    /// Some objects are out, some are not.
+    case partial
+    /// Every object is out (with a user, in a magazine, in the depot or on the remote-free stack).
+    case full
+}
+
+/// The header at the start of every slab (the slab is aligned to its own size, so an object's slab is its address
+/// with the low bits cleared). Guarded by the node's lock, except `nodeIndex` and `cacheID`, which never change.
+struct SlabHeader {
+    /// The cache that owns the slab (a check in debug mode).
+    var cacheID: UInt64
+    /// The slab's home node, as an index into the cache's nodes.
+    var nodeIndex: Int
+    /// Objects given back to this slab, linked through their first word.
+    var freeList: UnsafeMutableRawPointer?
+    /// Objects `bump..<objectsPerSlab` have never been handed out (a new slab is not threaded up front).
+    var bump: Int
+    /// Objects out of this slab: with users, in CPU magazines, in the depot or on the remote-free stack.
+    var outstanding: Int
+    var kind: SlabKind
+    var previous: UnsafeMutablePointer<SlabHeader>?
+    var next: UnsafeMutablePointer<SlabHeader>?
+}
+
+/// A doubly linked list of slabs through their headers.
+struct SlabList {
+    private(set) var head: UnsafeMutablePointer<SlabHeader>?
+    private(set) var count = 0
+
+    mutating func push(_ slab: UnsafeMutablePointer<SlabHeader>) {
+        slab.pointee.previous = nil
+        slab.pointee.next = head
+        head?.pointee.previous = slab
+        head = slab
+        count += 1
+    }
+
+    mutating func remove(_ slab: UnsafeMutablePointer<SlabHeader>) {
+        if let previous = slab.pointee.previous { previous.pointee.next = slab.pointee.next } else { head = slab.pointee.next }
+        slab.pointee.next?.pointee.previous = slab.pointee.previous
+        slab.pointee.previous = nil
+        slab.pointee.next = nil
+        count -= 1
+    }
+
+    mutating func popFirst() -> UnsafeMutablePointer<SlabHeader>? {
+        guard let first = head else { return nil }
+        remove(first)
+        return first
+    }
+
+    /// Every slab of the list (the list must not change meanwhile).
+    func forEach(_ body: (UnsafeMutablePointer<SlabHeader>) -> Void) {
+        var slab = head
+        while let current = slab { slab = current.pointee.next; body(current) }
+    }
+}
+
+/// A magazine: a stack of up to `capacity` object pointers (Bonwick). Its header is followed by the pointers.
+struct MagazineHeader {
+    var count: Int
+    var next: UnsafeMutablePointer<MagazineHeader>?
+}
+
+typealias Magazine = UnsafeMutablePointer<MagazineHeader>
+
+extension UnsafeMutablePointer where Pointee == MagazineHeader {
+    /// The magazine's object pointers (`count` of them are valid).
+    @inline(__always)
+    var objects: UnsafeMutablePointer<UnsafeMutableRawPointer> {
+        UnsafeMutableRawPointer(self + 1).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
+    }
+
+    static func make(capacity: Int) -> Magazine {
+        let raw = UnsafeMutableRawPointer.allocate(
+            byteCount: MemoryLayout<MagazineHeader>.stride + capacity * MemoryLayout<UnsafeMutableRawPointer>.stride,
+            alignment: 64)
+        let magazine = raw.bindMemory(to: MagazineHeader.self, capacity: 1)
+        magazine.initialize(to: MagazineHeader(count: 0, next: nil))
+        return magazine
+    }
+
+    func destroy() { UnsafeMutableRawPointer(self).deallocate() }
+}
+
+/// A stack of magazines (the depot's full or empty ones).
+struct MagazineStack {
+    private(set) var head: Magazine?
+    private(set) var count = 0
+
+    mutating func push(_ magazine: Magazine) {
+        magazine.pointee.next = head
+        head = magazine
+        count += 1
+    }
+
+    mutating func pop() -> Magazine? {
+        guard let top = head else { return nil }
+        head = top.pointee.next
+        top.pointee.next = nil
+        count -= 1
+        return top
+    }
+}
+
+/// One CPU's magazines and counters. `loaded` and `previous` are touched only by the CPU (or by the drain once it is
+/// dead, or before it starts); the counters are written only by the same party and read by anyone
+/// (``SlabCache/statistics()``), hence relaxed atomics written with a plain load and store (no read-modify-write).
+struct CPUMagazines: ~Copyable {
+    var loaded: Magazine?
+    var previous: Magazine?
+    /// The CPU's node, as an index into the cache's nodes (never changes).
+    let nodeIndex: Int
+    /// Objects handed out from the magazines.
+    let allocated = Atomic<Int>(0)
+    /// Objects freed into the magazines.
+    let freedLocal = Atomic<Int>(0)
+    /// Objects this CPU freed to another node (the remote-free path).
+    let freedRemote = Atomic<Int>(0)
+    /// Objects that came into the magazines from the node (refills, full magazines from the depot).
+    let received = Atomic<Int>(0)
+    /// Objects that left the magazines for the node (full magazines to the depot, flushes, the drain).
+    let returned = Atomic<Int>(0)
+
+    init(nodeIndex: Int) { self.nodeIndex = nodeIndex }
+
+    /// Objects now in the magazines.
+    var cached: Int {
+        received.load(ordering: .relaxed) - returned.load(ordering: .relaxed)
+            - allocated.load(ordering: .relaxed) + freedLocal.load(ordering: .relaxed)
+    }
+}
+
+extension Atomic where Value == Int {
+    /// `value += delta` by the only writer of this counter: a relaxed load and store, no read-modify-write.
+    @inline(__always)
+    func bump(_ delta: Int = 1) { store(load(ordering: .relaxed) &+ delta, ordering: .relaxed) }
+}
+
+/// The per-node part of a cache: slab lists and the depot (guarded by `lock`), the remote-free stack (lock-free:
+/// any thread pushes with one CAS, the lock holder takes it whole).
+final class SlabNode: @unchecked Sendable {
+    // @unchecked: every `var` is guarded by `lock`; `remote` and `remotePending` are atomics.
+    /// The NUMA node id.
+    let id: Int
+    let lock = Lock()
+    var partial = SlabList()
+    var full = SlabList()
+    var free = SlabList()
+    var fullMagazines = MagazineStack()
+    var emptyMagazines = MagazineStack()
+    /// Σ `outstanding` of this node's slabs.
+    var outstanding = 0
+    /// Objects freed here from other nodes and foreign threads, linked through their first word (0: empty).
+    let remote = Atomic<UInt>(0)
+    /// How many objects `remote` holds (may lag a push by an instant).
+    let remotePending = Atomic<Int>(0)
+
+    init(id: Int) { self.id = id }
+
+    /// Pushes an object on the remote-free stack: one CAS, no lock.
+    @inline(__always)
+    func pushRemote(_ object: UnsafeMutableRawPointer) {
+        var head = remote.load(ordering: .relaxed)
+        while true {
+            object.storeBytes(of: head, as: UInt.self)
+            // Release: the object's link (and the user's last writes) reach the lock holder's acquiring exchange.
+            let (exchanged, seen) = remote.compareExchange(expected: head, desired: UInt(bitPattern: object),
+                                                           successOrdering: .releasing, failureOrdering: .relaxed)
+            if exchanged { break }
+            head = seen
+        }
+        remotePending.add(1, ordering: .relaxed)
+    }
+
+    /// Takes the whole remote-free stack (the caller holds `lock`); calls `body` for each object.
+    func takeRemote(_ body: (UnsafeMutableRawPointer) -> Void) {
+        guard remote.load(ordering: .relaxed) != 0 else { return }
+        var head = remote.exchange(0, ordering: .acquiring)
+        var taken = 0
+        while let object = UnsafeMutableRawPointer(bitPattern: head) {
+            head = object.load(as: UInt.self)
+            taken += 1
+            body(object)
+        }
+        remotePending.subtract(taken, ordering: .relaxed)
+    }
+}

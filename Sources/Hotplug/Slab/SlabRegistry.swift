@@ -1,0 +1,34 @@
+/// The slab caches of a machine, for the built-in hotplug states `slab:prepare` and `slab:dead`. It keeps the
+/// caches weakly (a cache keeps its machine, not the other way round) and never refers to the machine.
+final class SlabRegistry: Sendable {
+    private struct Entry {
+        weak var cache: SlabCache?
+        let id: UInt64
+    }
+
+    private let caches = Locked<[Entry]>([])
+    private let isClosed = Locked(false)
+
+    func register(_ cache: SlabCache) throws(HotplugError) {
+        try caches.withLock { (caches) throws(HotplugError) in
+            guard !isClosed.withLock({ $0 }) else { throw .shutDown }
+            caches.append(Entry(cache: cache, id: cache.cacheID))
+        }
+    }
+
+    func unregister(_ id: UInt64) {
+        caches.withLock { $0.removeAll { $0.id == id || $0.cache == nil } }
+    }
+
+    /// Refuses new caches (the machine shut down).
+    func close() { isClosed.withLock { $0 = true } }
+
+    /// The live caches (strong references for the duration of a callback).
+    private var live: [SlabCache] { caches.withLock { $0.compactMap(\.cache) } }
+
+    /// `slab:prepare` startup: magazines for an attaching CPU.
+    func prepare(cpu: Int) { for cache in live { cache.prepare(cpu: cpu) } }
+
+    /// `slab:dead` teardown (and `slab:prepare`'s, for a rolled-back attach): drains a dead CPU's magazines.
+    func drain(cpu: Int) { for cache in live { cache.release(cpu: cpu, keepMagazines: true) } }
+}
