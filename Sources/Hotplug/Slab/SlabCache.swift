@@ -151,7 +151,11 @@ public final class SlabCache: @unchecked Sendable {
         self.isDebug = options.debug
         self.debugState = options.debug ? Locked(DebugState()) : nil
         let topology = machine.topology
-        nodes = topology.nodes.map { SlabNode(id: $0) }
+        // A synthetic node's memory comes from the real node of its first physical CPU.
+        nodes = topology.nodes.map { node in
+            let physical = topology.cpus.first { $0.node == node }?.physicalID ?? 0
+            return SlabNode(id: node, memoryNode: topology.isSynthetic ? Numa.node(ofPhysicalCPU: physical) : node)
+        }
         let cpuNodes = machine.cores.map { core in topology.nodes.firstIndex(of: core.slot.node) ?? 0 }
         cpuNodeIndex = cpuNodes
         var physical: [Int: Int] = [:]
@@ -419,7 +423,7 @@ public final class SlabCache: @unchecked Sendable {
     }
 
     private func mapSlab(_ node: SlabNode) throws(HotplugError) -> UnsafeMutablePointer<SlabHeader> {
-        let memory = try Numa.allocateAligned(bytes: slabBytes, onNode: node.id)
+        let memory = try Numa.allocateAligned(bytes: slabBytes, onNode: node.memoryNode)
         let slab = memory.bindMemory(to: SlabHeader.self, capacity: 1)
         slab.initialize(to: SlabHeader(cacheID: cacheID, nodeIndex: nodes.firstIndex { $0 === node }!, freeList: nil,
                                        bump: 0, outstanding: 0, kind: .free, previous: nil, next: nil))

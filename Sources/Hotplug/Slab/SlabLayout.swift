@@ -151,8 +151,10 @@ extension Atomic where Value == Int {
 /// any thread pushes with one CAS, the lock holder takes it whole).
 final class SlabNode: @unchecked Sendable {
     // @unchecked: every `var` is guarded by `lock`; `remote` and `remotePending` are atomics.
-    /// The NUMA node id.
+    /// The NUMA node id (synthetic or real, as the topology says).
     let id: Int
+    /// The real node its slabs are mapped on (`id`, except in a synthetic topology).
+    let memoryNode: Int
     let lock = Lock()
     var partial = SlabList()
     var full = SlabList()
@@ -166,7 +168,10 @@ final class SlabNode: @unchecked Sendable {
     /// How many objects `remote` holds (may lag a push by an instant).
     let remotePending = Atomic<Int>(0)
 
-    init(id: Int) { self.id = id }
+    init(id: Int, memoryNode: Int) {
+        self.id = id
+        self.memoryNode = memoryNode
+    }
 
     /// Pushes an object on the remote-free stack: one CAS, no lock.
     @inline(__always)
