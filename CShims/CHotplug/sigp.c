@@ -45,6 +45,7 @@
 // The logical CPU bound to this thread, for the signal handler. Initial-exec TLS: the access is a plain load from
 // the thread pointer, never a call into the dynamic loader, so it is async-signal-safe.
 static __thread chp_cpu_t *chp_self __attribute__((tls_model("initial-exec")));
+__thread void *chp_self_owner __attribute__((tls_model("initial-exec")));
 
 static _Atomic int chp_installed_signal;
 static _Atomic int chp_install_refs;
@@ -267,6 +268,7 @@ bool chp_sigp_is_blocked(void) {
 int chp_cpu_bind_self(chp_cpu_t *cpu) {
     atomic_store_explicit(AI32(&cpu->tid), (int32_t)chp_gettid(), memory_order_release);
     chp_self = cpu;
+    chp_self_owner = cpu->owner;
     return chp_sigp_block(false);
 }
 
@@ -275,6 +277,7 @@ chp_cpu_t *chp_cpu_self(void) { return chp_self; }
 void chp_cpu_unbind_self(void) {
     (void)chp_sigp_block(true);
     chp_self = NULL;
+    chp_self_owner = NULL;
 }
 
 // MARK: Orders

@@ -296,6 +296,13 @@ void chp_cpu_unbind_self(void);
 /// The control block bound to the calling thread, or NULL. Cannot fail.
 chp_cpu_t *chp_cpu_self(void);
 
+/// The owner pointer of the control block bound to the calling thread (NULL on any other thread). Written only by
+/// chp_cpu_bind_self / chp_cpu_unbind_self on the thread itself.
+extern __thread void *chp_self_owner __attribute__((tls_model("initial-exec")));
+/// `chp_cpu_owner(chp_cpu_self())` in one thread-local load, inlined into the caller: the slab allocator's fast
+/// paths ask it once per operation. Cannot fail.
+static inline void *chp_cpu_self_owner(void) { return chp_self_owner; }
+
 /// Blocks (`block` true) or unblocks the SIGP signal for the calling thread ("interrupts off/on").
 /// Returns an errno value.
 int chp_sigp_block(bool block);

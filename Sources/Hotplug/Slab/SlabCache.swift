@@ -88,6 +88,8 @@ public final class SlabCache: @unchecked Sendable {
     let machineID: UInt64
     let cacheID: UInt64
     let isDebug: Bool
+    /// More than one node: a free on a CPU must check the object's home node.
+    let isMultiNode: Bool
     let nodes: [SlabNode]
     /// Node index of each logical CPU.
     let cpuNodeIndex: [Int]
@@ -156,6 +158,7 @@ public final class SlabCache: @unchecked Sendable {
             let physical = topology.cpus.first { $0.node == node }?.physicalID ?? 0
             return SlabNode(id: node, memoryNode: topology.isSynthetic ? Numa.node(ofPhysicalCPU: physical) : node)
         }
+        isMultiNode = nodes.count > 1
         let cpuNodes = machine.cores.map { core in topology.nodes.firstIndex(of: core.slot.node) ?? 0 }
         cpuNodeIndex = cpuNodes
         var physical: [Int: Int] = [:]
@@ -197,7 +200,7 @@ public final class SlabCache: @unchecked Sendable {
 
     @inline(__always)
     private func slot(_ cpu: Int) -> UnsafeMutablePointer<CPUMagazines> {
-        (slots + cpu * SlabCache.slotStride).assumingMemoryBound(to: CPUMagazines.self)
+        (slots + cpu &* SlabCache.slotStride).assumingMemoryBound(to: CPUMagazines.self)
     }
 
     @inline(__always)
@@ -238,7 +241,7 @@ public final class SlabCache: @unchecked Sendable {
             return
         }
         let slot = slot(cpu)
-        if nodes.count > 1 {
+        if isMultiNode {
             let home = slabHeader(of: object).pointee.nodeIndex
             if home != slot.pointee.nodeIndex {
                 slot.pointee.freedRemote.bump()
