@@ -97,9 +97,6 @@ public final class SlabCache: @unchecked Sendable {
     let physicalNodeIndex: [Int: Int]
     private let slots: UnsafeMutableRawPointer
     private static let slotStride = 128
-    let foreignAllocated = Atomic<Int>(0)
-    let foreignFreed = Atomic<Int>(0)
-    let bytesMappedCounter = Atomic<Int>(0)
     let debugState: Locked<DebugState>?
     private static let cacheIDs = Atomic<UInt64>(0)
 
@@ -236,8 +233,9 @@ public final class SlabCache: @unchecked Sendable {
     public func free(_ object: UnsafeMutableRawPointer) {
         if isDebug { debugTakeBack(object) }
         guard let cpu = CPUCore.currentID(machineID: machineID) else {
-            foreignFreed.add(1, ordering: .relaxed)
-            nodes[slabHeader(of: object).pointee.nodeIndex].pushRemote(object)
+            let home = nodes[slabHeader(of: object).pointee.nodeIndex]
+            home.foreignFreed.add(1, ordering: .relaxed)
+            home.pushRemote(object)
             return
         }
         let slot = slot(cpu)
@@ -347,8 +345,8 @@ public final class SlabCache: @unchecked Sendable {
         var object = UnsafeMutableRawPointer(bitPattern: 1)!
         try node.lock.withLock { () throws(HotplugError) in
             _ = try take(from: node, count: 1, into: &object)
+            node.foreignAllocated += 1
         }
-        foreignAllocated.add(1, ordering: .relaxed)
         if isDebug { debugHandOut(object) }
         return object
     }
@@ -431,7 +429,7 @@ public final class SlabCache: @unchecked Sendable {
         slab.initialize(to: SlabHeader(cacheID: cacheID, nodeIndex: nodes.firstIndex { $0 === node }!, freeList: nil,
                                        bump: 0, outstanding: 0, kind: .free, previous: nil, next: nil))
         node.free.push(slab)
-        bytesMappedCounter.add(slabBytes, ordering: .relaxed)
+        node.bytesMapped += slabBytes
         if let debugState {
             // Every object starts poisoned, so that a hand-out can check the poison whatever its history.
             (memory + headerBytes).initializeMemory(as: UInt8.self, repeating: SlabCache.poison,
@@ -447,7 +445,7 @@ public final class SlabCache: @unchecked Sendable {
             let base = UInt(bitPattern: slab)
             slab.deinitialize(count: 1)
             Numa.free(UnsafeMutableRawPointer(slab), bytes: slabBytes)
-            bytesMappedCounter.subtract(slabBytes, ordering: .relaxed)
+            node.bytesMapped -= slabBytes
             debugState?.withLock { _ = $0.slabs.remove(base) }
         }
     }
@@ -571,8 +569,8 @@ public final class SlabCache: @unchecked Sendable {
 
     /// Where the cache's objects are now (see ``Statistics``).
     public func statistics() -> Statistics {
-        var inUse = foreignAllocated.load(ordering: .relaxed) - foreignFreed.load(ordering: .relaxed)
         var cached: [Int] = []
+        var inUse = 0
         for cpu in 0..<machine.possibleCount {
             let slot = slot(cpu)
             inUse += slot.pointee.allocated.load(ordering: .relaxed) - slot.pointee.freedLocal.load(ordering: .relaxed)
@@ -581,8 +579,13 @@ public final class SlabCache: @unchecked Sendable {
         }
         var perNode: [Statistics.Node] = []
         var accounted = -cached.reduce(0, +)
+        var bytesMapped = 0, foreignAllocated = 0, foreignFreed = 0
         for node in nodes {
             let entry = node.lock.withLock {
+                bytesMapped += node.bytesMapped
+                foreignAllocated += node.foreignAllocated
+                foreignFreed += node.foreignFreed.load(ordering: .relaxed)
+                return
                 Statistics.Node(node: node.id, fullSlabs: node.full.count, partialSlabs: node.partial.count,
                                 freeSlabs: node.free.count, depotMagazines: node.fullMagazines.count,
                                 depotObjects: node.fullMagazines.count * magazineCapacity,
@@ -592,10 +595,9 @@ public final class SlabCache: @unchecked Sendable {
             accounted += entry.outstanding - entry.depotObjects - entry.remotePending
             perNode.append(entry)
         }
-        return Statistics(inUse: inUse, accountedInUse: accounted, cachedPerCPU: cached, nodes: perNode,
-                          bytesMapped: bytesMappedCounter.load(ordering: .relaxed),
-                          foreignAllocated: foreignAllocated.load(ordering: .relaxed),
-                          foreignFreed: foreignFreed.load(ordering: .relaxed))
+        return Statistics(inUse: inUse + foreignAllocated - foreignFreed, accountedInUse: accounted,
+                          cachedPerCPU: cached, nodes: perNode, bytesMapped: bytesMapped,
+                          foreignAllocated: foreignAllocated, foreignFreed: foreignFreed)
     }
 
     /// The node an object's slab was mapped on (its home node).

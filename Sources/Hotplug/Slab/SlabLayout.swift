@@ -163,6 +163,13 @@ final class SlabNode: @unchecked Sendable {
     var emptyMagazines = MagazineStack()
     /// Σ `outstanding` of this node's slabs.
     var outstanding = 0
+    /// Bytes of slab memory mapped on this node.
+    var bytesMapped = 0
+    /// Objects foreign threads took from this node.
+    var foreignAllocated = 0
+    /// Objects of this node that foreign threads freed (kept here, not on the cache, so that foreign frees write
+    /// no line that the CPUs' fast paths read).
+    let foreignFreed = Atomic<Int>(0)
     /// Objects freed here from other nodes and foreign threads, linked through their first word (0: empty).
     let remote = Atomic<UInt>(0)
     /// How many objects `remote` holds (may lag a push by an instant).
