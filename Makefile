@@ -24,9 +24,13 @@ test: deps
 tsan: deps
 	$(SWIFT) test --sanitize=thread
 
-# Concurrency Kit (libck-dev) is an optional peer of the barrier figure.
+# Concurrency Kit (libck-dev) is an optional peer of the barrier figure; jemalloc (libjemalloc-dev) and tcmalloc
+# (libgoogle-perftools-dev) are optional peers of the slab figures.
 bench: deps
 	@dpkg -s libck-dev >/dev/null 2>&1 || { $(SUDO) apt-get install -y -qq libck-dev || echo "libck-dev unavailable: ck barriers skipped"; }
+	@dpkg -s libjemalloc-dev >/dev/null 2>&1 || { $(SUDO) apt-get install -y -qq libjemalloc-dev || echo "libjemalloc-dev unavailable: jemalloc peer skipped"; }
+	@dpkg -s libgoogle-perftools-dev >/dev/null 2>&1 || { $(SUDO) apt-get install -y -qq libgoogle-perftools-dev || echo "libgoogle-perftools-dev unavailable: tcmalloc peer skipped"; }
+	@mkdir -p bench-results
 	cd Benchmarks && $(SWIFT) run -c release hotplug-peers --json ../bench-results/peers.json
 
 clean:

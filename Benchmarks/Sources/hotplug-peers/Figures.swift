@@ -56,6 +56,8 @@ struct Settings: Sendable {
     let batchSize: Int
     /// Untimed batches before every block of the batch figures.
     let batchWarmup: Int
+    /// Operations per sample of the slab figures (alloc+free pairs, objects per remote-free round).
+    let slabBatch: Int
 }
 
 /// The logical CPU our figures aim at.

@@ -17,8 +17,8 @@ struct HotplugPeers: ParsableCommand {
         discussion: """
             Each figure alternates blocks of ours and of its peer (--rounds of each), so drift on a noisy machine \
             hits both sides alike. A sample is one round trip, barrier episode, stop_machine, membarrier, hotplug \
-            operation or pthread_create + pthread_join, or (tasklet throughput) one batch divided by its size, timed \
-            with CLOCK_MONOTONIC; p50 and p99 are nearest-rank percentiles of the sorted samples. \
+            operation or pthread_create + pthread_join, or (tasklet throughput, slab figures) one batch divided by its \
+            size, timed with CLOCK_MONOTONIC; p50 and p99 are nearest-rank percentiles of the sorted samples. \
             ratio = ours / peer, for p50 and for p99; a goal is met when the p50 ratio is within it. The barrier \
             and stop_machine figures run for every N from 2 to the CPUs of the affinity mask (--max-threads).
             """)
@@ -43,6 +43,10 @@ struct HotplugPeers: ParsableCommand {
     @Option(name: .customLong("batch-warmup"), help: "Untimed batches before every block of the batch figure.")
     var batchWarmup: Int = 20
 
+    @Option(name: .customLong("slab-batch"),
+            help: "Operations per sample of the slab figures (alloc+free pairs; objects per remote-free round).")
+    var slabBatch: Int = 1_000
+
     @Option(help: "Blocks per side of each figure, alternating ours and the peer.")
     var rounds: Int = 4
 
@@ -53,8 +57,8 @@ struct HotplugPeers: ParsableCommand {
     var settleMicroseconds: Int = 20
 
     @Option(name: .customLong("figure"),
-            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency.")
-    var figures: [FigureID] = []
+            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, or slab (the three slab figures).")
+    var figures: [FigureSelection] = []
 
     @Option(name: .customLong("max-threads"),
             help: "Largest N of the N-thread figures (barrier, stop-machine; attach-detach's machine size); default and cap: the CPUs of the affinity mask.")
@@ -66,6 +70,11 @@ struct HotplugPeers: ParsableCommand {
     @Flag(help: "Exit non-zero when a goal is not met.")
     var requireGoals = false
 
+    /// Internal: this process is a malloc peer's child ("peer:figure"), started by the slab figures with
+    /// LD_PRELOAD; it measures `--iterations` samples and prints them as JSON.
+    @Option(name: .customLong("malloc-peer-child"), help: .hidden)
+    var mallocPeerChild: String?
+
     mutating func validate() throws {
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
         guard slowIterations >= 1 else { throw ValidationError("--slow-iterations must be at least 1") }
@@ -76,6 +85,7 @@ struct HotplugPeers: ParsableCommand {
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard batchWarmup >= 0 else { throw ValidationError("--batch-warmup must not be negative") }
+        guard slabBatch >= 1 else { throw ValidationError("--slab-batch must be at least 1") }
         guard timeoutMilliseconds >= 1 else { throw ValidationError("--timeout-ms must be at least 1") }
         guard settleMicroseconds >= 0 else { throw ValidationError("--settle-us must not be negative") }
         if let maxThreads, maxThreads < 2 { throw ValidationError("--max-threads must be at least 2") }
@@ -83,6 +93,13 @@ struct HotplugPeers: ParsableCommand {
 
     func run() throws {
         Watchdog.start()
+        let settings = Settings(warmup: warmup, timeoutNs: Int64(timeoutMilliseconds) * 1_000_000,
+                                settleNs: Int64(settleMicroseconds) * 1_000, batchSize: batchSize,
+                                batchWarmup: batchWarmup, slabBatch: slabBatch)
+        if let mallocPeerChild {
+            Watchdog.arm("malloc peer \(mallocPeerChild)", seconds: 60 + Int64(iterations / 1_000))
+            MallocPeerChild.run(mallocPeerChild, samples: iterations, settings: settings)
+        }
         let layout: Layout
         do {
             layout = try Layout.current()
@@ -90,13 +107,11 @@ struct HotplugPeers: ParsableCommand {
             print("FAILED: \(error)")
             throw ExitCode.failure
         }
-        let settings = Settings(warmup: warmup, timeoutNs: Int64(timeoutMilliseconds) * 1_000_000,
-                                settleNs: Int64(settleMicroseconds) * 1_000, batchSize: batchSize,
-                                batchWarmup: batchWarmup)
         // N-thread figures: every N from 2 to the CPUs of the affinity mask (at most --max-threads); 2 on one CPU.
         let mostThreads = max(2, min(maxThreads ?? layout.cpus.count, layout.cpus.count))
         let threadCounts = 2...mostThreads
-        let selected = figures.isEmpty ? FigureID.allCases : FigureID.allCases.filter(figures.contains)
+        let chosen = figures.flatMap(\.figures)
+        let selected = chosen.isEmpty ? FigureID.allCases : FigureID.allCases.filter(chosen.contains)
         var rows: [Row] = []
         for figure in selected {
             for plan in plans(figure, layout: layout, threadCounts: threadCounts) {
@@ -106,7 +121,7 @@ struct HotplugPeers: ParsableCommand {
         let clock = clockOverhead(layout)
         let report = Report(rows: rows, layout: layout, iterations: iterations, slowIterations: slowIterations,
                             batches: batches, batchSize: batchSize, batchWarmup: batchWarmup,
-                            rounds: rounds, warmup: warmup,
+                            slabBatch: slabBatch, mallocPeers: MallocPeerLog.lines, rounds: rounds, warmup: warmup,
                             threadCounts: threadCounts, clockP50: clock.p50, clockP99: clock.p99)
         print(report.table())
         if let json {
@@ -148,6 +163,9 @@ struct HotplugPeers: ParsableCommand {
         var slow = false
         /// A batch figure: `--batches` samples per side, each one batch's time per operation, in picoseconds.
         var batches = false
+        /// A per-operation figure with `--iterations` samples per side (the slab figures): samples in picoseconds
+        /// per operation, like the batch figures', in this unit (for the JSON).
+        var unit: String?
 
         init(_ title: String, ours: @escaping Side, peers: [(Contender, Goal)],
              bestOf: (prefix: String, note: String)? = nil) {
@@ -272,6 +290,22 @@ struct HotplugPeers: ParsableCommand {
                     (Contender(name: "cache-line ping-pong round trip", measure: peerPingPong), Goal(limit: nil)),
                 ]),
             ]
+        case .slabPair1CPU, .slabPairAllCPUs:
+            // Deciding against the best (lowest p50) of glibc, jemalloc and tcmalloc.
+            let cpus = figure == .slabPair1CPU ? 1 : layout.cpus.count
+            let goal = Goal(limit: 0.8, text: "<= 0.8x best malloc")
+            var plan = Plan(cpus == 1 ? "slab alloc+free pair, 1 CPU: ns/pair" : "slab alloc+free pair, \(cpus) CPUs at once: ns/pair",
+                            ours: oursSlabPairs(cpus: cpus),
+                            peers: MallocPeer.allCases.map { ($0.contender(figure), goal) },
+                            bestOf: (MallocPeer.namePrefix, "best malloc peer"))
+            plan.unit = slabPairUnit
+            return [plan]
+        case .slabRemoteFree:
+            var plan = Plan("slab alloc on CPU 0 + free on CPU 1 (other node): ns/object", ours: oursSlabRemoteFree,
+                            peers: MallocPeer.allCases.map { ($0.contender(figure), Goal(limit: nil)) },
+                            bestOf: (MallocPeer.namePrefix, "best malloc peer"))
+            plan.unit = slabRemoteUnit
+            return [plan]
         }
     }
 
@@ -333,7 +367,8 @@ struct HotplugPeers: ParsableCommand {
             let oursStats = Stats(oursSamples[series].storage)
             var measured = live.enumerated().map { index, peer in
                 Row(figure: title, peerName: peer.0.name, ours: oursStats, peerStats: peerStats[index], goal: peer.1,
-                    error: nil, note: nil, scale: plan.batches ? picosecondsPerNanosecond : 1)
+                    error: nil, note: nil, scale: plan.batches || plan.unit != nil ? picosecondsPerNanosecond : 1,
+                    unit: plan.unit)
             }
             if let (prefix, note) = plan.bestOf {
                 // The goal is against the best of these peers (lowest p50): only that row decides; the others inform.
@@ -352,9 +387,7 @@ struct HotplugPeers: ParsableCommand {
 
     /// The samples of block `round`: `count` split into `rounds` nearly equal blocks.
     private func blockRange(_ round: Int, of count: Int) -> Range<Int> {
-        let base = count / rounds, extra = count % rounds
-        let start = round * base + min(round, extra)
-        return start..<(start + base + (round < extra ? 1 : 0))
+        shareRange(round, of: count, parts: rounds)
     }
 
     /// What one reading of the clock costs (it is inside every sample, on both sides).
@@ -385,6 +418,12 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
     case attachDetach = "attach-detach"
     case taskletThroughput = "tasklet-throughput"
     case taskletLatency = "tasklet-latency"
+    case slabPair1CPU = "slab-pair-1cpu"
+    case slabPairAllCPUs = "slab-pair-allcpus"
+    case slabRemoteFree = "slab-remote-free"
+
+    /// The slab allocator's figures (`--figure slab` selects them all).
+    var isSlab: Bool { self == .slabPair1CPU || self == .slabPairAllCPUs || self == .slabRemoteFree }
 
     /// The title of a single-series figure (the N-thread ones name N in theirs).
     var title: String {
@@ -397,7 +436,27 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
         case .attachDetach: return "attach / detach"
         case .taskletThroughput: return "tasklet schedule -> run throughput, per CPU"
         case .taskletLatency: return "tasklet cross-CPU schedule -> run latency"
+        case .slabPair1CPU: return "slab alloc+free pair, 1 CPU"
+        case .slabPairAllCPUs: return "slab alloc+free pair, every CPU at once"
+        case .slabRemoteFree: return "slab alloc + remote free"
         }
     }
+}
+
+/// What `--figure` accepts: one figure, or `slab` for the three slab figures.
+struct FigureSelection: ExpressibleByArgument, Sendable {
+    let figures: [FigureID]
+
+    init?(argument: String) {
+        if argument == "slab" {
+            figures = FigureID.allCases.filter(\.isSlab)
+        } else if let figure = FigureID(rawValue: argument) {
+            figures = [figure]
+        } else {
+            return nil
+        }
+    }
+
+    static var allValueStrings: [String] { FigureID.allCases.map(\.rawValue) + ["slab"] }
 }
 

@@ -28,8 +28,11 @@ struct Row: Sendable {
     var goal: Goal
     let error: String?
     var note: String?
-    /// Sample units per nanosecond: 1, or `picosecondsPerNanosecond` for the batch figures (time per operation).
+    /// Sample units per nanosecond: 1, or `picosecondsPerNanosecond` for the batch and slab figures (time per
+    /// operation).
     var scale: Int64 = 1
+    /// The unit of a per-operation figure that is not a tasklet batch (the slab figures), for the JSON.
+    var unit: String?
 
     /// A sample value in ns: whole for plain samples, one decimal (three in the JSON) for per-operation times.
     func nanoseconds(_ value: Int64, digits: Int = 1) -> String {
@@ -66,6 +69,9 @@ struct Report {
     let batches: Int
     let batchSize: Int
     let batchWarmup: Int
+    let slabBatch: Int
+    /// One line per malloc peer measured (version, library), as its child process reported it.
+    let mallocPeers: [String]
     let rounds: Int
     let warmup: Int
     let threadCounts: ClosedRange<Int>
@@ -107,9 +113,16 @@ struct Report {
         let sender = layout.sender.map { "physical CPU \($0)" } ?? "unpinned (single CPU)"
         out.append("samples: \(iterations) per side per figure (\(slowIterations) for stop_machine and attach / detach), in \(rounds) alternating blocks of ours and each peer, "
                    + "\(warmup) warm-up samples before each block")
-        if rows.contains(where: { $0.scale != 1 }) {
+        if rows.contains(where: { $0.scale != 1 && $0.unit == nil }) {
             out.append("batch figures (ns/op): \(batches) batches of \(batchSize) operations per side, "
                        + "\(batchWarmup) warm-up batches before each block; a sample is one batch's time / \(batchSize)")
+        }
+        if rows.contains(where: { $0.unit != nil }) {
+            out.append("slab figures (ns/op): \(iterations) samples per side, each \(slabBatch) alloc+free pairs of "
+                       + "\(slabObjectBytes)-byte objects per CPU (remote free: \(slabBatch) objects allocated on one CPU "
+                       + "and freed on the other per round); every CPU's samples pooled; each malloc peer runs in a "
+                       + "process of its own (LD_PRELOAD), which checks which library serves malloc")
+            for line in mallocPeers { out.append("  malloc peer: \(line)") }
         }
         out.append("CPUs: target (logical CPU 1 / peer partner) physical CPU \(layout.target); sender \(sender)")
         let placement = layout.cpus.count >= 2 ? "on physical CPU \(layout.cpus)[i]" : "unpinned (single CPU)"
@@ -137,7 +150,7 @@ struct Report {
         for row in rows {
             figures.append("""
                     {"figure": \(jsonString(row.figure)), "peer": \(jsonString(row.peerName)), \
-                "unit": \(jsonString(row.scale == 1 ? "ns per sample" : "ns per operation (batch time / batch size)")), \
+                "unit": \(jsonString(row.unit ?? (row.scale == 1 ? "ns per sample" : "ns per operation (batch time / batch size)"))), \
                 "ours_ns": \(stats(row.ours, row)), "peer_ns": \(stats(row.peerStats, row)), \
                 "ratio_p50": \(number(row.ratioP50)), "ratio_p99": \(number(row.ratioP99)), \
                 "goal": \(jsonString(row.goal.text)), "goal_max_ratio_p50": \(number(row.goal.limit)), \
@@ -153,6 +166,9 @@ struct Report {
               "batches_per_side_batch_figures": \(batches),
               "batch_size": \(batchSize),
               "warmup_batches_per_block": \(batchWarmup),
+              "slab_batch": \(slabBatch),
+              "slab_object_bytes": \(slabObjectBytes),
+              "malloc_peers": [\(mallocPeers.map(jsonString).joined(separator: ", "))],
               "rounds": \(rounds),
               "warmup_per_block": \(warmup),
               "target_cpu": \(layout.target),

@@ -86,3 +86,11 @@ enum Watchdog {
 
     static func disarm() { deadline.store(0, ordering: .relaxed) }
 }
+
+/// Part `index` of `count` samples split into `parts` nearly equal, consecutive parts (the first `count % parts`
+/// one longer): the blocks of a figure's rounds, and each CPU's share of an every-CPU block.
+func shareRange(_ index: Int, of count: Int, parts: Int) -> Range<Int> {
+    let base = count / parts, extra = count % parts
+    let start = index * base + min(index, extra)
+    return start..<(start + base + (index < extra ? 1 : 0))
+}

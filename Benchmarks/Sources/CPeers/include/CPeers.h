@@ -2,8 +2,9 @@
 //
 // Every peer runs its measuring side on the calling thread (the caller pins it) and starts its partner threads
 // pinned to `partner_cpu` or `cpus[1...]` (-1: not pinned). It first runs `warmup` untimed samples, then writes
-// `count` samples, in nanoseconds of CLOCK_MONOTONIC, to `samples`. Nothing in a timed loop allocates or takes a
-// lock of ours (what the peer itself does, pthread_create's stack or glibc's barrier lock, is what it measures).
+// `count` samples, in nanoseconds of CLOCK_MONOTONIC (the malloc peers: picoseconds per operation), to `samples`.
+// Nothing in a timed loop allocates or takes a lock of ours (what the peer itself does, pthread_create's stack,
+// glibc's barrier lock, malloc and free, is what it measures).
 // Every spin of ours issues a pause hint and, after CPR_SPIN_BUDGET iterations, gives way with sched_yield
 // (two-core machines); Concurrency Kit's barriers spin as Concurrency Kit wrote them.
 //
@@ -17,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #ifdef __cplusplus
@@ -173,6 +175,51 @@ int cpr_membarrier_rounds(const int *cpus, size_t threads, bool spinning, int64_
 /// `partner_cpu` through its attributes; -1: not pinned) + pthread_join of it. Returns 0, or an errno value
 /// (pthread_attr_init's / pthread_create's / pthread_join's).
 int cpr_thread_create_join(int partner_cpu, int64_t *samples, size_t count, size_t warmup);
+
+// The malloc peers of the slab figures (malloc_peers.c). They call plain malloc / free, so they measure whichever
+// allocator serves this process (run them in a child process per allocator: cpr_spawn_child). Their samples are in
+// picoseconds per operation: a batch's time * 1000 / `batch`.
+
+/// Peer of "slab alloc+free pair": `threads` threads (the caller, which pins itself, and `threads - 1` partners,
+/// partner i pinned to `cpus[i]`, -1: not pinned; `cpus[0]` is not used) meet at a start gate, then each runs
+/// `warmup` untimed and `counts[i]` timed batches of `batch` pairs malloc(`size`) + free; thread i writes its
+/// samples after those of threads 0..<i. Returns 0, or an errno value: EINVAL (`threads` not in
+/// 1...CPR_MAX_THREADS, `batch` 0), ENOMEM (malloc failed), ETIMEDOUT (a thread missed the gate by `timeout_ns`),
+/// or pthread_create's.
+int cpr_malloc_pairs(const int *cpus, size_t threads, size_t size, size_t batch, int64_t *samples,
+                     const size_t *counts, size_t warmup, int64_t timeout_ns);
+
+/// Peer of "slab alloc + remote free": the caller (the producer, which pins itself) mallocs `batch` objects of
+/// `size` bytes into a ring and hands them to a partner pinned to `consumer_cpu` (-1: not pinned), which frees them
+/// all and says so; a sample is one such round, from the first malloc until the producer sees the consumer's
+/// answer, per object. Returns 0, or an errno value: EINVAL (`batch` 0), ENOMEM, ETIMEDOUT (no answer within
+/// `timeout_ns`), or pthread_create's.
+int cpr_malloc_remote_rounds(int consumer_cpu, size_t size, size_t batch, int64_t *samples, size_t count,
+                             size_t warmup, int64_t timeout_ns);
+
+/// True when this executable was started by the dynamic loader (a static executable ignores LD_PRELOAD). Cannot
+/// fail.
+bool cpr_dynamically_linked(void);
+
+/// The file of the library whose `malloc` this process's symbol lookup resolves (the LD_PRELOAD one, if any), or
+/// NULL when it cannot be told. Cannot fail otherwise.
+const char *cpr_malloc_provider(void);
+
+/// Writes the name and version of the allocator in use ("jemalloc 5.3.0-...", "tcmalloc (gperftools 2.10)",
+/// "glibc 2.36") to `buffer` (NUL-terminated, truncated to `length`). Cannot fail.
+void cpr_malloc_version(char *buffer, size_t length);
+
+/// Starts `path` with `argv` (NULL-terminated) and this process's environment, less any LD_PRELOAD, plus
+/// LD_PRELOAD=`preload` unless it is NULL; the child's stdout is a pipe whose read end (close-on-exec) goes to
+/// `*stdout_fd`. Returns 0, or an errno value (pipe2's, posix_spawn's, ENOMEM).
+int cpr_spawn_child(const char *path, char *const argv[], const char *preload, pid_t *pid, int *stdout_fd);
+
+/// Waits for child `pid`; `*status` is its exit code, or 128 + the signal that ended it. Returns 0, or waitpid's
+/// errno value.
+int cpr_wait_child(pid_t pid, int *status);
+
+/// Asks the kernel to kill this process (SIGKILL) when the thread that started it ends. Cannot fail.
+void cpr_die_with_parent(void);
 
 #ifdef __cplusplus
 }
