@@ -59,7 +59,7 @@ final class CPUCore: @unchecked Sendable {
     /// (the slab allocator's fast paths call it once per operation).
     @inline(__always)
     static func currentID(machineID: UInt64) -> Int? {
-        guard let owner = ControlBlock.currentOwnerFast() else { return nil }
+        guard let owner = ControlBlock.currentOwner() else { return nil }
         return Unmanaged<CPUCore>.fromOpaque(owner)._withUnsafeGuaranteedRef { $0.machineID == machineID ? $0.id : nil }
     }
 

@@ -145,7 +145,8 @@ public final class Machine: Sendable {
         registry.insertBuiltin(.slabPrepare, .init(
             name: "slab:prepare",
             startup: { [weak slabs] cpu in slabs?.prepare(cpu: cpu) },
-            teardown: { [weak slabs] cpu in slabs?.drain(cpu: cpu) },   // an attach rolled back past it
+            // slab:dead (above it) has always drained the CPU first; kept so that the pair is self-contained.
+            teardown: { [weak slabs] cpu in slabs?.drain(cpu: cpu) },
             isMultiInstance: false))
         registry.insertBuiltin(.slabDead, .init(
             name: "slab:dead",

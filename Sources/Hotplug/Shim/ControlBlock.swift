@@ -38,15 +38,10 @@ struct ControlBlock: @unchecked Sendable {
 
     func destroy() { chp_cpu_destroy(raw) }
 
-    /// The owner of the control block bound to the calling thread (a logical CPU), if any.
-    /// The owner of the calling thread's control block in one inlined thread-local load (hot paths).
+    /// The owner of the control block bound to the calling thread (a logical CPU), if any: one inlined
+    /// thread-local load (the owner was written before the thread started and is immutable since).
     @inline(__always)
-    static func currentOwnerFast() -> UnsafeMutableRawPointer? { chp_cpu_self_owner() }
-
-    static func currentOwner() -> UnsafeMutableRawPointer? {
-        guard let raw = chp_cpu_self() else { return nil }
-        return chp_cpu_owner(raw)   // written before the thread started; immutable since
-    }
+    static func currentOwner() -> UnsafeMutableRawPointer? { chp_cpu_self_owner() }
 
     // MARK: Senders
 

@@ -48,6 +48,9 @@ enum Shim {
 
     static func currentPhysicalCPU() -> Int { Int(chp_current_cpu()) }
 
+    /// The size of a memory page.
+    static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
+
     static var realtimeSignalRange: ClosedRange<Int32> { chp_sigrtmin()...chp_sigrtmax() }
 
     static func installSIGP(signal: Int32) throws(HotplugError) {

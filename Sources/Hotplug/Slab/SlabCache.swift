@@ -19,7 +19,7 @@ import Synchronization
 ///   previous one if empty, else moves the previous (full) one to the depot and takes an empty one.
 /// - Free of another node's object (on a CPU of another node) or from a thread that is not one of the machine's
 ///   CPUs (a foreign thread) pushes the object on its home node's remote-free stack (one CAS); the next refill on
-///   that node, ``shrink()`` or the drain takes it. An object is never leaked, whoever frees it, even after the CPU
+///   that node, a foreign thread's allocation there, the drain of a CPU of that node, or ``shrink()`` takes it. An object is never leaked, whoever frees it, even after the CPU
 ///   that allocated it was detached. A foreign thread allocates under the lock of the node it runs on.
 /// - Slabs are aligned to their size, so an object's slab header (and home node) is its address with the low bits
 ///   cleared. Slab memory comes from `numa_alloc_onnode` on the node of the CPU that needs it; the kernel places
@@ -52,13 +52,14 @@ public final class SlabCache: @unchecked Sendable {
         public var debug: Bool
         /// Objects per magazine; nil: 64 for objects up to 256 bytes, 32 up to 1 KiB, 16 above.
         public var magazineCapacity: Int?
-        /// Bytes per slab, a power of two of at least a page; nil: the smallest power of two of at least 64 KiB
+        /// Bytes per slab, a power of two of at least a page (and 4096); nil: the smallest power of two of at least 64 KiB
         /// that holds 16 objects.
         public var slabBytes: Int?
         /// Empty slabs each node keeps mapped when objects come back; the rest go back to the system.
         public var minimumFreeSlabsPerNode: Int
-        /// Full magazines a node's depot keeps; beyond that, a full magazine's objects go back to their slabs.
-        /// nil: twice the node's logical CPUs, at least 4.
+        /// Full magazines each node's depot keeps (and, separately, spare empty ones); beyond that, a full
+        /// magazine's objects go back to their slabs and a spare empty one is freed. nil: twice the logical CPUs of
+        /// the largest node, at least 4.
         public var depotMagazinesPerNode: Int?
 
         public init(debug: Bool = false, magazineCapacity: Int? = nil, slabBytes: Int? = nil,
@@ -106,6 +107,8 @@ public final class SlabCache: @unchecked Sendable {
     }
 
     static let poison: UInt8 = 0x6b
+    /// The bytes of a free object that hold its link (on a slab's free list or a remote-free stack): not poisoned.
+    static let link = MemoryLayout<UInt>.size
 
     /// Creates a cache of `objectSize`-byte objects aligned to `alignment`, for the logical CPUs of `machine`.
     /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for a size outside 1...1 MiB, an alignment that is not a
@@ -123,8 +126,9 @@ public final class SlabCache: @unchecked Sendable {
         var slab = 1 << 16
         while slab < header + 16 * stride { slab <<= 1 }
         if let requested = options.slabBytes {
-            guard requested >= 4096, requested & (requested - 1) == 0, requested >= header + stride else {
-                throw .invalidConfiguration("slab cache '\(name)': slabBytes must be a power of two >= 4096 holding at least one object, got \(requested)")
+            let page = max(4096, Shim.pageSize)
+            guard requested >= page, requested & (requested - 1) == 0, requested >= header + stride else {
+                throw .invalidConfiguration("slab cache '\(name)': slabBytes must be a power of two >= \(page) (a page) holding at least one object, got \(requested)")
             }
             slab = requested
         }
@@ -426,7 +430,7 @@ public final class SlabCache: @unchecked Sendable {
     private func mapSlab(_ node: SlabNode) throws(HotplugError) -> UnsafeMutablePointer<SlabHeader> {
         let memory = try Numa.allocateAligned(bytes: slabBytes, onNode: node.memoryNode)
         let slab = memory.bindMemory(to: SlabHeader.self, capacity: 1)
-        slab.initialize(to: SlabHeader(cacheID: cacheID, nodeIndex: nodes.firstIndex { $0 === node }!, freeList: nil,
+        slab.initialize(to: SlabHeader(nodeIndex: nodes.firstIndex { $0 === node }!, freeList: nil,
                                        bump: 0, outstanding: 0, kind: .free, previous: nil, next: nil))
         node.free.push(slab)
         node.bytesMapped += slabBytes
@@ -505,6 +509,12 @@ public final class SlabCache: @unchecked Sendable {
                 }
                 trim(node, keeping: options.minimumFreeSlabsPerNode)
             }
+        }
+        // What other nodes and foreign threads sent home waits for a refill; a node whose CPUs all went away would
+        // keep it until shrink(): the drain takes it back to the slabs.
+        node.lock.withLock {
+            node.takeRemote { giveBack($0, node) }
+            trim(node, keeping: options.minimumFreeSlabsPerNode)
         }
         slot.pointee.loaded = nil
         slot.pointee.previous = nil
@@ -585,8 +595,7 @@ public final class SlabCache: @unchecked Sendable {
                 bytesMapped += node.bytesMapped
                 foreignAllocated += node.foreignAllocated
                 foreignFreed += node.foreignFreed.load(ordering: .relaxed)
-                return
-                Statistics.Node(node: node.id, fullSlabs: node.full.count, partialSlabs: node.partial.count,
+                return Statistics.Node(node: node.id, fullSlabs: node.full.count, partialSlabs: node.partial.count,
                                 freeSlabs: node.free.count, depotMagazines: node.fullMagazines.count,
                                 depotObjects: node.fullMagazines.count * magazineCapacity,
                                 remotePending: node.remotePending.load(ordering: .relaxed),
@@ -628,17 +637,18 @@ public final class SlabCache: @unchecked Sendable {
                 debugFailure("double free of object \(hex(address)) (object \(offset / objectStride) of slab \(hex(base)))")
             }
         }
-        if objectSize > 8 {
-            (object + 8).initializeMemory(as: UInt8.self, repeating: SlabCache.poison, count: objectSize - 8)
+        if objectSize > SlabCache.link {
+            (object + SlabCache.link).initializeMemory(as: UInt8.self, repeating: SlabCache.poison,
+                                                       count: objectSize - SlabCache.link)
         }
     }
 
     /// Checks an object being handed out: still poisoned (nobody wrote to it while it was free); marks it live.
     private func debugHandOut(_ object: UnsafeMutableRawPointer) {
-        if objectSize > 8 {
-            let bytes = (object + 8).assumingMemoryBound(to: UInt8.self)
-            for index in 0..<(objectSize - 8) where bytes[index] != SlabCache.poison {
-                debugFailure("object \(hex(UInt(bitPattern: object))) was written after it was freed (byte \(index + 8) is \(hex(UInt(bytes[index]))), the poison is 0x6b)")
+        if objectSize > SlabCache.link {
+            let bytes = (object + SlabCache.link).assumingMemoryBound(to: UInt8.self)
+            for index in 0..<(objectSize - SlabCache.link) where bytes[index] != SlabCache.poison {
+                debugFailure("object \(hex(UInt(bitPattern: object))) was written after it was freed (byte \(index + SlabCache.link) is \(hex(UInt(bytes[index]))), the poison is 0x6b)")
             }
         }
         debugState!.withLock { _ = $0.live.insert(UInt(bitPattern: object)) }

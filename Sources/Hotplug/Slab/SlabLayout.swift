@@ -15,10 +15,8 @@ enum SlabKind: UInt8 {
 }
 
 /// The header at the start of every slab (the slab is aligned to its own size, so an object's slab is its address
-/// with the low bits cleared). Guarded by the node's lock, except `nodeIndex` and `cacheID`, which never change.
+/// with the low bits cleared). Guarded by the node's lock, except `nodeIndex`, which never changes.
 struct SlabHeader {
-    /// The cache that owns the slab (a check in debug mode).
-    var cacheID: UInt64
     /// The slab's home node, as an index into the cache's nodes.
     var nodeIndex: Int
     /// Objects given back to this slab, linked through their first word.
@@ -185,6 +183,8 @@ final class SlabNode: @unchecked Sendable {
     func pushRemote(_ object: UnsafeMutableRawPointer) {
         var head = remote.load(ordering: .relaxed)
         while true {
+            // The cheapest double free to catch: it would close the stack into a cycle (a hang under the lock).
+            precondition(head != UInt(bitPattern: object), "slab allocator: double free of object \(object)")
             object.storeBytes(of: head, as: UInt.self)
             // Release: the object's link (and the user's last writes) reach the lock holder's acquiring exchange.
             let (exchanged, seen) = remote.compareExchange(expected: head, desired: UInt(bitPattern: object),
