@@ -361,8 +361,14 @@ public final class SlabCache: @unchecked Sendable {
     /// then free slabs, then a new slab. Returns how many (at least 1, or it throws).
     private func take(from node: SlabNode, count: Int, into output: UnsafeMutablePointer<UnsafeMutableRawPointer>) throws(HotplugError) -> Int {
         var taken = 0
-        node.takeRemote { object in
-            if taken < count { output[taken] = object; taken += 1 } else { giveBack(object, node) }
+        while taken < count, let object = node.popHome() {
+            output[taken] = object
+            taken += 1
+        }
+        if taken < count {
+            node.takeRemote { object in
+                if taken < count { output[taken] = object; taken += 1 } else { node.pushHome(object) }
+            }
         }
         while taken < count {
             let slab: UnsafeMutablePointer<SlabHeader>
@@ -476,7 +482,7 @@ public final class SlabCache: @unchecked Sendable {
 
     /// Everything in the depot and on the remote-free stack back to the slabs.
     private func emptyDepotAndRemote(_ node: SlabNode) {
-        node.takeRemote { giveBack($0, node) }
+        node.takeAllHome { giveBack($0, node) }
         while let magazine = node.fullMagazines.pop() {
             empty(magazine, node)
             stashEmpty(magazine, node)
@@ -513,7 +519,7 @@ public final class SlabCache: @unchecked Sendable {
         // What other nodes and foreign threads sent home waits for a refill; a node whose CPUs all went away would
         // keep it until shrink(): the drain takes it back to the slabs.
         node.lock.withLock {
-            node.takeRemote { giveBack($0, node) }
+            node.takeAllHome { giveBack($0, node) }
             trim(node, keeping: options.minimumFreeSlabsPerNode)
         }
         slot.pointee.loaded = nil
@@ -557,7 +563,8 @@ public final class SlabCache: @unchecked Sendable {
             /// Full magazines in the depot, and the objects they hold.
             public var depotMagazines: Int
             public var depotObjects: Int
-            /// Objects sent home by other nodes and foreign threads, not yet taken.
+            /// Objects sent home by other nodes and foreign threads, not yet handed out again nor returned to their
+            /// slabs (on the remote-free stack or the node's home list).
             public var remotePending: Int
             /// Objects out of this node's slabs (with users, in magazines, in the depot, remote-pending).
             public var outstanding: Int
@@ -598,7 +605,7 @@ public final class SlabCache: @unchecked Sendable {
                 return Statistics.Node(node: node.id, fullSlabs: node.full.count, partialSlabs: node.partial.count,
                                 freeSlabs: node.free.count, depotMagazines: node.fullMagazines.count,
                                 depotObjects: node.fullMagazines.count * magazineCapacity,
-                                remotePending: node.remotePending.load(ordering: .relaxed),
+                                remotePending: node.pendingHome,
                                 outstanding: node.outstanding)
             }
             accounted += entry.outstanding - entry.depotObjects - entry.remotePending

@@ -17,8 +17,11 @@ enum SlabKind: UInt8 {
 /// The header at the start of every slab (the slab is aligned to its own size, so an object's slab is its address
 /// with the low bits cleared). Guarded by the node's lock, except `nodeIndex`, which never changes.
 struct SlabHeader {
-    /// The slab's home node, as an index into the cache's nodes.
+    /// The slab's home node, as an index into the cache's nodes. Alone on the header's first cache line: CPUs of
+    /// other nodes and foreign threads read it on every free, and must not contend with the lock holder's writes
+    /// to the fields below.
     var nodeIndex: Int
+    var padding: (Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0)
     /// Objects given back to this slab, linked through their first word.
     var freeList: UnsafeMutableRawPointer?
     /// Objects `bump..<objectsPerSlab` have never been handed out (a new slab is not threaded up front).
@@ -148,7 +151,7 @@ extension Atomic where Value == Int {
 /// The per-node part of a cache: slab lists and the depot (guarded by `lock`), the remote-free stack (lock-free:
 /// any thread pushes with one CAS, the lock holder takes it whole).
 final class SlabNode: @unchecked Sendable {
-    // @unchecked: every `var` is guarded by `lock`; `remote` and `remotePending` are atomics.
+    // @unchecked: every `var` is guarded by `lock`; `remote` and `foreignFreed` are atomics.
     /// The NUMA node id (synthetic or real, as the topology says).
     let id: Int
     /// The real node its slabs are mapped on (`id`, except in a synthetic topology).
@@ -170,8 +173,10 @@ final class SlabNode: @unchecked Sendable {
     let foreignFreed = Atomic<Int>(0)
     /// Objects freed here from other nodes and foreign threads, linked through their first word (0: empty).
     let remote = Atomic<UInt>(0)
-    /// How many objects `remote` holds (may lag a push by an instant).
-    let remotePending = Atomic<Int>(0)
+    /// Objects taken off `remote` by a refill that did not need them all, linked through their first word: the
+    /// next refill starts here (they are home already; returning them to their slabs would only be undone).
+    var home: UnsafeMutableRawPointer?
+    var homeCount = 0
 
     init(id: Int, memoryNode: Int) {
         self.id = id
@@ -192,19 +197,48 @@ final class SlabNode: @unchecked Sendable {
             if exchanged { break }
             head = seen
         }
-        remotePending.add(1, ordering: .relaxed)
     }
 
     /// Takes the whole remote-free stack (the caller holds `lock`); calls `body` for each object.
     func takeRemote(_ body: (UnsafeMutableRawPointer) -> Void) {
         guard remote.load(ordering: .relaxed) != 0 else { return }
         var head = remote.exchange(0, ordering: .acquiring)
-        var taken = 0
         while let object = UnsafeMutableRawPointer(bitPattern: head) {
             head = object.load(as: UInt.self)
-            taken += 1
             body(object)
         }
-        remotePending.subtract(taken, ordering: .relaxed)
+    }
+
+    /// Puts an object on the home list (the caller holds `lock`).
+    func pushHome(_ object: UnsafeMutableRawPointer) {
+        object.storeBytes(of: home, as: UnsafeMutableRawPointer?.self)
+        home = object
+        homeCount += 1
+    }
+
+    /// Takes the home list's first object (the caller holds `lock`).
+    func popHome() -> UnsafeMutableRawPointer? {
+        guard let object = home else { return nil }
+        home = object.load(as: UnsafeMutableRawPointer?.self)
+        homeCount -= 1
+        return object
+    }
+
+    /// Objects sent home and not yet taken: the home list and the remote-free stack. The caller holds `lock`, so
+    /// nobody takes from the stack meanwhile: pushes only put new heads in front of the part walked here.
+    var pendingHome: Int {
+        var count = homeCount
+        var head = remote.load(ordering: .acquiring)
+        while let object = UnsafeMutableRawPointer(bitPattern: head) {
+            head = object.load(as: UInt.self)
+            count += 1
+        }
+        return count
+    }
+
+    /// Every object sent home, one by one, off the home list and the remote-free stack (the caller holds `lock`).
+    func takeAllHome(_ body: (UnsafeMutableRawPointer) -> Void) {
+        while let object = popHome() { body(object) }
+        takeRemote(body)
     }
 }
