@@ -46,6 +46,8 @@
 // the thread pointer, never a call into the dynamic loader, so it is async-signal-safe.
 static __thread chp_cpu_t *chp_self __attribute__((tls_model("initial-exec")));
 __thread void *chp_self_owner __attribute__((tls_model("initial-exec")));
+__thread uint64_t chp_self_machine __attribute__((tls_model("initial-exec")));
+__thread intptr_t chp_self_logical __attribute__((tls_model("initial-exec"))) = -1;
 
 static _Atomic int chp_installed_signal;
 static _Atomic int chp_install_refs;
@@ -274,10 +276,17 @@ int chp_cpu_bind_self(chp_cpu_t *cpu) {
 
 chp_cpu_t *chp_cpu_self(void) { return chp_self; }
 
+void chp_cpu_set_self_identity(uint64_t machine, intptr_t logical) {
+    chp_self_machine = machine;
+    chp_self_logical = logical;
+}
+
 void chp_cpu_unbind_self(void) {
     (void)chp_sigp_block(true);
     chp_self = NULL;
     chp_self_owner = NULL;
+    chp_self_machine = 0;
+    chp_self_logical = -1;
 }
 
 // MARK: Orders

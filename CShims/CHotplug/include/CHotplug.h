@@ -299,6 +299,18 @@ chp_cpu_t *chp_cpu_self(void);
 /// The owner pointer of the control block bound to the calling thread (NULL on any other thread). Written only by
 /// chp_cpu_bind_self / chp_cpu_unbind_self on the thread itself.
 extern __thread void *chp_self_owner __attribute__((tls_model("initial-exec")));
+/// The calling thread's identity as a logical CPU: its machine's id (never 0) and its CPU id; 0 and -1 on any other
+/// thread. Written only on the thread itself: chp_cpu_set_self_identity after binding, cleared by chp_cpu_unbind_self.
+extern __thread uint64_t chp_self_machine __attribute__((tls_model("initial-exec")));
+extern __thread intptr_t chp_self_logical __attribute__((tls_model("initial-exec")));
+/// Records the calling (bound) thread's identity. Cannot fail.
+void chp_cpu_set_self_identity(uint64_t machine, intptr_t logical);
+/// The calling thread's logical CPU id when it is a CPU of machine `machine`, else -1: two thread-local loads,
+/// inlined into the caller (the slab allocator's fast paths). Cannot fail.
+static inline intptr_t chp_cpu_self_logical(uint64_t machine) {
+    return chp_self_machine == machine ? chp_self_logical : -1;
+}
+
 /// `chp_cpu_owner(chp_cpu_self())` in one thread-local load, inlined into the caller: the slab allocator's fast
 /// paths ask it once per operation. Cannot fail.
 static inline void *chp_cpu_self_owner(void) { return chp_self_owner; }

@@ -55,12 +55,12 @@ final class CPUCore: @unchecked Sendable {
         return Unmanaged<CPUCore>.fromOpaque(owner).takeUnretainedValue()
     }
 
-    /// The id of the logical CPU of machine `machineID` the caller runs on, nil elsewhere; no reference counting
-    /// (the slab allocator's fast paths call it once per operation).
+    /// The id of the logical CPU of machine `machineID` the caller runs on, nil elsewhere: two inlined
+    /// thread-local loads (the slab allocator's paths call it once per operation).
     @inline(__always)
     static func currentID(machineID: UInt64) -> Int? {
-        guard let owner = ControlBlock.currentOwner() else { return nil }
-        return Unmanaged<CPUCore>.fromOpaque(owner)._withUnsafeGuaranteedRef { $0.machineID == machineID ? $0.id : nil }
+        let cpu = Shim.currentLogicalCPU(machineID: machineID)
+        return cpu >= 0 ? cpu : nil
     }
 
     var isStoppedByOrder: Bool { !control.mailbox.isDisjoint(with: [.stopped, .stop]) }
@@ -69,7 +69,7 @@ final class CPUCore: @unchecked Sendable {
 
     func threadMain() {
         do {
-            try control.bindCurrentThread()
+            try control.bindCurrentThread(machineID: machineID, cpu: id)
             try Shim.pin(thread: 0, to: slot.physicalID)
             try Shim.blockSIGP(true)   // interrupts stay off while offline
         } catch {

@@ -113,8 +113,11 @@ struct ControlBlock: @unchecked Sendable {
     // MARK: The CPU's own thread
 
     /// Binds the calling thread (TLS for the handler, tid) and unblocks SIGP.
-    func bindCurrentThread() throws(HotplugError) {
+    /// Binds the calling thread to this block, as logical CPU `cpu` of machine `machineID` (read inline by
+    /// ``Shim/currentLogicalCPU(machineID:)``).
+    func bindCurrentThread(machineID: UInt64, cpu: Int) throws(HotplugError) {
         let rc = chp_cpu_bind_self(raw)
+        chp_cpu_set_self_identity(machineID, cpu)
         if rc != 0 { throw .system(call: "pthread_sigmask", errno: rc) }
     }
     func unbindCurrentThread() { chp_cpu_unbind_self() }

@@ -7,7 +7,13 @@ import Musl
 
 /// The one internal layer that calls the C shim and libc. It reads errno right after each call and turns
 /// failures into ``HotplugError``; everything above it is plain Swift.
+@usableFromInline
 enum Shim {
+    /// The calling thread's logical CPU id when it is a CPU of machine `machineID`, else -1: two thread-local
+    /// loads, inlined into the caller (the slab allocator's inlinable fast paths).
+    @inlinable @inline(__always)
+    static func currentLogicalCPU(machineID: UInt64) -> Int { Int(chp_cpu_self_logical(machineID)) }
+
     static func errnoDescription(_ code: Int32) -> String {
         guard let message = strerror(code) else { return "unknown error" }
         return String(cString: message)

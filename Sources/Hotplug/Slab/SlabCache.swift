@@ -86,18 +86,20 @@ public final class SlabCache: @unchecked Sendable {
 
     let headerBytes: Int
     let depotLimit: Int
-    let machineID: UInt64
+    @usableFromInline let machineID: UInt64
     let cacheID: UInt64
-    let isDebug: Bool
-    /// More than one node: a free on a CPU must check the object's home node.
-    let isMultiNode: Bool
+    @usableFromInline let isDebug: Bool
+    /// More than one node: a free on a CPU must check the object's home node (out of line).
+    @usableFromInline let isMultiNode: Bool
     let nodes: [SlabNode]
     /// Node index of each logical CPU.
     let cpuNodeIndex: [Int]
     /// Node index of each physical CPU a foreign thread may run on.
     let physicalNodeIndex: [Int: Int]
-    private let slots: UnsafeMutableRawPointer
-    private static let slotStride = 128
+    /// One ``CPUMagazines`` per possible CPU, ``slotStride`` bytes apart.
+    @usableFromInline let slots: UnsafeMutableRawPointer
+    /// Two cache lines per CPU (the adjacent-line prefetcher pairs lines).
+    @inlinable static var slotStride: Int { 128 }
     let debugState: Locked<DebugState>?
     private static let cacheIDs = Atomic<UInt64>(0)
 
@@ -199,8 +201,8 @@ public final class SlabCache: @unchecked Sendable {
         }
     }
 
-    @inline(__always)
-    private func slot(_ cpu: Int) -> UnsafeMutablePointer<CPUMagazines> {
+    @inlinable @inline(__always)
+    func slot(_ cpu: Int) -> UnsafeMutablePointer<CPUMagazines> {
         (slots + cpu &* SlabCache.slotStride).assumingMemoryBound(to: CPUMagazines.self)
     }
 
@@ -213,28 +215,63 @@ public final class SlabCache: @unchecked Sendable {
 
     /// An object of ``objectSize`` bytes (uninitialised memory, aligned to ``alignment``).
     ///
-    /// On a logical CPU of the machine, usually a pop from the CPU's loaded magazine: no lock, no atomic
-    /// read-modify-write, no allocation. Elsewhere, under the lock of the node the thread runs on.
+    /// On a logical CPU of the machine, usually a pop from the CPU's loaded magazine, inlined into the caller: no
+    /// lock, no atomic read-modify-write, no allocation, no call. Elsewhere, under the lock of the node the thread
+    /// runs on.
     /// - Throws: ``HotplugError/system(call:errno:)`` when a new slab cannot be mapped.
+    @inlinable
     public func allocate() throws(HotplugError) -> UnsafeMutableRawPointer {
-        guard let cpu = CPUCore.currentID(machineID: machineID) else { return try allocateForeign() }
-        let slot = slot(cpu)
-        if let magazine = slot.pointee.loaded, magazine.pointee.count > 0 {
-            let count = magazine.pointee.count &- 1
-            magazine.pointee.count = count
-            let object = magazine.objects[count]
-            slot.pointee.allocated.bump()
-            if isDebug { debugHandOut(object) }
-            return object
-        }
-        return try allocateSlow(cpu, slot)
+        let cpu = Shim.currentLogicalCPU(machineID: machineID)
+        if cpu >= 0 && !isDebug, let object = pop(slot(cpu)) { return object }
+        return try allocateOutOfLine()
     }
 
-    /// Gives an object back. On a CPU of its home node, usually a push on the CPU's loaded magazine; on another
-    /// node's CPU or a foreign thread, one CAS onto the home node's remote-free stack.
+    /// Gives an object back. On a CPU of its home node, usually a push on the CPU's loaded magazine, inlined into
+    /// the caller; on another node's CPU or a foreign thread, one CAS onto the home node's remote-free stack.
     /// - Warning: `object` must come from ``allocate()`` of this cache and not be freed twice; debug mode stops the
     ///   process with a message when it is not, the default mode does not check.
+    @inlinable
     public func free(_ object: UnsafeMutableRawPointer) {
+        let cpu = Shim.currentLogicalCPU(machineID: machineID)
+        if cpu >= 0 && !isDebug && !isMultiNode && push(object, slot(cpu)) { return }
+        freeOutOfLine(object)
+    }
+
+    /// Pops the CPU's loaded magazine; nil when it is empty (or the CPU has none yet).
+    @inlinable @inline(__always)
+    func pop(_ slot: UnsafeMutablePointer<CPUMagazines>) -> UnsafeMutableRawPointer? {
+        guard let magazine = slot.pointee.loaded, magazine.pointee.count > 0 else { return nil }
+        let count = magazine.pointee.count &- 1
+        magazine.pointee.count = count
+        slot.pointee.allocated.bump()
+        return magazine.objects[count]
+    }
+
+    /// Pushes the CPU's loaded magazine; false when it is full (or the CPU has none yet).
+    @inlinable @inline(__always)
+    func push(_ object: UnsafeMutableRawPointer, _ slot: UnsafeMutablePointer<CPUMagazines>) -> Bool {
+        guard let magazine = slot.pointee.loaded, magazine.pointee.count < magazineCapacity else { return false }
+        let count = magazine.pointee.count
+        magazine.objects[count] = object
+        magazine.pointee.count = count &+ 1
+        slot.pointee.freedLocal.bump()
+        return true
+    }
+
+    /// ``allocate()`` when the inlined part cannot: a foreign thread, debug mode, an empty loaded magazine.
+    @usableFromInline
+    func allocateOutOfLine() throws(HotplugError) -> UnsafeMutableRawPointer {
+        guard let cpu = CPUCore.currentID(machineID: machineID) else { return try allocateForeign() }
+        let slot = slot(cpu)
+        let object: UnsafeMutableRawPointer
+        if let popped = pop(slot) { object = popped } else { object = try allocateSlow(cpu, slot) }
+        if isDebug { debugHandOut(object) }
+        return object
+    }
+
+    /// ``free(_:)`` when the inlined part cannot: a foreign thread, debug mode, several nodes, a full magazine.
+    @usableFromInline
+    func freeOutOfLine(_ object: UnsafeMutableRawPointer) {
         if isDebug { debugTakeBack(object) }
         guard let cpu = CPUCore.currentID(machineID: machineID) else {
             let home = nodes[slabHeader(of: object).pointee.nodeIndex]
@@ -251,14 +288,7 @@ public final class SlabCache: @unchecked Sendable {
                 return
             }
         }
-        if let magazine = slot.pointee.loaded, magazine.pointee.count < magazineCapacity {
-            let count = magazine.pointee.count
-            magazine.objects[count] = object
-            magazine.pointee.count = count &+ 1
-            slot.pointee.freedLocal.bump()
-            return
-        }
-        freeSlow(cpu, slot, object)
+        if !push(object, slot) { freeSlow(cpu, slot, object) }
     }
 
     // MARK: Slow paths on a CPU
@@ -288,12 +318,7 @@ public final class SlabCache: @unchecked Sendable {
                 }
             }
         }
-        let count = loaded.pointee.count - 1
-        loaded.pointee.count = count
-        let object = loaded.objects[count]
-        slot.pointee.allocated.bump()
-        if isDebug { debugHandOut(object) }
-        return object
+        return pop(slot)!   // the loaded magazine holds at least one object now
     }
 
     private func freeSlow(_ cpu: Int, _ slot: UnsafeMutablePointer<CPUMagazines>, _ object: UnsafeMutableRawPointer) {
@@ -318,10 +343,8 @@ public final class SlabCache: @unchecked Sendable {
                 }
             }
         }
-        let count = loaded.pointee.count
-        loaded.objects[count] = object
-        loaded.pointee.count = count + 1
-        slot.pointee.freedLocal.bump()
+        let pushed = push(object, slot)   // the loaded magazine has room now
+        assert(pushed)
     }
 
     /// Gives a CPU without magazines its pair: a full one from the depot when there is one, and an empty one.

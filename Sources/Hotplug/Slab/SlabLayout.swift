@@ -68,16 +68,23 @@ struct SlabList {
 }
 
 /// A magazine: a stack of up to `capacity` object pointers (Bonwick). Its header is followed by the pointers.
+@usableFromInline
 struct MagazineHeader {
-    var count: Int
-    var next: UnsafeMutablePointer<MagazineHeader>?
+    @usableFromInline var count: Int
+    @usableFromInline var next: UnsafeMutablePointer<MagazineHeader>?
+
+    init(count: Int, next: UnsafeMutablePointer<MagazineHeader>?) {
+        self.count = count
+        self.next = next
+    }
 }
 
+@usableFromInline
 typealias Magazine = UnsafeMutablePointer<MagazineHeader>
 
 extension UnsafeMutablePointer where Pointee == MagazineHeader {
     /// The magazine's object pointers (`count` of them are valid).
-    @inline(__always)
+    @inlinable @inline(__always)
     var objects: UnsafeMutablePointer<UnsafeMutableRawPointer> {
         UnsafeMutableRawPointer(self + 1).assumingMemoryBound(to: UnsafeMutableRawPointer.self)
     }
@@ -117,15 +124,16 @@ struct MagazineStack {
 /// One CPU's magazines and counters. `loaded` and `previous` are touched only by the CPU (or by the drain once it is
 /// dead, or before it starts); the counters are written only by the same party and read by anyone
 /// (``SlabCache/statistics()``), hence relaxed atomics written with a plain load and store (no read-modify-write).
+@usableFromInline
 struct CPUMagazines: ~Copyable {
-    var loaded: Magazine?
+    @usableFromInline var loaded: Magazine?
     var previous: Magazine?
     /// The CPU's node, as an index into the cache's nodes (never changes).
     let nodeIndex: Int
     /// Objects handed out from the magazines.
-    let allocated = Atomic<Int>(0)
+    @usableFromInline let allocated = Atomic<Int>(0)
     /// Objects freed into the magazines.
-    let freedLocal = Atomic<Int>(0)
+    @usableFromInline let freedLocal = Atomic<Int>(0)
     /// Objects this CPU freed to another node (the remote-free path).
     let freedRemote = Atomic<Int>(0)
     /// Objects that came into the magazines from the node (refills, full magazines from the depot).
@@ -144,7 +152,7 @@ struct CPUMagazines: ~Copyable {
 
 extension Atomic where Value == Int {
     /// `value += delta` by the only writer of this counter: a relaxed load and store, no read-modify-write.
-    @inline(__always)
+    @inlinable @inline(__always)
     func bump(_ delta: Int = 1) { store(load(ordering: .relaxed) &+ delta, ordering: .relaxed) }
 }
 
