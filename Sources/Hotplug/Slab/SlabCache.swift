@@ -14,7 +14,8 @@ import Synchronization
 ///
 /// - Allocation on a logical CPU pops its loaded magazine; when that is empty it swaps in the previous one if full,
 ///   else takes a full magazine from its node's depot, else fills the loaded one from the node (first the objects
-///   other nodes sent home, then partial slabs, then free slabs, then a new slab mapped on the CPU's node).
+///   other nodes sent home, then partial slabs, then free slabs, then a new slab mapped on the CPU's node). The pop
+///   (and the free's push) is `@inlinable`: it runs inline in the caller; everything else is out of line.
 /// - Free on a logical CPU of the object's home node pushes the loaded magazine; when that is full it swaps in the
 ///   previous one if empty, else moves the previous (full) one to the depot and takes an empty one.
 /// - Free of another node's object (on a CPU of another node) or from a thread that is not one of the machine's
@@ -30,8 +31,8 @@ import Synchronization
 /// the dead CPU's magazines into the depot (full ones) and the slab lists (the rest), and returns empty slabs beyond
 /// ``Options/minimumFreeSlabsPerNode`` to the system. A dead CPU's magazines are empty; nothing is lost.
 ///
-/// Accounting: every object is in exactly one place: with a user, in a CPU magazine, in a depot magazine, on a
-/// remote-free stack, or free in its slab. ``statistics()`` reports each, and ``Statistics/inUse`` (from the
+/// Accounting: every object is in exactly one place: with a user, in a CPU magazine, in a depot magazine, sent home
+/// (a node's remote-free stack or home list), or free in its slab. ``statistics()`` reports each, and ``Statistics/inUse`` (from the
 /// counters of the allocation and free paths) equals ``Statistics/accountedInUse`` (from the lists) whenever no
 /// operation is in flight.
 ///
