@@ -45,6 +45,28 @@ private func expectAccounted(_ cache: SlabCache, inUse expected: Int, sourceLoca
         }
     }
 
+    @Test func aShutDownMachineDrainsEveryCPUAndRefusesNewCaches() throws {
+        let m = try Machine(cpus: 3)
+        let cache = try SlabCache(name: "shutdown", objectSize: 64, machine: m)
+        var kept: [UInt] = []
+        for cpu in 0..<3 {
+            let objects = try allocate(cache, 300, on: cpu)
+            try free(cache, Array(objects[100...]), on: cpu)   // every CPU caches something
+            kept += objects[..<100]
+        }
+        m.shutdown()
+        #expect(cache.statistics().cachedPerCPU == [0, 0, 0])
+        expectAccounted(cache, inUse: 300)
+        #expect(throws: HotplugError.self) { _ = try SlabCache(name: "late", objectSize: 64, machine: m) }
+        // The cache itself still serves threads that are not CPUs, and everything comes home.
+        freeOnForeignThread(cache, kept)
+        let more = try cache.allocate()
+        cache.free(more)
+        expectAccounted(cache, inUse: 0)
+        try cache.shrink()
+        #expect(cache.statistics().bytesMapped == 0)
+    }
+
     @Test func objectsAreAlignedDistinctAndInsideTheirSlab() throws {
         let m = try Machine(cpus: 2)
         for alignment in [1, 8, 64, 256] {
