@@ -125,7 +125,8 @@ public final class SlabCache: @unchecked Sendable {
             throw .invalidConfiguration("slab cache '\(name)': alignment must be a power of two in 1...4096, got \(alignment)")
         }
         let stride = (max(objectSize, MemoryLayout<UInt>.size) + alignment - 1) / alignment * alignment
-        let header = (MemoryLayout<SlabHeader>.stride + max(64, alignment) - 1) / max(64, alignment) * max(64, alignment)
+        let header = (SlabHeader.offset + MemoryLayout<SlabHeader>.stride + max(64, alignment) - 1)
+            / max(64, alignment) * max(64, alignment)
         var slab = 1 << 16
         while slab < header + 16 * stride { slab <<= 1 }
         if let requested = options.slabBytes {
@@ -176,6 +177,8 @@ public final class SlabCache: @unchecked Sendable {
         for cpu in 0..<machine.possibleCount {
             (slots + cpu * SlabCache.slotStride).bindMemory(to: CPUMagazines.self, capacity: 1)
                 .initialize(to: CPUMagazines(nodeIndex: cpuNodes[cpu]))
+            (slots + cpu * SlabCache.slotStride + 64).bindMemory(to: CPUCounters.self, capacity: 1)
+                .initialize(to: CPUCounters())
         }
         try machine.slabs.register(self)
     }
@@ -185,6 +188,7 @@ public final class SlabCache: @unchecked Sendable {
         // No thread can be inside a method of this cache any more: every magazine and list may be walked.
         for cpu in 0..<machine.possibleCount {
             release(cpu: cpu, keepMagazines: false)
+            slot(cpu).counters.deinitialize(count: 1)
             slot(cpu).deinitialize(count: 1)
         }
         slots.deallocate()
@@ -209,8 +213,18 @@ public final class SlabCache: @unchecked Sendable {
 
     @inline(__always)
     func slabHeader(of object: UnsafeRawPointer) -> UnsafeMutablePointer<SlabHeader> {
-        UnsafeMutablePointer(bitPattern: UInt(bitPattern: object) & ~UInt(slabBytes - 1))!
+        (slabBase(of: object) + SlabHeader.offset).assumingMemoryBound(to: SlabHeader.self)
     }
+
+    /// The start of an object's slab.
+    @inline(__always)
+    func slabBase(of object: UnsafeRawPointer) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(bitPattern: UInt(bitPattern: object) & ~UInt(slabBytes - 1))!
+    }
+
+    /// The index of an object's home node (a plain load of an immutable word).
+    @inline(__always)
+    func homeNodeIndex(of object: UnsafeRawPointer) -> Int { slabBase(of: object).load(as: Int.self) }
 
     // MARK: Fast paths
 
@@ -244,7 +258,7 @@ public final class SlabCache: @unchecked Sendable {
         guard let magazine = slot.pointee.loaded, magazine.pointee.count > 0 else { return nil }
         let count = magazine.pointee.count &- 1
         magazine.pointee.count = count
-        slot.pointee.allocated.bump()
+        slot.counters.pointee.allocated.bump()
         return magazine.objects[count]
     }
 
@@ -255,7 +269,7 @@ public final class SlabCache: @unchecked Sendable {
         let count = magazine.pointee.count
         magazine.objects[count] = object
         magazine.pointee.count = count &+ 1
-        slot.pointee.freedLocal.bump()
+        slot.counters.pointee.freedLocal.bump()
         return true
     }
 
@@ -275,16 +289,16 @@ public final class SlabCache: @unchecked Sendable {
     func freeOutOfLine(_ object: UnsafeMutableRawPointer) {
         if isDebug { debugTakeBack(object) }
         guard let cpu = CPUCore.currentID(machineID: machineID) else {
-            let home = nodes[slabHeader(of: object).pointee.nodeIndex]
+            let home = nodes[homeNodeIndex(of: object)]
             home.foreignFreed.add(1, ordering: .relaxed)
             home.pushRemote(object)
             return
         }
         let slot = slot(cpu)
         if isMultiNode {
-            let home = slabHeader(of: object).pointee.nodeIndex
+            let home = homeNodeIndex(of: object)
             if home != slot.pointee.nodeIndex {
-                slot.pointee.freedRemote.bump()
+                slot.counters.pointee.freedRemote.bump()
                 nodes[home].pushRemote(object)
                 return
             }
@@ -309,12 +323,12 @@ public final class SlabCache: @unchecked Sendable {
                         if let previous = slot.pointee.previous { stashEmpty(previous, node) }
                         slot.pointee.previous = loaded
                         slot.pointee.loaded = full
-                        slot.pointee.received.bump(full.pointee.count)
+                        slot.counters.pointee.received.bump(full.pointee.count)
                         loaded = full
                     } else {
                         let taken = try take(from: node, count: magazineCapacity, into: loaded.objects)
                         loaded.pointee.count = taken
-                        slot.pointee.received.bump(taken)
+                        slot.counters.pointee.received.bump(taken)
                     }
                 }
             }
@@ -334,7 +348,7 @@ public final class SlabCache: @unchecked Sendable {
             } else {
                 node.lock.withLock {
                     if let previous = slot.pointee.previous {
-                        slot.pointee.returned.bump(previous.pointee.count)
+                        slot.counters.pointee.returned.bump(previous.pointee.count)
                         stashFull(previous, node)
                     }
                     slot.pointee.previous = loaded
@@ -353,7 +367,7 @@ public final class SlabCache: @unchecked Sendable {
         node.lock.withLock {
             if let full = node.fullMagazines.pop() {
                 slot.pointee.loaded = full
-                slot.pointee.received.bump(full.pointee.count)
+                slot.counters.pointee.received.bump(full.pointee.count)
             } else {
                 slot.pointee.loaded = node.emptyMagazines.pop() ?? .make(capacity: magazineCapacity)
             }
@@ -413,7 +427,7 @@ public final class SlabCache: @unchecked Sendable {
     private func carve(_ slab: UnsafeMutablePointer<SlabHeader>, _ node: SlabNode, _ count: Int,
                        _ output: UnsafeMutablePointer<UnsafeMutableRawPointer>) -> Int {
         var taken = 0
-        let base = UnsafeMutableRawPointer(slab) + headerBytes
+        let base = UnsafeMutableRawPointer(slab) - SlabHeader.offset + headerBytes
         while taken < count {
             if let object = slab.pointee.freeList {
                 slab.pointee.freeList = object.load(as: UnsafeMutableRawPointer?.self)
@@ -459,8 +473,9 @@ public final class SlabCache: @unchecked Sendable {
 
     private func mapSlab(_ node: SlabNode) throws(HotplugError) -> UnsafeMutablePointer<SlabHeader> {
         let memory = try Numa.allocateAligned(bytes: slabBytes, onNode: node.memoryNode)
-        let slab = memory.bindMemory(to: SlabHeader.self, capacity: 1)
-        slab.initialize(to: SlabHeader(nodeIndex: nodes.firstIndex { $0 === node }!, freeList: nil,
+        memory.storeBytes(of: nodes.firstIndex { $0 === node }!, as: Int.self)
+        let slab = (memory + SlabHeader.offset).bindMemory(to: SlabHeader.self, capacity: 1)
+        slab.initialize(to: SlabHeader(freeList: nil,
                                        bump: 0, outstanding: 0, kind: .free, previous: nil, next: nil))
         node.free.push(slab)
         node.bytesMapped += slabBytes
@@ -476,9 +491,10 @@ public final class SlabCache: @unchecked Sendable {
     /// Unmaps free slabs until the node keeps `keep` of them.
     private func trim(_ node: SlabNode, keeping keep: Int) {
         while node.free.count > keep, let slab = node.free.popFirst() {
-            let base = UInt(bitPattern: slab)
+            let memory = UnsafeMutableRawPointer(slab) - SlabHeader.offset
+            let base = UInt(bitPattern: memory)
             slab.deinitialize(count: 1)
-            Numa.free(UnsafeMutableRawPointer(slab), bytes: slabBytes)
+            Numa.free(memory, bytes: slabBytes)
             node.bytesMapped -= slabBytes
             debugState?.withLock { _ = $0.slabs.remove(base) }
         }
@@ -530,7 +546,7 @@ public final class SlabCache: @unchecked Sendable {
         for magazine in [slot.pointee.loaded, slot.pointee.previous].compactMap({ $0 }) {
             node.lock.withLock {
                 let count = magazine.pointee.count
-                slot.pointee.returned.bump(count)
+                slot.counters.pointee.returned.bump(count)
                 if count == magazineCapacity && keepMagazines {
                     stashFull(magazine, node)
                 } else {
@@ -614,9 +630,9 @@ public final class SlabCache: @unchecked Sendable {
         var inUse = 0
         for cpu in 0..<machine.possibleCount {
             let slot = slot(cpu)
-            inUse += slot.pointee.allocated.load(ordering: .relaxed) - slot.pointee.freedLocal.load(ordering: .relaxed)
-                - slot.pointee.freedRemote.load(ordering: .relaxed)
-            cached.append(slot.pointee.cached)
+            inUse += slot.counters.pointee.allocated.load(ordering: .relaxed) - slot.counters.pointee.freedLocal.load(ordering: .relaxed)
+                - slot.counters.pointee.freedRemote.load(ordering: .relaxed)
+            cached.append(slot.counters.pointee.cached)
         }
         var perNode: [Statistics.Node] = []
         var accounted = -cached.reduce(0, +)
@@ -643,7 +659,7 @@ public final class SlabCache: @unchecked Sendable {
     /// The node an object's slab was mapped on (its home node).
     /// - Warning: `object` must be an object of this cache.
     public func homeNode(of object: UnsafeRawPointer) -> Int {
-        nodes[slabHeader(of: object).pointee.nodeIndex].id
+        nodes[homeNodeIndex(of: object)].id
     }
 
     // MARK: Debug mode

@@ -14,14 +14,13 @@ enum SlabKind: UInt8 {
     case full
 }
 
-/// The header at the start of every slab (the slab is aligned to its own size, so an object's slab is its address
-/// with the low bits cleared). Guarded by the node's lock, except `nodeIndex`, which never changes.
+/// A slab starts with its home node's index (an `Int`, never changed, alone on the first cache line: CPUs of other
+/// nodes and foreign threads read it on every free and must not contend with the lock holder's writes), then, at
+/// byte 64, this header, guarded by the node's lock. The slab is aligned to its own size, so an object's slab is its
+/// address with the low bits cleared.
 struct SlabHeader {
-    /// The slab's home node, as an index into the cache's nodes. Alone on the header's first cache line: CPUs of
-    /// other nodes and foreign threads read it on every free, and must not contend with the lock holder's writes
-    /// to the fields below.
-    var nodeIndex: Int
-    var padding: (Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0)
+    /// Where the header sits in its slab.
+    static let offset = 64
     /// Objects given back to this slab, linked through their first word.
     var freeList: UnsafeMutableRawPointer?
     /// Objects `bump..<objectsPerSlab` have never been handed out (a new slab is not threaded up front).
@@ -121,15 +120,23 @@ struct MagazineStack {
     }
 }
 
-/// One CPU's magazines and counters. `loaded` and `previous` are touched only by the CPU (or by the drain once it is
-/// dead, or before it starts); the counters are written only by the same party and read by anyone
-/// (``SlabCache/statistics()``), hence relaxed atomics written with a plain load and store (no read-modify-write).
+/// One CPU's magazines: touched only by that CPU (or by the drain once it is dead, or before it starts). The
+/// first cache line of the CPU's slot; its counters (``CPUCounters``) are on the second, so that a reader of the
+/// counters (``SlabCache/statistics()``) never touches what the CPU modifies.
 @usableFromInline
-struct CPUMagazines: ~Copyable {
+struct CPUMagazines {
     @usableFromInline var loaded: Magazine?
     var previous: Magazine?
     /// The CPU's node, as an index into the cache's nodes (never changes).
     let nodeIndex: Int
+
+    init(nodeIndex: Int) { self.nodeIndex = nodeIndex }
+}
+
+/// One CPU's counters: written only by the party that owns the magazines, read by anyone, hence relaxed atomics
+/// written with a plain load and store (no read-modify-write).
+@usableFromInline
+struct CPUCounters: ~Copyable {
     /// Objects handed out from the magazines.
     @usableFromInline let allocated = Atomic<Int>(0)
     /// Objects freed into the magazines.
@@ -141,12 +148,20 @@ struct CPUMagazines: ~Copyable {
     /// Objects that left the magazines for the node (full magazines to the depot, flushes, the drain).
     let returned = Atomic<Int>(0)
 
-    init(nodeIndex: Int) { self.nodeIndex = nodeIndex }
+    init() {}
 
     /// Objects now in the magazines.
     var cached: Int {
         received.load(ordering: .relaxed) - returned.load(ordering: .relaxed)
             - allocated.load(ordering: .relaxed) + freedLocal.load(ordering: .relaxed)
+    }
+}
+
+extension UnsafeMutablePointer where Pointee == CPUMagazines {
+    /// The counters on the slot's second cache line.
+    @inlinable @inline(__always)
+    var counters: UnsafeMutablePointer<CPUCounters> {
+        (UnsafeMutableRawPointer(self) + 64).assumingMemoryBound(to: CPUCounters.self)
     }
 }
 
