@@ -1,5 +1,6 @@
 // The raw peers: cache-line ping-pong, tgkill + handler and futex wake round trips (SIGP figures), membarrier
-// (stop_machine) and pthread_create + pthread_join (attach / detach).
+// (stop_machine), pthread_create + pthread_join (attach / detach), and a thread parked in futex_wait with the
+// reading of a thread's CPU time (parked CPU time).
 //
 // Memory-ordering map (every pair names its partner):
 // - Q1 ping-pong: the caller's release store of an odd value, partner of the echo's acquire load; the echo's release
@@ -10,12 +11,15 @@
 // - Q4 futex peer: the wakee's release store of `waiting`, partner of the caller's acquire load before a sample;
 //   the caller's release store of `word`, partner of the wakee's acquire load after futex_wait.
 // - Q5 membarrier peer: each partner's release increment of `started`, partner of the caller's acquire load.
+// - Q6 parked peer: the parked thread's release store of its `tid`, partner of the acquire load in cpr_parked_tid.
 #include "CPeers.h"
 
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -61,6 +65,12 @@ static pid_t cpr_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 static int cpr_futex_wait(uint32_t *word, uint32_t expected) {
     long rc = syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
     return rc == 0 ? 0 : errno;
+}
+
+// Blocks in futex_wait until `*word` is non-zero (acquire: partner of the release store that sets it, before the
+// FUTEX_WAKE). EINTR / EAGAIN / spurious wake-ups: re-check.
+static void cpr_futex_sleep_until_set(uint32_t *word) {
+    while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == 0) (void)cpr_futex_wait(word, 0);
 }
 
 static void cpr_futex_wake(uint32_t *word, int count) {
@@ -231,8 +241,7 @@ static void *futex_wakee(void *arg) {
     futex_peer_t *peer = arg;
     for (;;) {
         __atomic_store_n(&peer->waiting, 1, __ATOMIC_RELEASE);   // Q4
-        // Acquire: Q4, partner of the caller's release store of `word`. EINTR / EAGAIN / spurious: re-check.
-        while (__atomic_load_n(&peer->word, __ATOMIC_ACQUIRE) == 0) (void)cpr_futex_wait(&peer->word, 0);
+        cpr_futex_sleep_until_set(&peer->word);   // Acquire: Q4, partner of the caller's release store of `word`
         __atomic_store_n(&peer->waiting, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&peer->word, 0, __ATOMIC_RELAXED);   // published by the release below
         if (__atomic_load_n(&peer->stop, __ATOMIC_ACQUIRE)) return NULL;   // Q3
@@ -293,8 +302,7 @@ static void *membarrier_spinner(void *arg) {
 static void *membarrier_sleeper(void *arg) {
     membarrier_peer_t *peer = arg;
     __atomic_fetch_add(&peer->started, 1, __ATOMIC_RELEASE);   // Q5
-    // Acquire: Q3. EINTR / EAGAIN / spurious: re-check.
-    while (__atomic_load_n(&peer->stop, __ATOMIC_ACQUIRE) == 0) (void)cpr_futex_wait(&peer->stop, 0);
+    cpr_futex_sleep_until_set(&peer->stop);   // Acquire: Q3
     return NULL;
 }
 
@@ -363,4 +371,59 @@ int cpr_thread_create_join(int partner_cpu, int64_t *samples, size_t count, size
     }
     pthread_attr_destroy(&attr);
     return rc;
+}
+
+// MARK: a thread parked in futex_wait (peer of "parked CPU time")
+
+struct cpr_parked_thread {
+    _Alignas(CPR_LINE) uint32_t stop;   // the futex word: 1 = leave
+    char pad0[CPR_LINE - sizeof(uint32_t)];
+    _Alignas(CPR_LINE) pid_t tid;       // the thread's kernel id; 0 until it runs
+    char pad1[CPR_LINE - sizeof(pid_t)];
+    pthread_t thread;
+};
+
+static void *parked_thread(void *arg) {
+    cpr_parked_thread_t *parked = arg;
+    __atomic_store_n(&parked->tid, cpr_gettid(), __ATOMIC_RELEASE);   // Q6
+    cpr_futex_sleep_until_set(&parked->stop);                          // Acquire: Q3
+    return NULL;
+}
+
+int cpr_parked_start(int cpu, cpr_parked_thread_t **out) {
+    cpr_parked_thread_t *parked = cpr_alloc_lines(sizeof(cpr_parked_thread_t));
+    if (parked == NULL) return errno;
+    int rc = start_partner(&parked->thread, cpu, parked_thread, parked);
+    if (rc != 0) { cpr_free(parked); return rc; }
+    *out = parked;
+    return 0;
+}
+
+pid_t cpr_parked_tid(const cpr_parked_thread_t *parked) {
+    return __atomic_load_n(&parked->tid, __ATOMIC_ACQUIRE);   // Q6
+}
+
+void cpr_parked_stop(cpr_parked_thread_t *parked) {
+    __atomic_store_n(&parked->stop, 1, __ATOMIC_RELEASE);   // Q3
+    cpr_futex_wake(&parked->stop, 1);
+    pthread_join(parked->thread, NULL);
+    cpr_free(parked);
+}
+
+int cpr_thread_cpu_ns(pid_t tid, int64_t *ns) {
+    char path[64], text[128];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/schedstat", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    ssize_t length = read(fd, text, sizeof(text) - 1);
+    int rc = length < 0 ? errno : 0;
+    close(fd);
+    if (rc != 0) return rc;
+    text[length] = 0;
+    char *end = NULL;
+    errno = 0;
+    long long value = strtoll(text, &end, 10);
+    if (errno != 0 || end == text || value < 0) return EINVAL;
+    *ns = (int64_t)value;
+    return 0;
 }

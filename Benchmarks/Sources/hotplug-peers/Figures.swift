@@ -58,6 +58,8 @@ struct Settings: Sendable {
     let batchWarmup: Int
     /// Operations per sample of the slab figures (alloc+free pairs, objects per remote-free round).
     let slabBatch: Int
+    /// The length of one window of the parked CPU time figure.
+    let cpuTimeWindowNs: Int64
 }
 
 /// The logical CPU our figures aim at.
@@ -74,6 +76,15 @@ private func makeMachine(pollTime: Duration, timeoutNs: Int64, ack: SharedWord64
         let machine = try Machine(cpus: 2, configuration: configuration)
         try machine.offline(0)
         return machine
+    } catch {
+        throw BenchFailure("machine: \(error)")
+    }
+}
+
+/// `Machine(cpus: cpus)` with every CPU online (default poll time) and the settings' response timeout.
+func makeAllOnlineMachine(cpus: Int, timeoutNs: Int64) throws(BenchFailure) -> Machine {
+    do {
+        return try Machine(cpus: cpus, configuration: .init(responseTimeout: .nanoseconds(timeoutNs)))
     } catch {
         throw BenchFailure("machine: \(error)")
     }
@@ -279,12 +290,7 @@ private let emptyStopBody: @Sendable (Int) throws -> Void = { _ in }
 /// `layout.cpu(0)`, which it then shares with logical CPU 0 (N + 1 threads on N CPUs).
 func oursStopMachine(threads: Int, onCPU: Bool) -> Side {
     { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
-        let machine: Machine
-        do {
-            machine = try Machine(cpus: threads, configuration: .init(responseTimeout: .nanoseconds(settings.timeoutNs)))
-        } catch {
-            throw BenchFailure("machine: \(error)")
-        }
+        let machine = try makeAllOnlineMachine(cpus: threads, timeoutNs: settings.timeoutNs)
         defer { machine.shutdown() }
         let samples = SampleBlock(out)
         let timeout = Duration.nanoseconds(settings.timeoutNs)
@@ -345,13 +351,7 @@ func peerMembarrier(threads: Int, spinning: Bool) -> Side {
 /// plain thread pinned to `layout.cpu(0)`.
 func oursAttachDetach(cpus: Int, onCPU: Bool) -> MultiSide {
     { (layout: Layout, settings: Settings, blocks: [UnsafeMutableBufferPointer<Int64>]) throws(BenchFailure) in
-        let machine: Machine
-        do {
-            machine = try Machine(cpus: cpus, configuration: .init(initiallyOnline: cpus,
-                                                                   responseTimeout: .nanoseconds(settings.timeoutNs)))
-        } catch {
-            throw BenchFailure("machine: \(error)")
-        }
+        let machine = try makeAllOnlineMachine(cpus: cpus, timeoutNs: settings.timeoutNs)
         defer { machine.shutdown() }
         let detach = SampleBlock(blocks[0]), attach = SampleBlock(blocks[1])
         try runTimedLoop(machine, onCPU: onCPU, layout: layout) {

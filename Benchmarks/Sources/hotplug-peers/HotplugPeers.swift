@@ -18,8 +18,10 @@ struct HotplugPeers: ParsableCommand {
             Each figure alternates blocks of ours and of its peer (--rounds of each), so drift on a noisy machine \
             hits both sides alike. A sample is one round trip, barrier episode, stop_machine, membarrier, hotplug \
             operation or pthread_create + pthread_join, or (tasklet throughput, slab figures) one batch divided by its \
-            size, timed with CLOCK_MONOTONIC; p50 and p99 are nearest-rank percentiles of the sorted samples. \
-            ratio = ours / peer, for p50 and for p99; a goal is met when the p50 ratio is within it. The barrier \
+            size, timed with CLOCK_MONOTONIC, or (parked CPU time) a parked thread's CPU time growth over a window, \
+            in percent of one core; p50 and p99 are nearest-rank percentiles of the sorted samples. \
+            ratio = ours / peer, for p50 and for p99; a goal is met when the p50 ratio is within it (parked CPU \
+            time: when our p99 is under 0.1% of a core). The barrier \
             and stop_machine figures run for every N from 2 to the CPUs of the affinity mask (--max-threads).
             """)
 
@@ -47,6 +49,13 @@ struct HotplugPeers: ParsableCommand {
             help: "Operations per sample of the slab figures (alloc+free pairs; objects per remote-free round).")
     var slabBatch: Int = 1_000
 
+    @Option(name: .customLong("cpu-time-windows"),
+            help: "Windows sampled per side of the parked CPU time figure (each a sample).")
+    var cpuTimeWindows: Int = 8
+
+    @Option(name: .customLong("cpu-time-window-ms"), help: "Length of one window of the parked CPU time figure.")
+    var cpuTimeWindowMilliseconds: Int = 200
+
     @Option(help: "Blocks per side of each figure, alternating ours and the peer.")
     var rounds: Int = 4
 
@@ -57,7 +66,7 @@ struct HotplugPeers: ParsableCommand {
     var settleMicroseconds: Int = 20
 
     @Option(name: .customLong("figure"),
-            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, or slab (the three slab figures).")
+            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, parked-cpu-time, or slab (the three slab figures).")
     var figures: [FigureSelection] = []
 
     @Option(name: .customLong("max-threads"),
@@ -86,6 +95,8 @@ struct HotplugPeers: ParsableCommand {
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
         guard batchWarmup >= 0 else { throw ValidationError("--batch-warmup must not be negative") }
         guard slabBatch >= 1 else { throw ValidationError("--slab-batch must be at least 1") }
+        guard cpuTimeWindows >= 1 else { throw ValidationError("--cpu-time-windows must be at least 1") }
+        guard cpuTimeWindowMilliseconds >= 1 else { throw ValidationError("--cpu-time-window-ms must be at least 1") }
         guard timeoutMilliseconds >= 1 else { throw ValidationError("--timeout-ms must be at least 1") }
         guard settleMicroseconds >= 0 else { throw ValidationError("--settle-us must not be negative") }
         if let maxThreads, maxThreads < 2 { throw ValidationError("--max-threads must be at least 2") }
@@ -95,7 +106,8 @@ struct HotplugPeers: ParsableCommand {
         Watchdog.start()
         let settings = Settings(warmup: warmup, timeoutNs: Int64(timeoutMilliseconds) * 1_000_000,
                                 settleNs: Int64(settleMicroseconds) * 1_000, batchSize: batchSize,
-                                batchWarmup: batchWarmup, slabBatch: slabBatch)
+                                batchWarmup: batchWarmup, slabBatch: slabBatch,
+                                cpuTimeWindowNs: Int64(cpuTimeWindowMilliseconds) * 1_000_000)
         if let mallocPeerChild {
             Watchdog.arm("malloc peer \(mallocPeerChild)", seconds: 60 + Int64(iterations / 1_000))
             MallocPeerChild.run(mallocPeerChild, samples: iterations, settings: settings)
@@ -121,7 +133,9 @@ struct HotplugPeers: ParsableCommand {
         let clock = clockOverhead(layout)
         let report = Report(rows: rows, layout: layout, iterations: iterations, slowIterations: slowIterations,
                             batches: batches, batchSize: batchSize, batchWarmup: batchWarmup,
-                            slabBatch: slabBatch, mallocPeers: MallocPeerLog.lines, rounds: rounds, warmup: warmup,
+                            slabBatch: slabBatch, cpuTimeWindows: cpuTimeWindows,
+                            cpuTimeWindowMs: cpuTimeWindowMilliseconds, mallocPeers: MallocPeerLog.lines,
+                            rounds: rounds, warmup: warmup,
                             threadCounts: threadCounts, clockP50: clock.p50, clockP99: clock.p99)
         print(report.table())
         if let json {
@@ -163,6 +177,9 @@ struct HotplugPeers: ParsableCommand {
         var slow = false
         /// A batch figure: `--batches` samples per side, each one batch's time per operation, in picoseconds.
         var batches = false
+        /// The parked CPU time figure: `--cpu-time-windows` samples per side, each a share of one core
+        /// (`cpuShareUnitsPerPercent` per percent).
+        var cpuTimeWindows = false
         /// A per-operation figure with `--iterations` samples per side (the slab figures): samples in picoseconds
         /// per operation, like the batch figures', in this unit (for the JSON).
         var unit: String?
@@ -306,6 +323,18 @@ struct HotplugPeers: ParsableCommand {
                             bestOf: (MallocPeer.namePrefix, "best malloc peer"))
             plan.unit = slabRemoteUnit
             return [plan]
+        case .parkedCPUTime:
+            // An absolute goal: under 0.1% of a core (< 1 ms of CPU time per second) in every window but the worst
+            // 1%. The peer, a thread blocked in futex_wait, shows what "does not grow" looks like.
+            let goal = Goal(limit: nil, maxOursP99: cpuShareUnitsPerPercent / 10 - 1, text: "< 0.1% of a core (p99)")
+            var plan = Plan(titles: ["parked CPU time: detached CPU (offline(1)), % of a core",
+                                     "parked CPU time: idle online CPU (parked on its mailbox), % of a core"],
+                            ours: oursParkedCPUTime, peers: [
+                (Contender(name: "a thread blocked in futex_wait", measure: peerParkedCPUTime), goal),
+            ])
+            plan.cpuTimeWindows = true
+            plan.unit = cpuShareUnit
+            return [plan]
         }
     }
 
@@ -320,10 +349,12 @@ struct HotplugPeers: ParsableCommand {
             }
         }
 
-        let count = plan.batches ? batches : plan.slow ? slowIterations : iterations
-        // Allow 1 ms a sample on average (10 ms for the slow figures, 5 us an operation for the batch figures) before
-        // calling a figure hung.
-        let secondsPerSide = plan.batches ? Int64(count) * Int64(batchSize) / 200_000
+        let count = plan.cpuTimeWindows ? cpuTimeWindows : plan.batches ? batches
+            : plan.slow ? slowIterations : iterations
+        // Allow 1 ms a sample on average (10 ms for the slow figures, 5 us an operation for the batch figures, the
+        // windows themselves for the parked CPU time figure) before calling a figure hung.
+        let secondsPerSide = plan.cpuTimeWindows ? Int64(count * cpuTimeWindowMilliseconds) / 1_000
+            : plan.batches ? Int64(count) * Int64(batchSize) / 200_000
             : Int64(count / (plan.slow ? 100 : 1_000))
         Watchdog.arm(plan.titles.joined(separator: " / "),
                      seconds: 60 + secondsPerSide * Int64(plan.titles.count + live.count))
@@ -367,8 +398,10 @@ struct HotplugPeers: ParsableCommand {
             let oursStats = Stats(oursSamples[series].storage)
             var measured = live.enumerated().map { index, peer in
                 Row(figure: title, peerName: peer.0.name, ours: oursStats, peerStats: peerStats[index], goal: peer.1,
-                    error: nil, note: nil, scale: plan.batches || plan.unit != nil ? picosecondsPerNanosecond : 1,
-                    unit: plan.unit)
+                    error: nil, note: nil,
+                    scale: plan.cpuTimeWindows ? cpuShareUnitsPerPercent
+                        : plan.batches || plan.unit != nil ? picosecondsPerNanosecond : 1,
+                    unit: plan.unit, percent: plan.cpuTimeWindows)
             }
             if let (prefix, note) = plan.bestOf {
                 // The goal is against the best of these peers (lowest p50): only that row decides; the others inform.
@@ -421,6 +454,7 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
     case slabPair1CPU = "slab-pair-1cpu"
     case slabPairAllCPUs = "slab-pair-allcpus"
     case slabRemoteFree = "slab-remote-free"
+    case parkedCPUTime = "parked-cpu-time"
 
     /// The slab allocator's figures (`--figure slab` selects them all).
     var isSlab: Bool { self == .slabPair1CPU || self == .slabPairAllCPUs || self == .slabRemoteFree }
@@ -439,6 +473,7 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
         case .slabPair1CPU: return "slab alloc+free pair, 1 CPU"
         case .slabPairAllCPUs: return "slab alloc+free pair, every CPU at once"
         case .slabRemoteFree: return "slab alloc + remote free"
+        case .parkedCPUTime: return "parked CPU time"
         }
     }
 }

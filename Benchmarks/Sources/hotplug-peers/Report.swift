@@ -4,19 +4,25 @@ import Glibc
 import Musl
 #endif
 
-/// A goal on the p50 ratio ours / peer, and optionally on our p50 itself.
+/// A goal on the p50 ratio ours / peer, and optionally on our p50 or p99 itself (an absolute goal has no ratio).
 struct Goal: Sendable {
-    /// The highest p50 ratio that meets the goal; nil: informational row.
+    /// The highest p50 ratio that meets the goal; nil: no goal on the ratio.
     var limit: Double?
     /// The highest p50 of ours, in nanoseconds, that meets the goal (with the ratio); nil: none.
     var maxOursP50: Int64?
+    /// The highest p99 of ours, in the row's sample units, that meets the goal; nil: none.
+    var maxOursP99: Int64?
     var text: String
 
-    init(limit: Double?, maxOursP50: Int64? = nil, text: String? = nil) {
+    init(limit: Double?, maxOursP50: Int64? = nil, maxOursP99: Int64? = nil, text: String? = nil) {
         self.limit = limit
         self.maxOursP50 = maxOursP50
+        self.maxOursP99 = maxOursP99
         self.text = text ?? limit.map { "<= \(fixed($0, 2))x" } ?? "(info)"
     }
+
+    /// False for an informational row: nothing to meet.
+    var decides: Bool { limit != nil || maxOursP50 != nil || maxOursP99 != nil }
 }
 
 /// One line of the table: a figure of ours beside one peer.
@@ -29,15 +35,23 @@ struct Row: Sendable {
     let error: String?
     var note: String?
     /// Sample units per nanosecond: 1, or `picosecondsPerNanosecond` for the batch and slab figures (time per
-    /// operation).
+    /// operation); for a share-of-a-core figure (`percent`), sample units per percent of one core.
     var scale: Int64 = 1
-    /// The unit of a per-operation figure that is not a tasklet batch (the slab figures), for the JSON.
+    /// The unit of a per-operation figure that is not a tasklet batch (the slab figures), or of a share-of-a-core
+    /// figure, for the JSON.
     var unit: String?
+    /// The samples are shares of one core (parked CPU time), printed in percent, not times.
+    var percent = false
 
-    /// A sample value in ns: whole for plain samples, one decimal (three in the JSON) for per-operation times.
+    /// A sample value in ns: whole for plain samples, one decimal (three in the JSON) for per-operation times; for a
+    /// share of a core, in percent with three more decimals.
     func nanoseconds(_ value: Int64, digits: Int = 1) -> String {
-        scale == 1 ? "\(value)" : fixed(Double(value) / Double(scale), digits)
+        if percent { return fixed(Double(value) / Double(scale), digits + 3) }
+        return scale == 1 ? "\(value)" : fixed(Double(value) / Double(scale), digits)
     }
+
+    /// A sample value for the table: `nanoseconds(_:)`, with a percent sign for a share of a core.
+    func cell(_ value: Int64) -> String { nanoseconds(value) + (percent ? "%" : "") }
 
     /// ours p50 / peer p50.
     var ratioP50: Double? {
@@ -51,12 +65,19 @@ struct Row: Sendable {
         return Double(ours.p99) / Double(peerStats.p99)
     }
 
-    /// Whether the p50 ratio is within the goal; nil when there is nothing to judge (informational row, peer not
-    /// available), false when the figure failed.
+    /// Whether the p50 ratio (and our p50 or p99, where the goal bounds them) is within the goal; nil when there is
+    /// nothing to judge (informational row, peer not available), false when the figure failed.
     var met: Bool? {
         if error != nil { return false }
-        guard let limit = goal.limit, let ratio = ratioP50, let ours else { return nil }
-        return ratio <= limit && goal.maxOursP50.map { ours.p50 <= $0 } ?? true
+        guard goal.decides, let ours else { return nil }
+        var met = true
+        if let limit = goal.limit {
+            guard let ratio = ratioP50 else { return nil }
+            met = ratio <= limit
+        }
+        if let max = goal.maxOursP50, ours.p50 > max { met = false }
+        if let max = goal.maxOursP99, ours.p99 > max { met = false }
+        return met
     }
 }
 
@@ -70,6 +91,8 @@ struct Report {
     let batchSize: Int
     let batchWarmup: Int
     let slabBatch: Int
+    let cpuTimeWindows: Int
+    let cpuTimeWindowMs: Int
     /// One line per malloc peer measured (version, library), as its child process reported it.
     let mallocPeers: [String]
     let rounds: Int
@@ -85,8 +108,8 @@ struct Report {
             let met = row.met.map { $0 ? "yes" : "no" } ?? "-"
             lines.append([
                 row.figure, row.peerName,
-                row.ours.map { "\(row.nanoseconds($0.p50))/\(row.nanoseconds($0.p99))" } ?? "-",
-                row.peerStats.map { "\(row.nanoseconds($0.p50))/\(row.nanoseconds($0.p99))" } ?? "-",
+                row.ours.map { "\(row.cell($0.p50))/\(row.cell($0.p99))" } ?? "-",
+                row.peerStats.map { "\(row.cell($0.p50))/\(row.cell($0.p99))" } ?? "-",
                 row.ratioP50.map { ratio($0) } ?? "-",
                 row.ratioP99.map { ratio($0) } ?? "-",
                 row.goal.text, met,
@@ -117,12 +140,18 @@ struct Report {
             out.append("batch figures (ns/op): \(batches) batches of \(batchSize) operations per side, "
                        + "\(batchWarmup) warm-up batches before each block; a sample is one batch's time / \(batchSize)")
         }
-        if rows.contains(where: { $0.unit != nil }) {
+        if rows.contains(where: { $0.unit != nil && !$0.percent }) {
             out.append("slab figures (ns/op): \(iterations) samples per side, each \(slabBatch) alloc+free pairs of "
                        + "\(slabObjectBytes)-byte objects per CPU (remote free: \(slabBatch) objects allocated on one CPU "
                        + "and freed on the other per round); every CPU's samples pooled; each malloc peer runs in a "
                        + "process of its own (LD_PRELOAD), which checks which library serves malloc")
             for line in mallocPeers { out.append("  malloc peer: \(line)") }
+        }
+        if rows.contains(where: \.percent) {
+            out.append("parked CPU time (% of one core): \(cpuTimeWindows) windows of \(cpuTimeWindowMs) ms per side, "
+                       + "the first after \(parkSettleNs / 1_000_000) ms to park; a sample is the thread's CPU time growth "
+                       + "in a window (/proc/self/task/TID/schedstat) / the window's wall time; the goal bounds our p99, "
+                       + "not a ratio (a parked peer's CPU time hardly grows either; the ratio is '-' when it is 0)")
         }
         out.append("CPUs: target (logical CPU 1 / peer partner) physical CPU \(layout.target); sender \(sender)")
         let placement = layout.cpus.count >= 2 ? "on physical CPU \(layout.cpus)[i]" : "unpinned (single CPU)"
@@ -130,8 +159,8 @@ struct Report {
                    + "CPU\(layout.cpus.count == 1 ? "" : "s") in the affinity mask); thread i (0 measures; logical CPU i "
                    + "of our machines) \(placement)")
         out.append("clock: CLOCK_MONOTONIC, one reading costs p50 \(clockP50) ns / p99 \(clockP99) ns (inside every sample)")
-        out.append("ratio = ours / peer (p50 and p99); met judges the p50 ratio (and our p50, where the goal names a time) "
-                   + "against the goal. SIGP figures are round trips on both sides, so the polling ratio is also ours "
+        out.append("ratio = ours / peer (p50 and p99); met judges the p50 ratio (and our p50 or p99, where the goal "
+                   + "names a bound) against the goal. SIGP figures are round trips on both sides, so the polling ratio is also ours "
                    + "one-way / one cache-line transfer.")
         return out.joined(separator: "\n")
     }
@@ -155,6 +184,7 @@ struct Report {
                 "ratio_p50": \(number(row.ratioP50)), "ratio_p99": \(number(row.ratioP99)), \
                 "goal": \(jsonString(row.goal.text)), "goal_max_ratio_p50": \(number(row.goal.limit)), \
                 "goal_max_ours_p50_ns": \(row.goal.maxOursP50.map(String.init) ?? "null"), \
+                "goal_max_ours_p99": \(row.goal.maxOursP99.map { row.nanoseconds($0, digits: 3) } ?? "null"), \
                 "met": \(row.met.map { $0 ? "true" : "false" } ?? "null"), \
                 "error": \(string(row.error)), "note": \(string(row.note))}
                 """)
@@ -168,6 +198,8 @@ struct Report {
               "warmup_batches_per_block": \(batchWarmup),
               "slab_batch": \(slabBatch),
               "slab_object_bytes": \(slabObjectBytes),
+              "cpu_time_windows_per_side": \(cpuTimeWindows),
+              "cpu_time_window_ms": \(cpuTimeWindowMs),
               "malloc_peers": [\(mallocPeers.map(jsonString).joined(separator: ", "))],
               "rounds": \(rounds),
               "warmup_per_block": \(warmup),
@@ -176,7 +208,7 @@ struct Report {
               "cpus": [\(layout.cpus.map(String.init).joined(separator: ", "))],
               "thread_counts": [\(threadCounts.map(String.init).joined(separator: ", "))],
               "clock_reading_ns": {"p50": \(clockP50), "p99": \(clockP99)},
-              "ratio": "ours / peer; met compares ratio_p50 with goal_max_ratio_p50 (and ours p50 with goal_max_ours_p50_ns)",
+              "ratio": "ours / peer; met compares ratio_p50 with goal_max_ratio_p50 (and ours p50 with goal_max_ours_p50_ns, ours p99 with goal_max_ours_p99, in the row's unit)",
               "figures": [
             \(figures.joined(separator: ",\n"))
               ]

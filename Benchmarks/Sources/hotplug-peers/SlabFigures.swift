@@ -63,12 +63,7 @@ private func onEachCPU(_ machine: Machine, _ body: @escaping @Sendable (Int) thr
 /// the CPU (the magazine fast path), per pair. `cpus` 1: logical CPU 0 alone.
 func oursSlabPairs(cpus: Int) -> Side {
     { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
-        let machine: Machine
-        do {
-            machine = try Machine(cpus: cpus, configuration: .init(responseTimeout: .nanoseconds(settings.timeoutNs)))
-        } catch {
-            throw BenchFailure("machine: \(error)")
-        }
+        let machine = try makeAllOnlineMachine(cpus: cpus, timeoutNs: settings.timeoutNs)
         defer { machine.shutdown() }
         let cache = try makeSlabCache(machine)
         let arrived = SharedWord64()

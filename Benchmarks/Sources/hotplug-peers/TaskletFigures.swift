@@ -26,12 +26,7 @@ func oursTaskletThroughput(onCPU: Bool) -> Side {
     { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
         let counter = SharedWord64()
         defer { counter.deallocate() }
-        let machine: Machine
-        do {
-            machine = try Machine(cpus: 2, configuration: .init(responseTimeout: .nanoseconds(settings.timeoutNs)))
-        } catch {
-            throw BenchFailure("machine: \(error)")
-        }
+        let machine = try makeAllOnlineMachine(cpus: 2, timeoutNs: settings.timeoutNs)
         defer { machine.shutdown() }
         let body: @Sendable () -> Void = { counter.bump() }   // Release: partner of cpr_wait_at_least's acquire.
         let tasklets = (0..<settings.batchSize).map { _ in Tasklet(machine, priority: .normal, body) }

@@ -176,6 +176,21 @@ int cpr_membarrier_rounds(const int *cpus, size_t threads, bool spinning, int64_
 /// (pthread_attr_init's / pthread_create's / pthread_join's).
 int cpr_thread_create_join(int partner_cpu, int64_t *samples, size_t count, size_t warmup);
 
+/// Peer of "parked CPU time": a thread pinned to `cpu` (-1: not pinned) that publishes its kernel thread id and
+/// blocks in futex_wait until cpr_parked_stop. Returns 0 and sets `*out`, or an errno value (ENOMEM, pthread_create's).
+typedef struct cpr_parked_thread cpr_parked_thread_t;
+int cpr_parked_start(int cpu, cpr_parked_thread_t **out);
+/// The parked thread's kernel thread id, or 0 while it has not run yet. Cannot fail.
+pid_t cpr_parked_tid(const cpr_parked_thread_t *parked);
+/// Wakes the parked thread, joins it and frees `parked`. Cannot fail.
+void cpr_parked_stop(cpr_parked_thread_t *parked);
+
+/// The CPU time thread `tid` of this process has used so far, in nanoseconds: the first field of
+/// /proc/self/task/TID/schedstat (the scheduler's runtime sum, much finer than the clock ticks of .../stat).
+/// Returns 0, or an errno value: open's / read's (ENOENT: no such thread, or a kernel without schedstat), EINVAL
+/// (not a number).
+int cpr_thread_cpu_ns(pid_t tid, int64_t *ns);
+
 // The malloc peers of the slab figures (malloc_peers.c). They call plain malloc / free, so they measure whichever
 // allocator serves this process (run them in a child process per allocator: cpr_spawn_child). Their samples are in
 // picoseconds per operation: a batch's time * 1000 / `batch`.
