@@ -104,7 +104,7 @@ final class Recorder: Sendable {
         let m = try Machine(cpus: 3)
         defer { m.shutdown() }
         let r = Recorder()
-        r.failStartup.withLock { $0.insert("test:x@2") }
+        r.failStartup.withLock { _ = $0.insert("test:x@2") }
         let (up, down) = r.callbacks("test:x")
         #expect {
             try m.hotplug.register("test:x", section: .online, startup: up, teardown: down)
@@ -176,7 +176,7 @@ final class Recorder: Sendable {
         try m.offline(1)
         // Attach fails at O2; its rollback tears O1 down, which fails too.
         try m.hotplug.injectFailure(cpu: 1, at: states["test:o2"]!, direction: .startup)
-        r.failTeardown.withLock { $0.insert("test:o1@1") }
+        r.failTeardown.withLock { _ = $0.insert("test:o1@1") }
         #expect {
             try m.online(1)
         } throws: { error in
