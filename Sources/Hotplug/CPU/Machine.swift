@@ -216,6 +216,19 @@ public final class Machine: Sendable {
         return core.id
     }
 
+    /// Tasklet runs queued on a CPU and not yet taken (an estimate: a load signal, e.g. for a balancer).
+    public func queuedTasklets(on cpu: Int) throws(HotplugError) -> Int {
+        try validate(cpu)
+        return max(0, tasklets.queues[cpu].pending.load(ordering: .relaxed))
+    }
+
+    /// The CPU time a present CPU's thread has used, nil in standby.
+    /// - Throws: ``HotplugError/system(call:errno:)`` when the kernel does not say.
+    public func cpuTime(of cpu: Int) throws(HotplugError) -> Duration? {
+        guard let tid = try threadID(of: cpu) else { return nil }
+        return .nanoseconds(try Shim.threadCPUTime(tid))
+    }
+
     /// Counters of how orders reached a CPU.
     public func deliveryStatistics(of cpu: Int) throws(HotplugError) -> DeliveryStatistics {
         try validate(cpu)

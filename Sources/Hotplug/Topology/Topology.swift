@@ -53,6 +53,20 @@ public struct Topology: Sendable, Equatable {
                         distances: ids.map { a in ids.map { b in a == b ? 10 : 20 } })
     }
 
+    /// The same slots in another order: slot `i` of the result is slot `order[i]` of this topology (a partition of a
+    /// ``CPUPool`` puts the processors it owns first, so that they are its initially online logical CPUs).
+    /// - Warning: traps when `order` is not a permutation of the slot indices (a programmer error).
+    func reordered(_ order: [Int]) -> Topology {
+        precondition(order.sorted() == Array(cpus.indices), "reordered needs a permutation of 0..<\(cpus.count), got \(order)")
+        return Topology(cpus: order.map { cpus[$0] }, nodes: nodes, isSynthetic: isSynthetic, distances: distances)
+    }
+
+    /// `count` slots: slot `i` is this topology's slot `i % cpus.count` (a pool of more processors than CPUs).
+    func repeated(to count: Int) -> Topology {
+        Topology(cpus: (0..<count).map { cpus[$0 % cpus.count] }, nodes: nodes, isSynthetic: isSynthetic,
+                 distances: distances)
+    }
+
     /// The distance between two nodes (10 for a node to itself, as the kernel reports it).
     /// - Warning: traps for a node that is not in ``nodes``.
     public func distance(from a: Int, to b: Int) -> Int {

@@ -1,0 +1,178 @@
+import Synchronization
+
+/// How loaded one partition was over the last sampling interval.
+public struct PartitionLoad: Sendable, Equatable {
+    public let name: String
+    /// Processors the partition owned at the end of the interval.
+    public let processors: Int
+    /// Tasklet runs queued on its CPUs and not yet taken.
+    public let queuedTasklets: Int
+    /// The share of its processors' time its CPUs' threads ran during the interval (0...1; a parked or idle CPU
+    /// adds nothing).
+    public let busy: Double
+    /// One number to compare partitions: ``busy`` plus queued tasklets per processor over `queueScale`.
+    public let pressure: Double
+}
+
+/// Decides which partition gives a processor to which, from their loads. Pluggable: a ``Balancer`` asks its policy
+/// after every sample.
+public protocol BalancerPolicy: Sendable {
+    /// A move to make now, as indices into `loads` (`from` keeps at least one processor: the balancer checks), or nil.
+    mutating func decide(_ loads: [PartitionLoad]) -> (from: Int, to: Int)?
+}
+
+/// The default policy: move one processor from the least to the most pressed partition when the most pressed is
+/// at or above ``high``, the least at or below ``low`` and has more than one processor, for ``patience``
+/// consecutive samples (hysteresis: short bursts move nothing); then wait ``cooldown`` samples before the next move,
+/// so that the receiver's load can settle.
+public struct HysteresisPolicy: BalancerPolicy {
+    public var high: Double
+    public var low: Double
+    public var patience: Int
+    public var cooldown: Int
+    private var streak: (from: Int, to: Int, count: Int)?
+    private var quiet = 0
+
+    public init(high: Double = 0.6, low: Double = 0.3, patience: Int = 3, cooldown: Int = 3) {
+        self.high = high
+        self.low = low
+        self.patience = max(1, patience)
+        self.cooldown = max(0, cooldown)
+    }
+
+    public mutating func decide(_ loads: [PartitionLoad]) -> (from: Int, to: Int)? {
+        if quiet > 0 { quiet -= 1; streak = nil; return nil }
+        guard loads.count >= 2,
+              let to = loads.indices.max(by: { loads[$0].pressure < loads[$1].pressure }),
+              let from = loads.indices.filter({ $0 != to && loads[$0].processors > 1 })
+                  .min(by: { loads[$0].pressure < loads[$1].pressure }),
+              loads[to].pressure >= high, loads[from].pressure <= low else {
+            streak = nil
+            return nil
+        }
+        let count = (streak.map { $0.from == from && $0.to == to ? $0.count : 0 } ?? 0) + 1
+        guard count >= patience else {
+            streak = (from, to, count)
+            return nil
+        }
+        streak = nil
+        quiet = cooldown
+        return (from, to)
+    }
+}
+
+/// Samples the partitions of a pool and moves processors from idle to loaded ones, as its policy says.
+///
+/// ``step()`` samples once and makes at most one move; ``start(interval:onMove:)`` runs steps on a thread of its own
+/// until ``stop()``. A move that fails (an injected or real hotplug failure) is reported and the next step goes on.
+public final class Balancer: @unchecked Sendable {
+    // @unchecked: `policy` and the baselines are touched only under `lock` (step is serialised).
+    public let pool: CPUPool
+    public let partitions: [Partition]
+    /// Queued tasklets per processor that count as a pressure of 1.
+    public let queueScale: Double
+    private var policy: any BalancerPolicy
+    private let lock = Lock()
+    /// Per partition: logical CPU -> its thread's CPU time at the last sample; and that sample's time.
+    private var baselines: [[Int: Duration]]
+    private var sampledAt: ContinuousClock.Instant
+    private let running = Atomic<Bool>(false)
+    private let finished = Completion()
+
+    /// What one step did.
+    public enum Outcome: Sendable {
+        case stayed
+        case moved(CPUPool.Move)
+        case failed(from: String, to: String, processor: Int, error: HotplugError)
+    }
+
+    public init(pool: CPUPool, partitions: [Partition], policy: any BalancerPolicy = HysteresisPolicy(),
+                queueScale: Double = 64) throws(HotplugError) {
+        guard partitions.count >= 2, partitions.allSatisfy({ $0.pool === pool }) else {
+            throw .invalidConfiguration("a balancer needs at least two partitions of its pool")
+        }
+        self.pool = pool
+        self.partitions = partitions
+        self.policy = policy
+        self.queueScale = queueScale
+        baselines = Array(repeating: [:], count: partitions.count)
+        sampledAt = ContinuousClock.now
+        _ = sampleLocked()
+    }
+
+    /// The load of every partition since the previous sample (or since the balancer was created).
+    public func sample() -> [PartitionLoad] { lock.withLock { sampleLocked() } }
+
+    private func sampleLocked() -> [PartitionLoad] {
+        let now = ContinuousClock.now
+        let elapsed = max(1e-9, (now - sampledAt).seconds)
+        sampledAt = now
+        return partitions.enumerated().map { index, partition in
+            let machine = partition.machine
+            var times: [Int: Duration] = [:]
+            var ran = 0.0
+            var queued = 0
+            for cpu in machine.online {
+                queued += (try? machine.queuedTasklets(on: cpu)) ?? 0
+                guard let time = (try? machine.cpuTime(of: cpu)) ?? nil else { continue }
+                times[cpu] = time
+                if let before = baselines[index][cpu] { ran += (time - before).seconds }
+            }
+            baselines[index] = times
+            let processors = times.count
+            let busy = processors == 0 ? 0 : min(1, ran / (elapsed * Double(processors)))
+            let pressure = busy + Double(queued) / (Double(max(1, processors)) * queueScale)
+            return PartitionLoad(name: partition.name, processors: processors, queuedTasklets: queued, busy: busy,
+                                 pressure: pressure)
+        }
+    }
+
+    /// Samples, asks the policy, and makes at most one move (the donor's highest-numbered processor).
+    @discardableResult
+    public func step() -> Outcome {
+        lock.withLock {
+            let loads = sampleLocked()
+            guard let decision = policy.decide(loads),
+                  loads.indices.contains(decision.from), loads.indices.contains(decision.to), decision.from != decision.to
+            else { return .stayed }
+            let from = partitions[decision.from], to = partitions[decision.to]
+            guard from.ownedProcessors.count > 1, let processor = from.ownedProcessors.last else { return .stayed }
+            do throws(HotplugError) {
+                return .moved(try pool.move(processor, from: from, to: to))
+            } catch {
+                return .failed(from: from.name, to: to.name, processor: processor, error: error)
+            }
+        }
+    }
+
+    /// Runs ``step()`` every `interval` on a thread of its own, reporting each outcome but `.stayed`.
+    /// - Throws: ``HotplugError/busy(cpu:reason:)`` when it already runs; a system error when the thread cannot start.
+    public func start(interval: Duration = .milliseconds(20),
+                      onOutcome: @escaping @Sendable (Outcome) -> Void = { _ in }) throws(HotplugError) {
+        guard !running.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw .busy(cpu: -1, reason: "the balancer already runs")
+        }
+        finished.reset()
+        let microseconds = UInt32(max(1, interval.components.seconds * 1_000_000 + interval.components.attoseconds / 1_000_000_000_000))
+        let thread = try Shim.spawnThread { [self] in
+            while running.load(ordering: .acquiring) {
+                let outcome = step()
+                if case .stayed = outcome {} else { onOutcome(outcome) }
+                Shim.sleep(microseconds: microseconds)
+            }
+            finished.signal()
+        }
+        Shim.detach(thread)
+    }
+
+    /// Stops the thread of ``start(interval:onOutcome:)`` and waits for it.
+    public func stop() {
+        guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        _ = finished.wait()
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a `Double`.
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

@@ -1,0 +1,176 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import Hotplug
+
+/// Every processor is owned by at most one partition, every partition keeps one, and every online CPU's thread is
+/// pinned to exactly its processor's CPU (read from the kernel).
+private func expectConsistent(_ pool: CPUPool, _ partitions: [Partition], sourceLocation: SourceLocation = #_sourceLocation) throws {
+    var owners = [Int](repeating: 0, count: pool.processorCount)
+    for partition in partitions {
+        #expect(!partition.ownedProcessors.isEmpty, "partition \(partition.name) owns nothing", sourceLocation: sourceLocation)
+        for cpu in partition.machine.online {
+            let processor = partition.processor(of: cpu)
+            owners[processor] += 1
+            let tid = try #require(try partition.machine.threadID(of: cpu))
+            #expect(try allowedCPUs(ofThread: tid) == "\(pool.physicalCPU(of: processor))", sourceLocation: sourceLocation)
+        }
+    }
+    #expect(owners.allSatisfy { $0 <= 1 }, "processors owned twice: \(owners)", sourceLocation: sourceLocation)
+}
+
+@Suite struct PartitionTests {
+    @Test func aMoveHandsAProcessorOverAndItsWorkStaysInThePartition() throws {
+        let pool = try CPUPool(processors: 4)
+        let a = try pool.makePartition("a", owning: [0, 1])
+        let b = try pool.makePartition("b", owning: [2, 3])
+        try expectConsistent(pool, [a, b])
+        #expect(pool.ownership().map { $0?.name } == ["a", "a", "b", "b"])
+
+        // Work queued on the CPU that leaves runs on a's other CPU; its slab objects come home.
+        let cache = try SlabCache(name: "a-objects", objectSize: 64, machine: a.machine)
+        let leaving = a.logicalCPU(of: 1)
+        let objects = try a.machine.run(on: leaving) { try (0..<500).map { _ in UInt(bitPattern: try cache.allocate()) } }
+        let ran = Atomic<Int>(0)
+        let tasklets = (0..<50).map { _ in Tasklet(a.machine) { ran.add(1, ordering: .relaxed) } }
+        try a.machine.run(on: leaving) { for t in tasklets { _ = try t.schedule(on: leaving) } }
+
+        let move = try pool.move(1, from: a, to: b)
+        #expect(move.processor == 1 && move.from == "a" && move.to == "b")
+        #expect(a.ownedProcessors == [0] && b.ownedProcessors == [1, 2, 3])
+        try expectConsistent(pool, [a, b])
+        #expect(eventually { ran.load(ordering: .relaxed) == 50 })
+        #expect(cache.statistics().cachedPerCPU[leaving] == 0)
+        try a.machine.run(on: a.logicalCPU(of: 0)) { for o in objects { cache.free(UnsafeMutableRawPointer(bitPattern: o)!) } }
+        #expect(cache.statistics().inUse == 0)
+
+        // The last processor stays; bad moves are typed errors and change nothing.
+        #expect(throws: HotplugError.self) { try pool.move(0, from: a, to: b) }
+        #expect(throws: HotplugError.self) { try pool.move(2, from: a, to: b) }   // a does not own 2
+        #expect(throws: HotplugError.self) { try pool.move(2, from: b, to: b) }
+        #expect(throws: HotplugError.self) { _ = try pool.makePartition("c", owning: [3]) }   // owned by b
+        #expect(throws: HotplugError.self) { _ = try pool.makePartition("c", owning: [9]) }
+        #expect(a.ownedProcessors == [0] && b.ownedProcessors == [1, 2, 3])
+        try pool.move(1, from: b, to: a)
+        try expectConsistent(pool, [a, b])
+    }
+
+    @Test func aFailedAttachGivesTheProcessorBack() throws {
+        let pool = try CPUPool(processors: 3)
+        let a = try pool.makePartition("a", owning: [0, 1])
+        let b = try pool.makePartition("b", owning: [2])
+        try b.machine.hotplug.injectFailure(cpu: b.logicalCPU(of: 1), at: .bringup, direction: .startup)
+        #expect(throws: HotplugError.self) { try pool.move(1, from: a, to: b) }
+        #expect(a.ownedProcessors == [0, 1] && b.ownedProcessors == [2])
+        try expectConsistent(pool, [a, b])
+        // A failed detach changes nothing either.
+        try a.machine.hotplug.injectFailure(cpu: a.logicalCPU(of: 1), at: .teardownCPU, direction: .teardown)
+        #expect(throws: HotplugError.self) { try pool.move(1, from: a, to: b) }
+        #expect(a.ownedProcessors == [0, 1] && b.ownedProcessors == [2])
+        try pool.move(1, from: a, to: b)
+        #expect(b.ownedProcessors == [1, 2])
+    }
+
+    @Test func seededMovesWithFaultInjectionLoseNothing() throws {
+        let seed = ProcessInfo.processInfo.environment["HOTPLUG_SEED"].flatMap { UInt64($0) } ?? 0x1_9A2_2000
+        let moves = stressIterations(1_000, long: 10_000)
+        var rng = SeededGenerator(seed: seed)
+        let pool = try CPUPool(processors: 5)
+        let partitions = [try pool.makePartition("p0", owning: [0, 1]), try pool.makePartition("p1", owning: [2, 3]),
+                          try pool.makePartition("p2", owning: [4])]
+        let caches = try partitions.map { try SlabCache(name: "\($0.name)-objects", objectSize: 48, machine: $0.machine) }
+        // Objects held per partition, and tasklet runs expected per partition.
+        var held: [[UInt]] = [[], [], []]
+        let ran = partitions.map { _ in Counter() }
+        var scheduled = [0, 0, 0]
+        var succeeded = 0, failed = 0
+        for step in 0..<moves {
+            // Work on a random CPU of every partition: allocate, free some, schedule tasklets.
+            for (index, partition) in partitions.enumerated() {
+                guard let cpu = Array(partition.machine.online).randomElement(using: &rng) else { continue }
+                let frees = Array(held[index].shuffled(using: &rng).prefix(Int.random(in: 0...4, using: &rng)))
+                held[index].removeAll { frees.contains($0) }
+                let cache = caches[index]
+                let counter = ran[index]
+                let count = Int.random(in: 0...4, using: &rng)
+                let result = try partition.machine.run(on: cpu) { () -> ([UInt], Int) in
+                    for o in frees { cache.free(UnsafeMutableRawPointer(bitPattern: o)!) }
+                    let made = try (0..<count).map { _ in UInt(bitPattern: try cache.allocate()) }
+                    var newly = 0
+                    for _ in 0..<2 where try Tasklet(partition.machine, { counter.value.add(1, ordering: .relaxed) }).schedule() {
+                        newly += 1
+                    }
+                    return (made, newly)
+                }
+                held[index] += result.0
+                scheduled[index] += result.1
+            }
+            // A random move, sometimes with an injected failure on either side.
+            let from = partitions.filter { $0.ownedProcessors.count > 1 }.randomElement(using: &rng)!
+            let to = partitions.filter { $0 !== from }.randomElement(using: &rng)!
+            let processor = from.ownedProcessors.randomElement(using: &rng)!
+            switch Int.random(in: 0..<8, using: &rng) {
+            case 0: try to.machine.hotplug.injectFailure(cpu: to.logicalCPU(of: processor), at: .bringup, direction: .startup)
+            case 1: try from.machine.hotplug.injectFailure(cpu: from.logicalCPU(of: processor), at: .teardownCPU, direction: .teardown)
+            case 2: try to.machine.hotplug.injectFailure(cpu: to.logicalCPU(of: processor), at: .slabPrepare, direction: .startup)
+            default: break
+            }
+            do { try pool.move(processor, from: from, to: to); succeeded += 1 } catch { failed += 1 }
+            try expectConsistent(pool, partitions)
+            for (index, cache) in caches.enumerated() {
+                #expect(cache.statistics().inUse == held[index].count, "step \(step), seed \(seed)")
+            }
+        }
+        #expect(succeeded > moves / 3 && failed > 0, "succeeded \(succeeded), failed \(failed)")
+        // Nothing lost: every tasklet ran once per schedule, every object comes home.
+        for index in partitions.indices {
+            #expect(eventually { ran[index].value.load(ordering: .relaxed) == scheduled[index] }, "partition \(index), seed \(seed)")
+            let partition = partitions[index], cache = caches[index], objects = held[index]
+            try partition.machine.run(on: partition.machine.online.first { _ in true }!) {
+                for o in objects { cache.free(UnsafeMutableRawPointer(bitPattern: o)!) }
+            }
+            let stats = cache.statistics()
+            #expect(stats.inUse == 0 && stats.accountedInUse == 0, "\(stats)")
+        }
+        print("partition moves: seed \(seed), \(succeeded) moves, \(failed) failed (injected), scheduled \(scheduled)")
+    }
+
+    @Test func theBalancerMovesProcessorsTowardsALoadedPartition() throws {
+        let pool = try CPUPool(processors: 4)
+        let idle = try pool.makePartition("idle", owning: [0, 1, 2])
+        let busy = try pool.makePartition("busy", owning: [3])
+        let balancer = try Balancer(pool: pool, partitions: [idle, busy],
+                                    policy: HysteresisPolicy(high: 0.5, low: 0.3, patience: 2, cooldown: 1))
+        // Nothing is loaded: hysteresis moves nothing.
+        for _ in 0..<10 {
+            if case .moved(let move) = balancer.step() { Issue.record("moved without load: \(move)") }
+            usleep(10_000)
+        }
+        #expect(idle.ownedProcessors == [0, 1, 2] && busy.ownedProcessors == [3])
+        // Load: every CPU of `busy` spins in tasklets that reschedule themselves until told to stop.
+        let stop = Atomic<Bool>(false)
+        let spinning = Locked<[Tasklet]>([])
+        for _ in 0..<8 {
+            let box = Locked<Tasklet?>(nil)
+            let tasklet = Tasklet(busy.machine) {
+                let until = ContinuousClock.now + .milliseconds(2)
+                while ContinuousClock.now < until {}
+                if !stop.load(ordering: .relaxed), let me = box.withLock({ $0 }) { _ = try? me.schedule() }
+            }
+            box.withLock { $0 = tasklet }
+            spinning.withLock { $0.append(tasklet) }
+            _ = try tasklet.schedule()
+        }
+        let started = ContinuousClock.now
+        var firstMove: Duration?
+        while ContinuousClock.now - started < .seconds(10), busy.ownedProcessors.count < 2 {
+            if case .moved = balancer.step(), firstMove == nil { firstMove = ContinuousClock.now - started }
+            usleep(20_000)
+        }
+        stop.store(true, ordering: .relaxed)
+        let reached = try #require(firstMove, "no processor moved to the loaded partition in 10 s")
+        #expect(busy.ownedProcessors.count >= 2 && idle.ownedProcessors.count >= 1)
+        print("balancer: first move towards the loaded partition after \(reached)")
+        #expect(eventually { spinning.withLock { $0.allSatisfy { !$0.isScheduled && !$0.isRunning } } })
+    }
+}
