@@ -63,7 +63,7 @@ public struct HysteresisPolicy: BalancerPolicy {
 
 /// Samples the partitions of a pool and moves processors from idle to loaded ones, as its policy says.
 ///
-/// ``step()`` samples once and makes at most one move; ``start(interval:onMove:)`` runs steps on a thread of its own
+/// ``step()`` samples once and makes at most one move; ``start(interval:onOutcome:)`` runs steps on a thread of its own
 /// until ``stop()``. A move that fails (an injected or real hotplug failure) is reported and the next step goes on.
 public final class Balancer: @unchecked Sendable {
     // @unchecked: `policy` and the baselines are touched only under `lock` (step is serialised).

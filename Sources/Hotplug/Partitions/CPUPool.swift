@@ -37,6 +37,7 @@ public final class CPUPool: Sendable {
     /// - Parameters:
     ///   - topology: the CPUs and nodes; nil: ``Topology/current()``.
     ///   - processors: how many processors; nil: one per slot of the topology.
+    ///   - logger: receives moves at debug level, and a processor left without owner at critical level.
     /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for fewer than one processor, or a system error.
     public init(topology: Topology? = nil, processors: Int? = nil,
                 logger: Logger = Logger(label: "hotplug.pool")) throws(HotplugError) {
