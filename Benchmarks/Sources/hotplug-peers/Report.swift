@@ -134,7 +134,7 @@ struct Report {
             if let note = row.note { out.append("note: \(row.figure) vs \(row.peerName): \(note)") }
         }
         let sender = layout.sender.map { "physical CPU \($0)" } ?? "unpinned (single CPU)"
-        out.append("samples: \(iterations) per side per figure (\(slowIterations) for stop_machine and attach / detach), in \(rounds) alternating blocks of ours and each peer, "
+        out.append("samples: \(iterations) per side per figure (\(slowIterations) for stop_machine, attach / detach and partition move), in \(rounds) alternating blocks of ours and each peer, "
                    + "\(warmup) warm-up samples before each block")
         if rows.contains(where: { $0.scale != 1 && $0.unit == nil }) {
             out.append("batch figures (ns/op): \(batches) batches of \(batchSize) operations per side, "
