@@ -73,7 +73,7 @@ private func expectConsistent(_ pool: CPUPool, _ partitions: [Partition], source
 
     @Test func seededMovesWithFaultInjectionLoseNothing() throws {
         let seed = ProcessInfo.processInfo.environment["HOTPLUG_SEED"].flatMap { UInt64($0) } ?? 0x1_9A2_2000
-        let moves = stressIterations(1_000, long: 10_000)
+        let moves = stressIterations(2_000, long: 10_000)
         var rng = SeededGenerator(seed: seed)
         let pool = try CPUPool(processors: 5)
         let partitions = [try pool.makePartition("p0", owning: [0, 1]), try pool.makePartition("p1", owning: [2, 3]),
