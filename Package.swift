@@ -33,14 +33,44 @@ let package = Package(
             ],
             path: "Sources/Hotplug"
         ),
-        .executableTarget(
-            name: "sigp-demo",
+        // Helpers shared by the examples (seeded RNG, /proc probes, output, watchdog); not a product.
+        .target(
+            name: "ExampleSupport",
             dependencies: [
                 "Hotplug",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            path: "Examples/ExampleSupport"
+        ),
+        .executableTarget(
+            name: "sigp-demo",
+            dependencies: [
+                "Hotplug",
+                "ExampleSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Examples/sigp-demo"
+        ),
+        .executableTarget(
+            name: "hotplug-torture",
+            dependencies: [
+                "Hotplug",
+                "ExampleSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/hotplug-torture"
+        ),
+        .executableTarget(
+            name: "lpar-balancer",
+            dependencies: [
+                "Hotplug",
+                "ExampleSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/lpar-balancer"
         ),
         .testTarget(
             name: "HotplugTests",

@@ -15,6 +15,7 @@
 // - masks: active ⊆ online ⊆ present ⊆ possible, consistent with each CPU's state; lifecycle errors are typed.
 import ArgumentParser
 import Dispatch
+import ExampleSupport
 import Hotplug
 import Logging
 import Synchronization
@@ -23,8 +24,6 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-
-extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 struct SIGPDemo: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -54,35 +53,20 @@ struct SIGPDemo: ParsableCommand {
     }
 
     func run() throws {
-        let level = logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        bootstrapLogging(level: logLevel)
         let logger = Logger(label: "sigp-demo")
         let seed = self.seed ?? UInt64.random(in: .min ... .max)
 
-        let topology: Topology
-        do {
-            topology = try Topology.current()
-        } catch {
-            report("FAILED setup: cannot read the topology: \(error) (seed \(seed))")
-            throw ExitCode.failure
-        }
+        let topology = try setUp("read the topology", seed: seed) { try Topology.current() }
         let count = cpus ?? max(2, topology.cpus.count)
-        Watchdog.start(afterSeconds: seconds + 60, seed: seed)
+        Watchdog.start(afterSeconds: seconds + 60, program: "the demo", seed: seed)
 
         let recorder = InterruptRecorder(cpus: count)
-        let machine: Machine
-        do {
+        let machine = try setUp("create a machine of \(count) logical CPUs", seed: seed) {
             let configuration = Machine.Configuration(interruptHandler: { cpu, interruption in
                 recorder.record(cpu: cpu, interruption)
             })
-            machine = try Machine(topology: topology, cpus: count, configuration: configuration, logger: logger)
-        } catch {
-            report("FAILED setup: cannot create a machine of \(count) logical CPUs: \(error) (seed \(seed))")
-            throw ExitCode.failure
+            return try Machine(topology: topology, cpus: count, configuration: configuration, logger: logger)
         }
 
         let physical = topology.physicalCPUs.count
@@ -174,19 +158,6 @@ struct CrossCallSample: Sendable, Equatable {
     var physical: Int
 }
 
-/// SplitMix64: small, fast and reproducible from the seed.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// How a delivery reached its target, told apart by the target's delivery counters before and after.
 enum Delivery { case signal, futexWake, noWake }
 
@@ -223,8 +194,6 @@ final class Demo {
     var parkedWatch: [Int: (wall: Int64, cpu: Int64)] = [:]
     let started = monotonicNanoseconds()
 
-    /// A parked or stopped thread may burn at most this share of a core: 0.1% (DESIGN section 4).
-    static let idleGrowthPerMille: Int64 = 1
     static let parkedWindow: Int64 = 200_000_000
     static let deliveringOrders: Set<SIGPOrder> = [
         .externalCall, .emergencySignal, .conditionalEmergencySignal, .stop, .stopAndStoreStatus, .restart,
@@ -358,16 +327,6 @@ final class Demo {
         ordersByCode[order.rawValue, default: [0, 0, 0, 0]][result.conditionCode.rawValue] += 1
     }
 
-    /// Polls `condition` every 200 us for at most `milliseconds`.
-    func waitUntil(_ milliseconds: Int64, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = monotonicNanoseconds() + milliseconds * 1_000_000
-        while true {
-            if try condition() { return true }
-            if monotonicNanoseconds() >= deadline { return false }
-            usleep(200)
-        }
-    }
-
     func randomOnline(except excluded: Int? = nil) -> Int? {
         machine.online.filter { $0 != excluded }.randomElement(using: &rng)
     }
@@ -393,7 +352,7 @@ final class Demo {
     /// Waits until the thread sleeps in the kernel (state S in /proc/self/task/TID/stat): its CPU time is then
     /// fully accounted (schedstat of a running thread lags by up to a scheduler tick).
     func awaitBlocked(_ cpu: Int, _ tid: Int32, _ what: String) throws {
-        let blocked = waitUntil(2_000) { ProcFS.threadState(tid) == "S" }
+        let blocked = waitUntil(2_000) { ThreadProbe.isBlocked(tid) }
         try check(blocked, "\(what) thread blocks in the kernel",
                   "logical CPU \(cpu) (tid \(tid)) is in state \(ProcFS.threadState(tid).map(String.init) ?? "?") after 2 s")
     }
@@ -453,11 +412,8 @@ final class Demo {
     /// Every online CPU's thread is pinned to exactly its physical CPU.
     func checkPinning() throws {
         for cpu in machine.online {
-            let tid = try threadID(cpu, "online")
-            let physical = try machine.physicalCPU(of: cpu)
-            let allowed = ProcFS.cpusAllowed(tid)
-            try check(allowed == [physical], "online CPU's thread pinned to exactly one CPU",
-                      "logical CPU \(cpu) (tid \(tid)): Cpus_allowed_list \(allowed.map { "\($0)" } ?? "unreadable"), expected [\(physical)]")
+            let problem = ThreadProbe.pinningProblem(machine, cpu: cpu)
+            try check(problem == nil, "online CPU's thread pinned to exactly one CPU", problem ?? "")
             pinChecks += 1
         }
     }
@@ -466,7 +422,11 @@ final class Demo {
     func armParkedWatch(_ cpu: Int) throws {
         let tid = try threadID(cpu, "parked")
         try awaitBlocked(cpu, tid, "a parked CPU's")
-        parkedWatch[cpu] = (monotonicNanoseconds(), try cpuTime(cpu, tid))
+        // S shows before the thread is off its CPU; its CPU time is final once it has stayed asleep a while.
+        let settled = ThreadProbe.settledSleep(tid, milliseconds: 2_000)
+        try check(settled != nil, "a parked CPU's thread stays asleep",
+                  "logical CPU \(cpu) (tid \(tid)) did not stay asleep for 1 ms within 2 s")
+        if let settled { parkedWatch[cpu] = (settled.wall, settled.cpuTime) }
     }
 
     /// Checks the parked CPUs watched for at least the window (or `force`, after sleeping out its window).
@@ -484,7 +444,7 @@ final class Demo {
             let growth = time - snapshot.cpu
             maxParkedGrowth = max(maxParkedGrowth, growth)
             parkedChecks += 1
-            try check(growth * 1_000 <= elapsed * Demo.idleGrowthPerMille, "a parked CPU's thread CPU time does not grow",
+            try check(ThreadProbe.isIdle(growth: growth, elapsed: elapsed), "a parked CPU's thread CPU time does not grow",
                       "logical CPU \(cpu) (tid \(tid)) used \(growth) ns of CPU time in \(elapsed / 1_000_000) ms while parked")
             parkedWatch[cpu] = (monotonicNanoseconds(), time)
         }
@@ -508,10 +468,8 @@ final class Demo {
         try check(try machine.state(of: cpu) == .parked, "configure leaves the CPU parked", "logical CPU \(cpu)")
         try check(machine.present.contains(cpu) && !machine.online.contains(cpu), "configure: present, not online",
                   "logical CPU \(cpu): present \(machine.present), online \(machine.online)")
-        let tid = try threadID(cpu, "configured")
-        let physical = try machine.physicalCPU(of: cpu)
-        try check(ProcFS.cpusAllowed(tid) == [physical], "a configured CPU's thread is pinned",
-                  "logical CPU \(cpu) (tid \(tid)): Cpus_allowed_list \(String(describing: ProcFS.cpusAllowed(tid))), expected [\(physical)]")
+        let problem = ThreadProbe.pinningProblem(machine, cpu: cpu)
+        try check(problem == nil, "a configured CPU's thread is pinned", problem ?? "")
         try armParkedWatch(cpu)
         try order(cpu, .sense, expect: [Demo.cc1(.stopped)], "a freshly configured (parked)")
         try order(cpu, .start, expect: [Demo.cc1(.incorrectState)], "a parked (lifecycle not online)")
@@ -724,7 +682,7 @@ final class Demo {
         let t1 = try cpuTime(target, tid), w1 = monotonicNanoseconds()
         stoppedChecks += 1
         maxStoppedGrowth = max(maxStoppedGrowth, t1 - t0)
-        try check((t1 - t0) * 1_000 <= (w1 - w0) * Demo.idleGrowthPerMille, "STOP stops a CPU spinning in a cross-call",
+        try check(ThreadProbe.isIdle(growth: t1 - t0, elapsed: w1 - w0), "STOP stops a CPU spinning in a cross-call",
                   "logical CPU \(target) (tid \(tid)) used \(t1 - t0) ns of CPU time in \((w1 - w0) / 1_000_000) ms while stopped")
         try order(target, .sense, expect: [Demo.cc1(.stopped)], "a stopped")
         try order(target, .senseRunning, expect: [Demo.cc1(.notRunning)], "a stopped")
@@ -974,130 +932,6 @@ final class Demo {
                + "\(stoppedChecks) (max growth \(maxStoppedGrowth) ns), pinning checks \(pinChecks)")
         report("scenarios: " + scenarios.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         report("checks passed: \(failed ? checks - 1 : checks)\(failed ? ", 1 failed" : "")")
-    }
-}
-
-// MARK: - /proc
-
-enum ProcFS {
-    static func readFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return nil
-            }
-            if n == 0 { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    static func taskPath(_ tid: Int32, _ file: String) -> String { "/proc/self/task/\(tid)/\(file)" }
-
-    static func threadExists(_ tid: Int32) -> Bool { access(taskPath(tid, ""), F_OK) == 0 }
-
-    /// The fields of /proc/self/task/TID/stat after the command name (field 3, the state, first).
-    static func statFields(_ tid: Int32) -> [Substring]? {
-        guard let text = readFile(taskPath(tid, "stat")), let close = text.lastIndex(of: ")") else { return nil }
-        return text[text.index(after: close)...].split(separator: " ")
-    }
-
-    /// The physical CPU the calling thread runs on: field 39 ("processor") of /proc/thread-self/stat.
-    static func currentPhysicalCPU() -> Int {
-        guard let text = readFile("/proc/thread-self/stat"), let close = text.lastIndex(of: ")") else { return -1 }
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        return fields.count > 36 ? Int(fields[36]) ?? -1 : -1
-    }
-
-    /// R (running), S (sleeping), D, T, Z, ... or nil when the thread is gone.
-    static func threadState(_ tid: Int32) -> Character? { statFields(tid)?.first?.first }
-
-    static let ticksPerSecond = Int64(sysconf(Int32(_SC_CLK_TCK)))
-
-    /// The thread's CPU time in nanoseconds: schedstat's first field (sum_exec_runtime), else utime + stime from
-    /// stat (in clock ticks).
-    static func threadCPUTime(_ tid: Int32) -> Int64? {
-        if let text = readFile(taskPath(tid, "schedstat")), let first = text.split(separator: " ").first,
-           let value = Int64(first) {
-            return value
-        }
-        guard let fields = statFields(tid), fields.count > 12, let user = Int64(fields[11]), let system = Int64(fields[12]),
-              ticksPerSecond > 0 else { return nil }
-        return (user + system) * (1_000_000_000 / ticksPerSecond)
-    }
-
-    /// The CPUs of the thread's `Cpus_allowed_list` (kernel list format `0-3,8`).
-    static func cpusAllowed(_ tid: Int32) -> [Int]? {
-        guard let text = readFile(taskPath(tid, "status")) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
-            return parseList(line.dropFirst("Cpus_allowed_list:".count).trimmingWhitespace())
-        }
-        return nil
-    }
-
-    static func parseList(_ list: Substring) -> [Int]? {
-        var cpus: [Int] = []
-        for part in list.split(separator: ",") {
-            let bounds = part.split(separator: "-")
-            guard let low = Int(bounds[0]) else { return nil }
-            let high = bounds.count > 1 ? Int(bounds[1]) : low
-            guard let high, high >= low else { return nil }
-            cpus += Array(low...high)
-        }
-        return cpus
-    }
-}
-
-extension Substring {
-    func trimmingWhitespace() -> Substring {
-        var s = self
-        while let c = s.first, c == " " || c == "\t" { s.removeFirst() }
-        while let c = s.last, c == " " || c == "\t" || c == "\n" { s.removeLast() }
-        return s
-    }
-}
-
-// MARK: - Small helpers
-
-func monotonicNanoseconds() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
-
-/// Prints a line and flushes it (the progress lines must appear while the run goes on).
-func report(_ line: String) {
-    print(line)
-    fflush(nil)
-}
-
-func pad(_ text: String, _ width: Int) -> String {
-    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
-}
-
-func fixed(_ value: Double, _ digits: Int) -> String {
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let scaled = Int64((value * scale).rounded())
-    let whole = scaled / Int64(scale), fraction = abs(scaled % Int64(scale))
-    guard digits > 0 else { return "\(whole)" }
-    let text = String(fraction)
-    return "\(whole).\(String(repeating: "0", count: digits - text.count))\(text)"
-}
-
-/// Ends the process with a FAILED line if the run takes far longer than asked: the demo never hangs.
-enum Watchdog {
-    static func start(afterSeconds seconds: Double, seed: UInt64) {
-        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
-            report("FAILED watchdog: the demo did not finish within \(fixed(seconds, 0)) s (seed \(seed))")
-            exit(1)
-        }
     }
 }
 

@@ -1,0 +1,418 @@
+import ExampleSupport
+import Hotplug
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// What the on/off thread did, readable by the status line while it runs.
+final class OnOffStats: Sendable {
+    final class Direction: Sendable {
+        let attempts = Counter()
+        let successes = Counter()
+        let rollbacks = Counter()
+        let timeouts = Counter()
+        /// Wall time of each successful operation, in nanoseconds.
+        let latencies = Mutex<[Int64]>([])
+    }
+
+    let attach = Direction()
+    let detach = Direction()
+    let injected = Counter()
+    let injectedAt = Mutex<[String: Int]>([:])
+    /// Successful attaches of a CPU this run had detached before: detach + attach cycles.
+    let cycles = Counter()
+    /// Completed detaches per CPU (the held tasklets compare it before and after).
+    let detachesPerCPU: [Counter]
+    /// Parked windows measured, their total and largest thread CPU time growth (ns), and windows that could not
+    /// be measured (the thread was not yet seen blocked when the CPU was attached again).
+    let parkedWindows = Counter()
+    let parkedGrowth = Counter()
+    let parkedMaxGrowth = Counter()
+    let parkedUnmeasured = Counter()
+    let pinningChecks = Counter()
+    /// When the last operation completed (monotonic ns), for the livelock check.
+    let lastProgress: Atomic<Int64>
+
+    init(cpus: Int) {
+        detachesPerCPU = (0..<cpus).map { _ in Counter() }
+        lastProgress = Atomic(monotonicNanoseconds())
+    }
+
+    var operations: Int { attach.attempts.load + detach.attempts.load }
+    var rollbacks: Int { attach.rollbacks.load + detach.rollbacks.load }
+}
+
+/// The on/off thread (rcutorture's onoff): attaches and detaches random CPUs every `--onoff-interval`, injects a
+/// failure into an operation with probability `--fail-rate`, and between two operations, when it alone could
+/// change the masks and nothing is in flight, checks what must hold then.
+///
+/// It is the only thread that attaches or detaches, so between its operations the online mask is stable without
+/// any lock: the checks of offline caches, callback balances, pinning, parked CPU time and the slab's quiescent
+/// ledger all run here.
+///
+/// Fault injection points (where the design lets a failure happen, DESIGN 3.6): on attach, the bring-up, the
+/// built-in `slab:prepare` startup, and the startups of `torture:prepare` (PREPARE) and `torture:online`
+/// (ONLINE); on detach, the teardown of the CPU (it refuses to die) and the teardown of `torture:online`. An
+/// operation with an injected failure must throw `callbackFailed` at exactly that state with `rolledBack: true`
+/// and leave the CPU where it was; an operation without one must succeed.
+final class OnOffDriver: Sendable {
+    let machine: Machine
+    let checks: Checks
+    let slab: SlabChurn
+    let states: TortureStates
+    let stats: OnOffStats
+    let stop = Atomic<Bool>(false)
+    private let seed: UInt64
+    private let intervalMicroseconds: Double
+    private let failRate: Double
+    private let attachPoints: [InjectionPoint]
+    private let detachPoints: [InjectionPoint]
+
+    /// A state where a failure may be injected, with its name for the report.
+    struct InjectionPoint {
+        let state: HotplugState
+        let name: String
+    }
+
+    /// A parked thread that is not blocked in the kernel this long after its detach is a violation.
+    static let blockDeadline: Int64 = 2_000_000_000
+    /// How often the slab ledger is compared with the cache's statistics (the churn pauses for it).
+    static let quiescentInterval: Int64 = 250_000_000
+    /// Slack on the parked-time check beyond the source's resolution: a wake-up that the runtime documents as
+    /// harmless (a spurious futex return re-checks the word and waits again) costs a few microseconds.
+    static let parkedSlack: Int64 = 50_000
+
+    init(machine: Machine, checks: Checks, slab: SlabChurn, states: TortureStates, seed: UInt64,
+         intervalMilliseconds: Double, failRate: Double) {
+        self.machine = machine
+        self.checks = checks
+        self.slab = slab
+        self.states = states
+        self.seed = seed
+        self.intervalMicroseconds = intervalMilliseconds * 1_000
+        self.failRate = failRate
+        stats = OnOffStats(cpus: machine.possibleCount)
+        let slabPrepare = machine.hotplug.states.first { $0.name == "slab:prepare" }
+        attachPoints = [InjectionPoint(state: .bringup, name: "cpu:bringup"),
+                        InjectionPoint(state: states.prepare.state, name: states.prepare.name),
+                        InjectionPoint(state: states.online.state, name: states.online.name)]
+            + (slabPrepare.map { [InjectionPoint(state: $0.state, name: $0.name)] } ?? [])
+        detachPoints = [InjectionPoint(state: .teardownCPU, name: "cpu:teardown"),
+                        InjectionPoint(state: states.online.state, name: states.online.name)]
+    }
+
+    /// The thread's body: operations until told to stop, then every CPU back online.
+    func run() {
+        var local = Local(rng: SplitMix64(seed: seed, stream: 1))
+        while !stop.load(ordering: .relaxed) {
+            step(&local)
+            betweenOperations(&local)
+            pause(&local)
+        }
+        finish(&local)
+    }
+
+    /// What only the on/off thread touches.
+    struct Local {
+        var rng: SplitMix64
+        var watches: [Int: ParkedWatch] = [:]
+        /// Injections armed for an operation that failed before reaching them (they fire on the next one).
+        var pending: [Int: InjectionPoint] = [:]
+        var everDetached = Set<Int>()
+        var operations = 0
+        var lastQuiescent = monotonicNanoseconds()
+    }
+
+    /// A parked CPU's thread being watched: from `armed` on, its CPU time must not grow.
+    struct ParkedWatch {
+        let tid: Int32
+        let detachedAt: Int64
+        /// How the CPU came to be parked (a detach, or an attach that failed), for the diagnosis of a violation.
+        let cause: String
+        /// The first reading of the thread asleep, until a later one confirms that it stayed asleep.
+        var candidate: ThreadProbe.SleepReading?
+        /// The confirmed reading: the window starts here.
+        var armed: ThreadProbe.SleepReading?
+        var reported = false
+        /// For the diagnosis of a violation: what woke the thread while it was parked, if anything.
+        var evidence: Evidence?
+    }
+
+    /// Context switches and SIGP deliveries of a parked thread at the start of its window.
+    struct Evidence {
+        let switches: (voluntary: Int, involuntary: Int)?
+        let delivery: DeliveryStatistics?
+        let syscall: String?
+
+        init(_ machine: Machine, cpu: Int, tid: Int32) {
+            switches = ProcFS.contextSwitches(tid)
+            delivery = try? machine.deliveryStatistics(of: cpu)
+            syscall = ProcFS.blockedSyscall(tid)
+        }
+
+        /// What changed since, in words.
+        func changes(_ now: Evidence) -> String {
+            var parts: [String] = []
+            if let before = switches, let after = now.switches {
+                parts.append("context switches +\(after.voluntary - before.voluntary) voluntary, "
+                             + "+\(after.involuntary - before.involuntary) involuntary")
+            }
+            if let before = delivery, let after = now.delivery {
+                parts.append("signals sent +\(after.signalsSent - before.signalsSent), received "
+                             + "+\(after.signalsReceived - before.signalsReceived), futex wakes "
+                             + "+\(after.futexWakes - before.futexWakes), resends +\(after.resends - before.resends)")
+            }
+            parts.append("blocked in [\(syscall ?? "?")] when the window began, [\(now.syscall ?? "?")] at its end")
+            return parts.joined(separator: "; ")
+        }
+    }
+
+    // MARK: One operation
+
+    private func step(_ local: inout Local) {
+        let cpu = Int.random(in: 0..<machine.possibleCount, using: &local.rng)
+        let online = machine.online
+        let attach = !online.contains(cpu)
+        if !attach && online.count == 1 { return }   // the last online CPU stays
+        let expected = injection(cpu: cpu, attach: attach, &local)
+        if attach { finishWatch(cpu, &local) }   // measured before the thread is woken
+        let side = attach ? stats.attach : stats.detach
+        side.attempts.add()
+        let started = monotonicNanoseconds()
+        let outcome = Result { () throws(HotplugError) in
+            if attach { try machine.online(cpu) } else { try machine.offline(cpu) }
+        }
+        let latency = monotonicNanoseconds() - started
+        local.operations += 1
+        switch outcome {
+        case .success: succeeded(cpu, attach: attach, latency: latency, expected: expected, &local)
+        case .failure(let error): failed(cpu, attach: attach, error, expected: expected, &local)
+        }
+        checkWhere(cpu, online: attach == outcome.isSuccess)
+    }
+
+    /// The failure this operation must meet: one left armed by an earlier operation that did not reach it, or,
+    /// with probability `--fail-rate`, one injected now at a random point of the operation's direction.
+    private func injection(cpu: Int, attach: Bool, _ local: inout Local) -> InjectionPoint? {
+        if let left = local.pending.removeValue(forKey: cpu * 2 + (attach ? 1 : 0)) { return left }
+        guard local.rng.chance(failRate),
+              let point = (attach ? attachPoints : detachPoints).randomElement(using: &local.rng) else { return nil }
+        let direction: HotplugDirection = attach ? .startup : .teardown
+        do {
+            try machine.hotplug.injectFailure(cpu: cpu, at: point.state, direction: direction)
+        } catch {
+            checks.fail(.rollback, "injectFailure(cpu: \(cpu), at: \(point.name), \(direction)) threw \(error)")
+            return nil
+        }
+        stats.injected.add()
+        stats.injectedAt.withLock { $0["\(point.name) \(direction)", default: 0] += 1 }
+        return point
+    }
+
+    /// A successful operation: it had no failure to meet; an attached CPU is pinned, a detached one is watched.
+    private func succeeded(_ cpu: Int, attach: Bool, latency: Int64, expected: InjectionPoint?, _ local: inout Local) {
+        let side = attach ? stats.attach : stats.detach
+        side.successes.add()
+        side.latencies.withLock { $0.append(latency) }
+        stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
+        checks.check(.rollback, expected == nil,
+                     "\(attach ? "attach" : "detach") of CPU \(cpu) succeeded although a failure was injected at "
+                     + "\(expected?.name ?? "")")
+        if attach {
+            if local.everDetached.contains(cpu) { stats.cycles.add() }
+            checkPinning(cpu)
+        } else {
+            stats.detachesPerCPU[cpu].add()
+            local.everDetached.insert(cpu)
+            startWatch(cpu, after: "its detach", &local)
+        }
+    }
+
+    /// A failed operation: it must be the injected failure, rolled back, at the injected state.
+    private func failed(_ cpu: Int, attach: Bool, _ error: HotplugError, expected: InjectionPoint?,
+                        _ local: inout Local) {
+        let operation = attach ? "attach" : "detach"
+        let side = attach ? stats.attach : stats.detach
+        switch error {
+        case .callbackFailed(let failure):
+            let injected = failure.underlying is InjectedFailure
+            if let expected, injected, failure.state == expected.state, failure.rolledBack, failure.cpu == cpu {
+                side.rollbacks.add()
+                stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
+            } else {
+                checks.fail(.rollback, "\(operation) of CPU \(cpu) failed: \(failure) (injected: "
+                            + "\(expected?.name ?? "nothing"))")
+            }
+        case .timeout:
+            side.timeouts.add()
+            if let expected { local.pending[cpu * 2 + (attach ? 1 : 0)] = expected }
+            checks.fail(.progress, "\(operation) of CPU \(cpu): \(error)")
+        default:
+            checks.fail(.rollback, "\(operation) of CPU \(cpu) threw \(error)")
+        }
+        if attach { startWatch(cpu, after: "a failed attach (\(error))", &local) }   // it may have run meanwhile
+    }
+
+    /// After an operation: the CPU is where it should be, in its state and in the masks.
+    private func checkWhere(_ cpu: Int, online: Bool) {
+        let state = try? machine.state(of: cpu)
+        let hotplugState = try? machine.hotplug.currentState(of: cpu)
+        let masks = machine.online, active = machine.active
+        checks.check(.rollback, state == (online ? .online : .parked) && masks.contains(cpu) == online,
+                     "logical CPU \(cpu) should be \(online ? "online" : "parked"): state "
+                     + "\(state.map { "\($0)" } ?? "?"), online mask \(masks)")
+        checks.check(.rollback, hotplugState == (online ? .online : .offline),
+                     "logical CPU \(cpu) should be at hotplug state \(online ? "online" : "offline"), is at "
+                     + "\(hotplugState.map { "\($0)" } ?? "?")")
+        checks.check(.rollback, active == masks, "between operations active \(active) != online \(masks)")
+    }
+
+    // MARK: Between operations
+
+    private func betweenOperations(_ local: inout Local) {
+        let online = machine.online
+        for cpu in 0..<machine.possibleCount where local.operations % 16 == 0 || !online.contains(cpu) {
+            states.checkBalance(machine, cpu: cpu, checks: checks)
+        }
+        slab.checkOfflineCaches(online: online)
+        if local.operations % 16 == 0 {
+            for cpu in 0..<machine.possibleCount { checkPinning(cpu) }
+        }
+        pollWatches(&local)
+        let now = monotonicNanoseconds()
+        if now - local.lastQuiescent >= OnOffDriver.quiescentInterval {
+            local.lastQuiescent = now
+            quiescentSlabCheck(online: online)
+        }
+    }
+
+    private func quiescentSlabCheck(online: CPUSet) {
+        guard slab.pause(timeoutMilliseconds: 2_000) else {
+            checks.fail(.progress, "the slab churn did not pause within 2 s")
+            return
+        }
+        slab.quiescentCheck(online: online)
+        slab.resume()
+    }
+
+    private func pause(_ local: inout Local) {
+        guard intervalMicroseconds > 0 else { return }
+        let jittered = intervalMicroseconds * Double.random(in: 0.5...1.5, using: &local.rng)
+        usleep(UInt32(min(jittered, 1e9)))
+    }
+
+    // MARK: Pinning
+
+    /// A present CPU's thread is allowed on exactly its physical CPU (online or parked: it is pinned for life).
+    private func checkPinning(_ cpu: Int) {
+        guard (try? machine.threadID(of: cpu)) != nil else { return }
+        stats.pinningChecks.add()
+        let problem = ThreadProbe.pinningProblem(machine, cpu: cpu)
+        checks.check(.pinning, problem == nil, problem ?? "")
+    }
+
+    // MARK: Parked CPU time
+
+    private func startWatch(_ cpu: Int, after cause: String, _ local: inout Local) {
+        guard let tid = (try? machine.threadID(of: cpu)) ?? nil else {
+            checks.fail(.parkedCPUTime, "parked logical CPU \(cpu) has no thread")
+            return
+        }
+        local.watches[cpu] = ParkedWatch(tid: tid, detachedAt: monotonicNanoseconds(), cause: cause)
+        arm(cpu, &local)   // a first reading; the next look (an iteration later) confirms it
+    }
+
+    /// Starts the measurement once the thread is asleep in the kernel and stays so for
+    /// ``ThreadProbe/settleNanoseconds``: state S shows before the thread is off its CPU, and the CPU time it used
+    /// since the last tick reaches schedstat only when it is (see ``ThreadProbe/isBlocked(_:)``).
+    @discardableResult
+    private func arm(_ cpu: Int, _ local: inout Local) -> Bool {
+        guard var watch = local.watches[cpu] else { return false }
+        if watch.armed != nil { return true }
+        defer { local.watches[cpu] = watch }
+        guard let reading = ThreadProbe.sleepReading(watch.tid) else {
+            watch.candidate = nil
+            return false
+        }
+        guard let candidate = watch.candidate else {
+            watch.candidate = reading
+            return false
+        }
+        guard reading.wall - candidate.wall >= ThreadProbe.settleNanoseconds else { return false }
+        guard ThreadProbe.isSettled(candidate, reading) else {
+            watch.candidate = reading
+            return false
+        }
+        watch.armed = candidate
+        watch.evidence = Evidence(machine, cpu: cpu, tid: watch.tid)
+        return true
+    }
+
+    private func pollWatches(_ local: inout Local) {
+        let now = monotonicNanoseconds()
+        for cpu in local.watches.keys.sorted() where !arm(cpu, &local) {
+            guard var watch = local.watches[cpu], !watch.reported, now - watch.detachedAt > OnOffDriver.blockDeadline
+            else { continue }
+            watch.reported = true
+            local.watches[cpu] = watch
+            checks.fail(.parkedCPUTime, "parked logical CPU \(cpu) (tid \(watch.tid)) did not stay asleep in the "
+                        + "kernel for 1 ms within \((now - watch.detachedAt) / 1_000_000) ms after \(watch.cause) (state "
+                        + "\(ProcFS.threadState(watch.tid).map(String.init) ?? "?"))")
+        }
+    }
+
+    /// Ends a parked window (before the CPU is attached again): the thread's CPU time may have grown by at most
+    /// 0.1% of the window, plus the source's resolution and ``parkedSlack``.
+    private func finishWatch(_ cpu: Int, _ local: inout Local) {
+        arm(cpu, &local)
+        guard let watch = local.watches.removeValue(forKey: cpu) else { return }
+        guard let armed = watch.armed, let time = ProcFS.threadCPUTimeWithResolution(watch.tid) else {
+            stats.parkedUnmeasured.add()
+            return
+        }
+        let growth = time.nanoseconds - armed.cpuTime
+        let elapsed = monotonicNanoseconds() - armed.wall
+        stats.parkedWindows.add()
+        stats.parkedGrowth.add(Int(growth))
+        if Int(growth) > stats.parkedMaxGrowth.load { stats.parkedMaxGrowth.value.store(Int(growth), ordering: .relaxed) }
+        checks.check(.parkedCPUTime,
+                     ThreadProbe.isIdle(growth: growth, elapsed: elapsed, slack: armed.resolution + OnOffDriver.parkedSlack),
+                     "parked logical CPU \(cpu) (tid \(watch.tid)) used \(growth / 1_000) us of CPU time in "
+                     + "\(elapsed / 1_000_000) ms while parked after \(watch.cause), window from "
+                     + "\((armed.wall - watch.detachedAt) / 1_000) us after it"
+                     + (watch.evidence.map { " (\($0.changes(Evidence(machine, cpu: cpu, tid: watch.tid))))" } ?? ""))
+    }
+
+    // MARK: The end
+
+    /// Measures every parked window, brings every CPU back online (so that what was posted to parked CPUs is
+    /// delivered, and the end state is the start state), and checks everything once more.
+    private func finish(_ local: inout Local) {
+        for cpu in local.watches.keys.sorted() { finishWatch(cpu, &local) }
+        for cpu in 0..<machine.possibleCount where !machine.online.contains(cpu) {
+            var lastError: HotplugError?
+            for _ in 0..<3 {   // an injection left armed by a timed-out operation may fail the first attempt
+                do {
+                    try machine.online(cpu)
+                    lastError = nil
+                    break
+                } catch {
+                    lastError = error
+                }
+            }
+            if let lastError { checks.fail(.progress, "the final attach of CPU \(cpu) failed: \(lastError)") }
+        }
+        for cpu in 0..<machine.possibleCount {
+            states.checkBalance(machine, cpu: cpu, checks: checks)
+            checkPinning(cpu)
+        }
+        slab.checkOfflineCaches(online: machine.online)
+    }
+}
+
+extension Result {
+    var isSuccess: Bool { if case .success = self { true } else { false } }
+}

@@ -1,0 +1,143 @@
+import ExampleSupport
+import Hotplug
+import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// What a run is asked to do (the command's options, validated).
+struct Settings: Sendable {
+    var cpus: Int
+    var seconds: Double
+    var seed: UInt64
+    var onoffIntervalMilliseconds: Double
+    var failRate: Double
+    var workers: Int
+    var json: Bool
+    var dropOneTaskletRun: Bool
+    var sigpToSelf: Bool
+}
+
+/// One torture run: the machine, the workload on it, the on/off thread, and the final checks.
+final class Torture {
+    let settings: Settings
+    let machine: Machine
+    let checks: Checks
+    let slab: SlabChurn
+    let storm: TaskletStorm
+    let sigp: SIGPLoad
+    let states: TortureStates
+    let onoff: OnOffDriver
+    let workload: Workload
+    let status: StatusLine
+    let started: Int64
+
+    /// Tasklets per logical CPU (at least 32 in all).
+    static let taskletsPerCPU = 8
+    /// Bounds of the final phase.
+    static let drainMilliseconds: Int64 = 30_000
+    static let settleMilliseconds: Int64 = 5_000
+    /// No attach or detach completing for this long is a livelock.
+    static let progressDeadline: Int64 = 20_000_000_000
+
+    init(settings: Settings, topology: Topology, logger: Logger, status: StatusLine) throws(HotplugError) {
+        self.settings = settings
+        self.status = status
+        started = monotonicNanoseconds()
+        let checks = Checks(started: started)
+        let sigp = SIGPLoad(cpus: settings.cpus, checks: checks)
+        let configuration = Machine.Configuration(interruptHandler: { cpu, interruption in
+            sigp.handle(cpu: cpu, interruption)
+        })
+        machine = try Machine(topology: topology, cpus: settings.cpus, configuration: configuration, logger: logger)
+        slab = try SlabChurn(machine: machine, checks: checks)
+        storm = TaskletStorm(machine: machine, count: max(32, Torture.taskletsPerCPU * settings.cpus),
+                             seed: settings.seed, checks: checks, slab: slab, dropOneRun: settings.dropOneTaskletRun)
+        states = try TortureStates(machine: machine, slab: slab, checks: checks)
+        onoff = OnOffDriver(machine: machine, checks: checks, slab: slab, states: states, seed: settings.seed,
+                            intervalMilliseconds: settings.onoffIntervalMilliseconds, failRate: settings.failRate)
+        workload = Workload(machine: machine, checks: checks, storm: storm, slab: slab, sigp: sigp,
+                            detachesPerCPU: onoff.stats.detachesPerCPU, seed: settings.seed,
+                            sigpToSelf: settings.sigpToSelf)
+        self.checks = checks
+        self.sigp = sigp
+    }
+
+    var elapsedSeconds: Double { Double(monotonicNanoseconds() - started) / 1e9 }
+
+    /// Runs the workload for `--seconds` (or until an invariant breaks), then the final phase; returns the report.
+    func run() throws(OSThread.SpawnError) -> Outcome {
+        let onoffThread = try OSThread { [onoff] in onoff.run() }
+        var workers: [OSThread] = []
+        for index in 0..<settings.workers {
+            workers.append(try OSThread { [workload] in workload.run(worker: index) })
+        }
+        watch(until: started + Int64(settings.seconds * 1e9))
+        let runSeconds = elapsedSeconds
+
+        // The end, in an order where each step finds the previous one finished: no new work, every CPU online,
+        // every tasklet run, every interruption delivered, every object freed.
+        workload.stop.store(true, ordering: .relaxed)
+        for worker in workers { worker.join() }
+        onoff.stop.store(true, ordering: .relaxed)
+        onoffThread.join()
+        let drained = storm.drain(timeoutMilliseconds: Torture.drainMilliseconds)
+        let tasklets = storm.tally(drained: drained)
+        sigp.settle(cpus: settings.cpus, timeoutMilliseconds: Torture.settleMilliseconds)
+        var slabTally = slab.finish(machine: machine)
+        machine.shutdown()
+        slabTally = slab.finishAfterShutdown(slabTally)
+        status.finish()
+        return Outcome(torture: self, runSeconds: runSeconds, finalSeconds: elapsedSeconds - runSeconds,
+                       tasklets: tasklets, slab: slabTally)
+    }
+
+    /// The main thread while the run goes on: the status line, the deadline, the livelock check.
+    private func watch(until deadline: Int64) {
+        var rate = RateMeter(total: operationCount)
+        while monotonicNanoseconds() < deadline && !checks.failed.load(ordering: .relaxed) {
+            usleep(50_000)
+            let now = monotonicNanoseconds()
+            checks.check(.progress, now - onoff.stats.lastProgress.load(ordering: .relaxed) <= Torture.progressDeadline,
+                         "no attach or detach completed in \(Torture.progressDeadline / 1_000_000_000) s")
+            if status.isDue(now) {
+                status.show(statusText(opsPerSecond: rate.perSecond(total: operationCount, now: now)), now: now)
+            }
+        }
+    }
+
+    /// Everything the run did, for the ops/s figure.
+    var operationCount: Int {
+        storm.ledgers.reduce(0) { $0 + $1.executed.load(ordering: .relaxed) } + slab.allocated.load + slab.freed.load
+            + workload.crossCalls.load + workload.runOnEachCalls.load + workload.stopMachines.load + sigp.total
+            + onoff.stats.operations
+    }
+
+    private func statusText(opsPerSecond: Double) -> String {
+        let stats = onoff.stats
+        let attach = stats.attach.latencies.withLock { Percentiles($0) }
+        let detach = stats.detach.latencies.withLock { Percentiles($0) }
+        return "[\(fixed(elapsedSeconds, 1)) s] \(Int(opsPerSecond)) ops/s, online \(machine.online), "
+            + "attaches \(stats.attach.successes.load), detaches \(stats.detach.successes.load), "
+            + "rollbacks \(stats.rollbacks), p50 attach \(attach.microseconds(0.5)) us / detach "
+            + "\(detach.microseconds(0.5)) us"
+            + (checks.totalViolations > 0 ? ", VIOLATIONS \(checks.totalViolations)" : "")
+    }
+}
+
+/// Operations per second over the last status interval.
+struct RateMeter {
+    private var lastTotal: Int
+    private var lastTime = monotonicNanoseconds()
+
+    init(total: Int) { lastTotal = total }
+
+    mutating func perSecond(total: Int, now: Int64) -> Double {
+        defer { lastTotal = total; lastTime = now }
+        let elapsed = Double(now - lastTime) / 1e9
+        return elapsed > 0 ? Double(total - lastTotal) / elapsed : 0
+    }
+}
