@@ -491,6 +491,19 @@ int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t res
     uint64_t ticket = delivery->ticket;
     uint32_t seen = delivery->seen;
     if (ticket == 0 || (seen & CHP_MB_STOPPED)) return 0;   // nothing to deliver, or stopped: it stays pending
+    if (cpu == chp_self) {
+        // To itself: never wait for its own acknowledgement. Unblocked, the signal is handled on the way out of
+        // tgkill (a STOP stops it right here); blocked (a stop_machine body, a CPU draining its calls on the way
+        // offline), the order stays pending for its next safe point.
+        int self_signo = chp_sigp_signal();
+        if (self_signo != 0 && CLASS_OF(seen) == CHP_CLASS_RUNNING) {
+            pid_t self_tid = (pid_t)atomic_load_explicit(AI32(&cpu->tid), memory_order_relaxed);
+            if (syscall(SYS_tgkill, getpid(), self_tid, self_signo) == 0) {
+                atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
+            }
+        }
+        return 0;
+    }
     switch (CLASS_OF(seen)) {
     case CHP_CLASS_IDLE:
         atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);

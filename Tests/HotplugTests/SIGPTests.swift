@@ -302,4 +302,29 @@ import Testing
         #expect(after.signalsSent == before.signalsSent)
         #expect(after.futexWakes == before.futexWakes + UInt64(orders))
     }
+
+    /// A CPU that sends an order to itself never waits for its own acknowledgement: with its signal blocked (a
+    /// stop_machine body, a CPU draining its calls on the way offline) the order waits for its next safe point;
+    /// unblocked (a cross-call) the handler takes it on the spot. Before the fix the sender spun for the whole
+    /// response timeout and then reported itself as not responding (found by hotplug-torture, seed 1).
+    @Test func anOrderToItselfDoesNotWaitForItself() throws {
+        let log = InterruptLog()
+        let m = try Machine(cpus: 2, configuration: .init(responseTimeout: .seconds(3), interruptHandler: log.handler))
+        defer { m.shutdown() }
+        func calls(_ parameter: UInt32) -> Int {
+            log.count(1) { if case .externalCall(parameter, 1) = $0 { return true }; return false }
+        }
+        let started = ContinuousClock.now
+        try m.stopMachine(active: CPUSet([1])) { cpu in
+            if cpu == 1 { _ = try m.sigp(1, .externalCall, parameter: 7) }
+        }
+        #expect(ContinuousClock.now - started < .seconds(1))
+        #expect(eventually { calls(7) == 1 })
+        let again = ContinuousClock.now
+        let result = try m.run(on: 1) { try m.sigp(1, .externalCall, parameter: 8) }
+        #expect(result.conditionCode == .accepted)
+        #expect(ContinuousClock.now - again < .seconds(1))
+        #expect(eventually { calls(8) == 1 })
+        #expect(try m.sigp(1, .sense).conditionCode == .accepted)   // not check-stopped
+    }
 }
