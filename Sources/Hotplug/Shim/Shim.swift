@@ -54,6 +54,25 @@ enum Shim {
 
     static func currentPhysicalCPU() -> Int { Int(chp_current_cpu()) }
 
+    /// The process id (the main thread's tid).
+    static var processID: Int32 { getpid() }
+
+    /// A small text file's contents (a /proc or /sys file), nil when it cannot be read.
+    static func readTextFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 { if errno == EINTR { continue }; return nil }
+            if count == 0 { break }
+            bytes += buffer[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     /// The size of a memory page.
     static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
 
