@@ -32,22 +32,6 @@ extern char **environ;
 
 #define CPR_LINE 64
 
-// Starts `body(arg)` on a new thread pinned to `cpu` (-1: not pinned).
-static int start_pinned(pthread_t *thread, int cpu, void *(*body)(void *), void *arg) {
-    pthread_attr_t attr;
-    int rc = pthread_attr_init(&attr);
-    if (rc != 0) return rc;
-    if (cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(cpu, &set);
-        (void)pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
-    }
-    rc = pthread_create(thread, &attr, body, arg);
-    pthread_attr_destroy(&attr);
-    return rc;
-}
-
 // MARK: Alloc+free pairs
 
 typedef struct pair_run {
@@ -119,7 +103,7 @@ int cpr_malloc_pairs(const int *cpus, size_t threads, size_t size, size_t batch,
     size_t started = 1;
     for (; started < threads; started++) {
         partners[started] = (pair_thread_t){ .run = run, .index = started };
-        rc = start_pinned(&handles[started], cpus[started], pair_partner, &partners[started]);
+        rc = cpr_start_pinned(&handles[started], cpus[started], pair_partner, &partners[started]);
         if (rc != 0) break;   // the partners already started time out at the gate
     }
     int mine = pair_loop(run, 0);
@@ -176,7 +160,7 @@ int cpr_malloc_remote_rounds(int consumer_cpu, size_t size, size_t batch, int64_
     run->timeout_ns = timeout_ns;
     run->ring = ring;
     pthread_t consumer;
-    int rc = start_pinned(&consumer, consumer_cpu, remote_consumer, run);
+    int rc = cpr_start_pinned(&consumer, consumer_cpu, remote_consumer, run);
     if (rc != 0) {
         cpr_free(run);
         free(ring);

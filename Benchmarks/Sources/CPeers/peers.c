@@ -77,8 +77,7 @@ static void cpr_futex_wake(uint32_t *word, int count) {
     (void)syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
 }
 
-// Starts `body(arg)` on a new thread pinned to `cpu` (-1: not pinned; a failed pin leaves it unpinned).
-static int start_partner(pthread_t *thread, int cpu, void *(*body)(void *), void *arg) {
+int cpr_start_pinned(pthread_t *thread, int cpu, void *(*body)(void *), void *arg) {
     pthread_attr_t attr;
     int rc = pthread_attr_init(&attr);
     if (rc != 0) return rc;
@@ -123,7 +122,7 @@ int cpr_pingpong(int partner_cpu, int64_t *samples, size_t count, size_t warmup,
     pingpong_t *pp = cpr_alloc_lines(sizeof(pingpong_t));
     if (pp == NULL) return errno;
     pthread_t echo;
-    int rc = start_partner(&echo, partner_cpu, pingpong_echo, pp);
+    int rc = cpr_start_pinned(&echo, partner_cpu, pingpong_echo, pp);
     if (rc != 0) { cpr_free(pp); return rc; }
     uint64_t value = 0;
     for (size_t i = 0; i < warmup + count; i++) {
@@ -199,7 +198,7 @@ int cpr_signal_roundtrip(int partner_cpu, int signo, int64_t *samples, size_t co
     if (peer == NULL) { rc = errno; sigaction(signo, &old, NULL); return rc; }
     peer->signo = signo;
     pthread_t target;
-    rc = start_partner(&target, partner_cpu, signal_target, peer);
+    rc = cpr_start_pinned(&target, partner_cpu, signal_target, peer);
     if (rc != 0) { cpr_free(peer); sigaction(signo, &old, NULL); return rc; }
 
     int64_t start = cpr_now_ns();
@@ -254,7 +253,7 @@ int cpr_futex_roundtrip(int partner_cpu, int64_t settle_ns, int64_t *samples, si
     futex_peer_t *peer = cpr_alloc_lines(sizeof(futex_peer_t));
     if (peer == NULL) return errno;
     pthread_t wakee;
-    int rc = start_partner(&wakee, partner_cpu, futex_wakee, peer);
+    int rc = cpr_start_pinned(&wakee, partner_cpu, futex_wakee, peer);
     if (rc != 0) { cpr_free(peer); return rc; }
     for (size_t i = 0; i < warmup + count; i++) {
         // Wait until the wakee announced it waits (acquire: Q4), then let it fall asleep in the kernel.
@@ -319,7 +318,7 @@ int cpr_membarrier_rounds(const int *cpus, size_t threads, bool spinning, int64_
     size_t started = 0;
     int rc = 0;
     for (size_t i = 1; i < threads; i++) {
-        rc = start_partner(&partners[i], cpus[i], spinning ? membarrier_spinner : membarrier_sleeper, peer);
+        rc = cpr_start_pinned(&partners[i], cpus[i], spinning ? membarrier_spinner : membarrier_sleeper, peer);
         if (rc != 0) break;
         started = i;
     }
@@ -393,7 +392,7 @@ static void *parked_thread(void *arg) {
 int cpr_parked_start(int cpu, cpr_parked_thread_t **out) {
     cpr_parked_thread_t *parked = cpr_alloc_lines(sizeof(cpr_parked_thread_t));
     if (parked == NULL) return errno;
-    int rc = start_partner(&parked->thread, cpu, parked_thread, parked);
+    int rc = cpr_start_pinned(&parked->thread, cpu, parked_thread, parked);
     if (rc != 0) { cpr_free(parked); return rc; }
     *out = parked;
     return 0;

@@ -1,5 +1,3 @@
-import Synchronization
-
 /// Follow mode: the machine follows the CPUs the process may really use.
 ///
 /// A follower polls, every ``Machine/FollowOptions/interval`` (1 ms by default), the three sources that decide
@@ -35,8 +33,7 @@ public final class Follower: Sendable {
     private let machine: Machine
     private let options: Machine.FollowOptions
     private let onEvent: @Sendable (Event) -> Void
-    private let running = Atomic<Bool>(true)
-    private let finished = Completion()
+    private let loop = Locked<PeriodicThread?>(nil)
     /// CPUs this follower detached (and may attach again). Touched by the follower's thread only.
     private let detachedByMe = Locked<Set<Int>>([])
 
@@ -47,22 +44,16 @@ public final class Follower: Sendable {
     }
 
     func start() throws(HotplugError) {
-        let microseconds = UInt32(max(100, options.interval.components.seconds * 1_000_000
-            + options.interval.components.attoseconds / 1_000_000_000_000))
-        let thread = try Shim.spawnThread { [self] in
-            while running.load(ordering: .acquiring) {
-                poll()
-                Shim.sleep(microseconds: microseconds)
-            }
-            finished.signal()
-        }
-        Shim.detach(thread)
+        let thread = try PeriodicThread(interval: max(options.interval, .microseconds(100))) { [self] in poll() }
+        loop.withLock { $0 = thread }
     }
 
     /// Stops following and waits for the follower's thread. Idempotent.
     public func stop() {
-        guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
-        _ = finished.wait()
+        loop.withLock { loop in
+            loop?.stop()
+            loop = nil
+        }
     }
 
     /// The physical CPUs usable now, and for each unusable one the first source that excludes it.

@@ -1,5 +1,3 @@
-import Synchronization
-
 /// How loaded one partition was over the last sampling interval.
 public struct PartitionLoad: Sendable, Equatable {
     public let name: String
@@ -76,8 +74,8 @@ public final class Balancer: @unchecked Sendable {
     /// Per partition: logical CPU -> its thread's CPU time at the last sample; and that sample's time.
     private var baselines: [[Int: Duration]]
     private var sampledAt: ContinuousClock.Instant
-    private let running = Atomic<Bool>(false)
-    private let finished = Completion()
+    /// The thread of ``start(interval:onOutcome:)`` while it runs.
+    private let loop = Locked<PeriodicThread?>(nil)
 
     /// What one step did.
     public enum Outcome: Sendable {
@@ -149,26 +147,21 @@ public final class Balancer: @unchecked Sendable {
     /// - Throws: ``HotplugError/busy(cpu:reason:)`` when it already runs; a system error when the thread cannot start.
     public func start(interval: Duration = .milliseconds(20),
                       onOutcome: @escaping @Sendable (Outcome) -> Void = { _ in }) throws(HotplugError) {
-        guard !running.exchange(true, ordering: .acquiringAndReleasing) else {
-            throw .busy(cpu: -1, reason: "the balancer already runs")
-        }
-        finished.reset()
-        let microseconds = UInt32(max(1, interval.components.seconds * 1_000_000 + interval.components.attoseconds / 1_000_000_000_000))
-        let thread = try Shim.spawnThread { [self] in
-            while running.load(ordering: .acquiring) {
+        try loop.withLock { (loop) throws(HotplugError) in
+            guard loop == nil else { throw .busy(cpu: -1, reason: "the balancer already runs") }
+            loop = try PeriodicThread(interval: interval) { [self] in
                 let outcome = step()
                 if case .stayed = outcome {} else { onOutcome(outcome) }
-                Shim.sleep(microseconds: microseconds)
             }
-            finished.signal()
         }
-        Shim.detach(thread)
     }
 
     /// Stops the thread of ``start(interval:onOutcome:)`` and waits for it.
     public func stop() {
-        guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
-        _ = finished.wait()
+        loop.withLock { loop in
+            loop?.stop()
+            loop = nil
+        }
     }
 }
 

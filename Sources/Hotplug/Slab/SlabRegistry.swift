@@ -6,25 +6,30 @@ final class SlabRegistry: Sendable {
         let id: UInt64
     }
 
-    private let caches = Locked<[Entry]>([])
-    private let isClosed = Locked(false)
+    private struct Contents {
+        var caches: [Entry] = []
+        /// The machine shut down: no new caches.
+        var isClosed = false
+    }
+
+    private let contents = Locked(Contents())
 
     func register(_ cache: SlabCache) throws(HotplugError) {
-        try caches.withLock { (caches) throws(HotplugError) in
-            guard !isClosed.withLock({ $0 }) else { throw .shutDown }
-            caches.append(Entry(cache: cache, id: cache.cacheID))
+        try contents.withLock { (contents) throws(HotplugError) in
+            guard !contents.isClosed else { throw .shutDown }
+            contents.caches.append(Entry(cache: cache, id: cache.cacheID))
         }
     }
 
     func unregister(_ id: UInt64) {
-        caches.withLock { $0.removeAll { $0.id == id || $0.cache == nil } }
+        contents.withLock { $0.caches.removeAll { $0.id == id || $0.cache == nil } }
     }
 
     /// Refuses new caches (the machine shut down).
-    func close() { isClosed.withLock { $0 = true } }
+    func close() { contents.withLock { $0.isClosed = true } }
 
     /// The live caches (strong references for the duration of a callback).
-    private var live: [SlabCache] { caches.withLock { $0.compactMap(\.cache) } }
+    private var live: [SlabCache] { contents.withLock { $0.caches.compactMap(\.cache) } }
 
     /// `slab:prepare` startup: magazines for an attaching CPU.
     func prepare(cpu: Int) { for cache in live { cache.prepare(cpu: cpu) } }

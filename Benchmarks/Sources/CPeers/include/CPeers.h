@@ -14,6 +14,7 @@
 #define CPEERS_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -67,11 +68,14 @@ static inline void cpr_store_release_u64(uint64_t *word, uint64_t value) {
 /// cpr_wait_change. Cannot fail.
 static inline void cpr_bump_release_u64(uint64_t *word) { __atomic_fetch_add(word, 1, __ATOMIC_RELEASE); }
 
-/// Spins (pause hint, then sched_yield past the budget) until `*word != old`, for at most `timeout_ns`.
-/// Acquire: partner of the release in cpr_bump_release_u64. Returns 0, or ETIMEDOUT.
-static inline int cpr_wait_change(const uint64_t *word, uint64_t old, int64_t timeout_ns) {
+/// Spins (pause hint, then sched_yield past the budget) while `*word` is `value` (`below` false) or below `value`
+/// (`below` true), for at most `timeout_ns`. Acquire: partner of the release in cpr_bump_release_u64.
+/// Returns 0, or ETIMEDOUT.
+static inline int cpr_wait_while(const uint64_t *word, uint64_t value, bool below, int64_t timeout_ns) {
     int64_t start = 0;
-    for (uint32_t spins = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) == old; spins++) {
+    for (uint32_t spins = 0;; spins++) {
+        uint64_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (below ? seen >= value : seen != value) return 0;
         cpr_spin_step(spins);
         if (spins % CPR_CHECK_EVERY == CPR_CHECK_EVERY - 1) {
             int64_t now = cpr_now_ns();
@@ -79,23 +83,21 @@ static inline int cpr_wait_change(const uint64_t *word, uint64_t old, int64_t ti
             else if (now - start >= timeout_ns) return ETIMEDOUT;
         }
     }
-    return 0;
 }
 
-/// Spins (pause hint, then sched_yield past the budget) until `*word >= target`, for at most `timeout_ns`.
-/// Acquire: partner of the release in cpr_bump_release_u64. Returns 0, or ETIMEDOUT.
-static inline int cpr_wait_at_least(const uint64_t *word, uint64_t target, int64_t timeout_ns) {
-    int64_t start = 0;
-    for (uint32_t spins = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) < target; spins++) {
-        cpr_spin_step(spins);
-        if (spins % CPR_CHECK_EVERY == CPR_CHECK_EVERY - 1) {
-            int64_t now = cpr_now_ns();
-            if (start == 0) start = now;
-            else if (now - start >= timeout_ns) return ETIMEDOUT;
-        }
-    }
-    return 0;
+/// Spins until `*word != old` (see cpr_wait_while).
+static inline int cpr_wait_change(const uint64_t *word, uint64_t old, int64_t timeout_ns) {
+    return cpr_wait_while(word, old, false, timeout_ns);
 }
+
+/// Spins until `*word >= target` (see cpr_wait_while).
+static inline int cpr_wait_at_least(const uint64_t *word, uint64_t target, int64_t timeout_ns) {
+    return cpr_wait_while(word, target, true, timeout_ns);
+}
+
+/// Starts `body(arg)` on a new thread pinned to `cpu` (-1: not pinned; a failed pin leaves it unpinned).
+/// Returns 0 or pthread_create's error. (For the C peers; not meant for Swift.)
+int cpr_start_pinned(pthread_t *thread, int cpu, void *(*body)(void *), void *arg);
 
 /// Allocates `size` zeroed bytes aligned to a cache line (shared words on lines of their own).
 /// Returns NULL and sets errno.
