@@ -72,6 +72,16 @@ let package = Package(
             ],
             path: "Examples/lpar-balancer"
         ),
+        .executableTarget(
+            name: "numa-placement",
+            dependencies: [
+                "Hotplug",
+                "ExampleSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/numa-placement"
+        ),
         .testTarget(
             name: "HotplugTests",
             dependencies: ["Hotplug", "CHotplug", .product(name: "Logging", package: "swift-log")],

@@ -221,6 +221,51 @@ private func expectAccounted(_ cache: SlabCache, inUse expected: Int, sourceLoca
         expectAccounted(cache, inUse: 0)
     }
 
+    @Test func memoryNodeIsTheNodeOfTheAllocatingCPUsPhysicalCPU() throws {
+        let m = try Machine()   // the real topology: node 0 everywhere on a one-node host
+        let cache = try SlabCache(name: "memory-node", objectSize: 64, machine: m)
+        for cpu in m.online {
+            // 200 objects span several pages of the slab (and a magazine refill); each one is written first.
+            let objects = try m.run(on: cpu) {
+                try (0..<200).map { _ in
+                    let object = try cache.allocate()
+                    object.storeBytes(of: UInt64(cpu), as: UInt64.self)
+                    return UInt(bitPattern: object)
+                }
+            }
+            let physical = try m.physicalCPU(of: cpu)
+            let expected = Numa.node(ofPhysicalCPU: physical)
+            let nodes = Set(objects.map { cache.memoryNode(of: pointer($0)) })
+            #expect(nodes == [expected], "CPU \(cpu) (physical \(physical))")
+            #expect(objects.allSatisfy { cache.homeNode(of: pointer($0)) == expected })
+            try free(cache, objects, on: cpu)
+        }
+        expectAccounted(cache, inUse: 0)
+    }
+
+    @Test func memoryNodeIsTheRealNodeBehindASyntheticHomeNode() throws {
+        // homeNode(of:) answers from the cache's bookkeeping (synthetic ids here); memoryNode(of:) asks the kernel,
+        // which knows only the real node each synthetic node's slabs are mapped on.
+        let m = try Machine(topology: try Topology.synthetic(nodes: 2, cpusPerNode: 2))
+        let cache = try SlabCache(name: "memory-node-synthetic", objectSize: 64, machine: m)
+        for cpu in [0, 3] {   // one CPU of each synthetic node
+            let objects = try m.run(on: cpu) {
+                try (0..<100).map { _ in
+                    let object = try cache.allocate()
+                    object.storeBytes(of: UInt64(cpu), as: UInt64.self)
+                    return UInt(bitPattern: object)
+                }
+            }
+            let synthetic = try m.node(of: cpu)
+            #expect(Set(objects.map { cache.homeNode(of: pointer($0)) }) == [synthetic])
+            let real = cache.nodes[cache.homeNodeIndex(of: pointer(objects[0]))].memoryNode
+            let placed = Set(objects.map { cache.memoryNode(of: pointer($0)) })
+            #expect(placed == [real], "CPU \(cpu), synthetic node \(synthetic)")
+            try free(cache, objects, on: cpu)
+        }
+        expectAccounted(cache, inUse: 0)
+    }
+
     @Test func syntheticNodesAllocateLocallyAndCrossNodeFreesGoHome() throws {
         let topology = try Topology.synthetic(nodes: 2, cpusPerNode: 2)
         let m = try Machine(topology: topology)

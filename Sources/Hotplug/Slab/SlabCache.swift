@@ -662,6 +662,23 @@ public final class SlabCache: @unchecked Sendable {
         nodes[homeNodeIndex(of: object)].id
     }
 
+    /// The NUMA node the kernel actually placed the page holding `object` on
+    /// (`get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR)`): what the hardware does, where ``homeNode(of:)`` is what the
+    /// cache intended (the node its own bookkeeping mapped the slab for, read from the slab header without a system
+    /// call). On a real topology the two agree for every object; with a synthetic topology ``homeNode(of:)`` is a
+    /// synthetic node id and this is the real node that node's slabs are mapped on. One system call per object: a
+    /// check for tests and tools, not for hot paths.
+    /// - Parameter object: an object of this cache that the caller has written to (any byte of its page will do).
+    /// - Returns: the node id; 0 where NUMA is not available (everything is node 0 then); nil when the kernel does
+    ///   not say (the address is not mapped).
+    /// - Warning: the default mode does not write to an object it hands out for the first time (a new slab is not
+    ///   threaded up front): until someone writes to its page, the page has no memory of its own, and the kernel
+    ///   answers for whatever a read maps there (the shared zero page), not for where the slab's memory goes. Write
+    ///   to the object first. Debug mode poisons every object when it maps the slab, so it is always touched there.
+    public func memoryNode(of object: UnsafeRawPointer) -> Int? {
+        Numa.node(ofAddress: object)
+    }
+
     // MARK: Debug mode
 
     private func debugFailure(_ message: String) -> Never {
