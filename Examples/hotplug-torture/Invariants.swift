@@ -18,7 +18,7 @@ final class Counter: Sendable {
 /// design names (DESIGN 5); the others check the rest of what the workload touches.
 enum Invariant: Int, CaseIterable, Sendable {
     case tasklets, slab, offlineCaches, parkedCPUTime, pinning
-    case taskletPlacement, rollback, callbacks, crossCalls, sigp, stopMachine, progress
+    case taskletPlacement, rollback, callbacks, crossCalls, sigp, stopMachine, progress, follow
 
     /// What holds when the invariant holds; the FAILED line names it.
     var title: String {
@@ -35,6 +35,7 @@ enum Invariant: Int, CaseIterable, Sendable {
         case .sigp: "SIGP orders answer as documented and deliver each interruption once"
         case .stopMachine: "stop_machine runs where asked; it and the read lock hold the online mask still"
         case .progress: "the run makes progress (no livelock, no timeout)"
+        case .follow: "the machine follows the CPUs the process may use (--follow), each change within the deadline"
         }
     }
 
@@ -53,6 +54,7 @@ enum Invariant: Int, CaseIterable, Sendable {
         case .sigp: "sigp"
         case .stopMachine: "stop_machine"
         case .progress: "progress"
+        case .follow: "follow"
         }
     }
 }

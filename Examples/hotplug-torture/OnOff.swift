@@ -65,11 +65,15 @@ final class OnOffDriver: Sendable {
     let states: TortureStates
     let stats: OnOffStats
     let stop = Atomic<Bool>(false)
+    /// Follow mode: logical CPUs left parked at the end (their physical CPU was not usable), set by `finish`.
+    let leftParkedAtEnd = Mutex<Set<Int>>([])
     private let seed: UInt64
     private let intervalMicroseconds: Double
     private let failRate: Double
     private let attachPoints: [InjectionPoint]
     private let detachPoints: [InjectionPoint]
+    /// Set with `--follow`: the machine follows the real CPUs, this thread only checks (FollowMode.swift).
+    let follow: FollowMode?
 
     /// A state where a failure may be injected, with its name for the report.
     struct InjectionPoint {
@@ -86,7 +90,8 @@ final class OnOffDriver: Sendable {
     static let parkedSlack: Int64 = 50_000
 
     init(machine: Machine, checks: Checks, slab: SlabChurn, states: TortureStates, seed: UInt64,
-         intervalMilliseconds: Double, failRate: Double) {
+         intervalMilliseconds: Double, failRate: Double, followDeadlineMilliseconds: Double?,
+         output: @escaping @Sendable (String) -> Void) {
         self.machine = machine
         self.checks = checks
         self.slab = slab
@@ -94,7 +99,11 @@ final class OnOffDriver: Sendable {
         self.seed = seed
         self.intervalMicroseconds = intervalMilliseconds * 1_000
         self.failRate = failRate
-        stats = OnOffStats(cpus: machine.possibleCount)
+        let stats = OnOffStats(cpus: machine.possibleCount)
+        self.stats = stats
+        follow = followDeadlineMilliseconds.map {
+            FollowMode(machine: machine, checks: checks, stats: stats, deadlineMilliseconds: $0, output: output)
+        }
         let slabPrepare = machine.hotplug.states.first { $0.name == "slab:prepare" }
         attachPoints = [InjectionPoint(state: .bringup, name: "cpu:bringup"),
                         InjectionPoint(state: states.prepare.state, name: states.prepare.name),
@@ -104,13 +113,25 @@ final class OnOffDriver: Sendable {
                         InjectionPoint(state: states.online.state, name: states.online.name)]
     }
 
-    /// The thread's body: operations until told to stop, then every CPU back online.
+    /// The thread's body: operations (or, in follow mode, the follower's events) until told to stop, then every CPU
+    /// back online.
     func run() {
         var local = Local(rng: SplitMix64(seed: seed, stream: 1))
+        follow?.start()
         while !stop.load(ordering: .relaxed) {
-            step(&local)
-            betweenOperations(&local)
+            if let follow {
+                followStep(follow, &local)
+                followChecks(follow, &local)
+            } else {
+                step(&local)
+                betweenOperations(&local)
+            }
             pause(&local)
+        }
+        if let follow {
+            followStep(follow, &local)
+            local.leftParked = follow.settleAndStop()
+            followStep(follow, &local)
         }
         finish(&local)
     }
@@ -124,6 +145,10 @@ final class OnOffDriver: Sendable {
         var everDetached = Set<Int>()
         var operations = 0
         var lastQuiescent = monotonicNanoseconds()
+        /// Follow mode: since when a logical CPU has been on the wrong side of its physical CPU's usability.
+        var staleSince: [Int: Int64] = [:]
+        /// Follow mode: logical CPUs left parked at the end because their physical CPU is not usable.
+        var leftParked = Set<Int>()
     }
 
     /// A parked CPU's thread being watched: from `armed` on, its CPU time must not grow.
@@ -139,6 +164,8 @@ final class OnOffDriver: Sendable {
         var reported = false
         /// For the diagnosis of a violation: what woke the thread while it was parked, if anything.
         var evidence: Evidence?
+        /// Follow mode: the CPU time growth and window length of the last check while still parked.
+        var soFar: (growth: Int64, elapsed: Int64)?
     }
 
     /// Context switches and SIGP deliveries of a parked thread at the start of its window.
@@ -307,7 +334,7 @@ final class OnOffDriver: Sendable {
     // MARK: Pinning
 
     /// A present CPU's thread is allowed on exactly its physical CPU (online or parked: it is pinned for life).
-    private func checkPinning(_ cpu: Int) {
+    func checkPinning(_ cpu: Int) {
         guard (try? machine.threadID(of: cpu)) != nil else { return }
         stats.pinningChecks.add()
         let problem = ThreadProbe.pinningProblem(machine, cpu: cpu)
@@ -316,7 +343,7 @@ final class OnOffDriver: Sendable {
 
     // MARK: Parked CPU time
 
-    private func startWatch(_ cpu: Int, after cause: String, _ local: inout Local) {
+    func startWatch(_ cpu: Int, after cause: String, _ local: inout Local) {
         guard let tid = (try? machine.threadID(of: cpu)) ?? nil else {
             checks.fail(.parkedCPUTime, "parked logical CPU \(cpu) has no thread")
             return
@@ -329,7 +356,7 @@ final class OnOffDriver: Sendable {
     /// ``ThreadProbe/settleNanoseconds``: state S shows before the thread is off its CPU, and the CPU time it used
     /// since the last tick reaches schedstat only when it is (see ``ThreadProbe/isBlocked(_:)``).
     @discardableResult
-    private func arm(_ cpu: Int, _ local: inout Local) -> Bool {
+    func arm(_ cpu: Int, _ local: inout Local) -> Bool {
         guard var watch = local.watches[cpu] else { return false }
         if watch.armed != nil { return true }
         defer { local.watches[cpu] = watch }
@@ -351,7 +378,7 @@ final class OnOffDriver: Sendable {
         return true
     }
 
-    private func pollWatches(_ local: inout Local) {
+    func pollWatches(_ local: inout Local) {
         let now = monotonicNanoseconds()
         for cpu in local.watches.keys.sorted() where !arm(cpu, &local) {
             guard var watch = local.watches[cpu], !watch.reported, now - watch.detachedAt > OnOffDriver.blockDeadline
@@ -386,13 +413,41 @@ final class OnOffDriver: Sendable {
                      + (watch.evidence.map { " (\($0.changes(Evidence(machine, cpu: cpu, tid: watch.tid))))" } ?? ""))
     }
 
+    /// Follow mode: the window of a CPU that stays parked, checked so far (the follower attaches it on its own
+    /// schedule, so the window cannot be closed just before the attach).
+    func checkWatchSoFar(_ cpu: Int, _ local: inout Local) {
+        guard var watch = local.watches[cpu], let armed = watch.armed,
+              let time = ProcFS.threadCPUTimeWithResolution(watch.tid) else { return }
+        let growth = time.nanoseconds - armed.cpuTime, elapsed = monotonicNanoseconds() - armed.wall
+        watch.soFar = (growth, elapsed)
+        local.watches[cpu] = watch
+        checks.check(.parkedCPUTime,
+                     ThreadProbe.isIdle(growth: growth, elapsed: elapsed, slack: armed.resolution + OnOffDriver.parkedSlack),
+                     "parked logical CPU \(cpu) (tid \(watch.tid)) used \(growth / 1_000) us of CPU time in "
+                     + "\(elapsed / 1_000_000) ms while parked after \(watch.cause)")
+    }
+
+    /// Follow mode: the CPU is online again; its window counts with what its last check while parked measured.
+    func closeWatchSoFar(_ cpu: Int, _ local: inout Local) {
+        guard let watch = local.watches.removeValue(forKey: cpu) else { return }
+        guard let soFar = watch.soFar else {
+            stats.parkedUnmeasured.add()
+            return
+        }
+        stats.parkedWindows.add()
+        stats.parkedGrowth.add(Int(soFar.growth))
+        if Int(soFar.growth) > stats.parkedMaxGrowth.load {
+            stats.parkedMaxGrowth.value.store(Int(soFar.growth), ordering: .relaxed)
+        }
+    }
+
     // MARK: The end
 
     /// Measures every parked window, brings every CPU back online (so that what was posted to parked CPUs is
     /// delivered, and the end state is the start state), and checks everything once more.
     private func finish(_ local: inout Local) {
         for cpu in local.watches.keys.sorted() { finishWatch(cpu, &local) }
-        for cpu in 0..<machine.possibleCount where !machine.online.contains(cpu) {
+        for cpu in 0..<machine.possibleCount where !machine.online.contains(cpu) && !local.leftParked.contains(cpu) {
             var lastError: HotplugError?
             for _ in 0..<3 {   // an injection left armed by a timed-out operation may fail the first attempt
                 do {
@@ -407,8 +462,9 @@ final class OnOffDriver: Sendable {
         }
         for cpu in 0..<machine.possibleCount {
             states.checkBalance(machine, cpu: cpu, checks: checks)
-            checkPinning(cpu)
+            if let follow { checkPinning(follow, cpu) } else { checkPinning(cpu) }
         }
+        leftParkedAtEnd.withLock { $0 = local.leftParked }
         slab.checkOfflineCaches(online: machine.online)
     }
 }

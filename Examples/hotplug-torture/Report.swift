@@ -144,6 +144,12 @@ struct Outcome {
     let workerActions: Int
     let invariants: [(invariant: Invariant, checks: Int, violations: Int)]
     let violations: [Violation]
+    /// Follow mode only.
+    let follow: FollowFigures?
+
+    struct FollowFigures {
+        let sources: [String], deadlineMilliseconds: Double, repins: Int, failures: Int, leftParked: [Int]
+    }
     let totalViolations: Int
 
     init(torture: Torture, runSeconds: Double, finalSeconds: Double, tasklets: TaskletTally, slab: SlabTally) {
@@ -180,6 +186,11 @@ struct Outcome {
         invariants = Invariant.allCases.map { ($0, checks.checks($0), checks.violations($0)) }
         violations = checks.all
         totalViolations = checks.totalViolations
+        follow = torture.onoff.follow.map { mode in
+            FollowFigures(sources: mode.sources.withLock { $0.map(\.rawValue) },
+                          deadlineMilliseconds: Double(mode.deadline) / 1e6, repins: mode.repins.load,
+                          failures: mode.failures.load, leftParked: torture.onoff.leftParkedAtEnd.withLock { $0.sorted() })
+        }
     }
 
     var passed: Bool { totalViolations == 0 }
@@ -208,7 +219,8 @@ struct Outcome {
         let s = settings
         lines.append("--- hotplug-torture: \(fixed(runSeconds, 1)) s (+\(fixed(finalSeconds, 1)) s of final checks), \(s.cpus) logical CPUs on \(physicalCPUs) physical "
                      + "(\(s.cpus > physicalCPUs ? "oversubscribed" : "one each")), \(s.workers) workers, seed \(s.seed), "
-                     + "--fail-rate \(s.failRate), --onoff-interval \(s.onoffIntervalMilliseconds) ms ---")
+                     + (follow == nil ? "--fail-rate \(s.failRate), --onoff-interval \(s.onoffIntervalMilliseconds) ms ---"
+                                      : "following the machine ---"))
         lines.append("  " + pad("hotplug", 10) + ["attempts", "successes", "rollbacks", "timeouts", "min us", "p50 us",
                                                   "p99 us", "max us"].map { padLeft($0, 10) }.joined())
         for (name, side) in [("attach", attach), ("detach", detach)] {
@@ -216,6 +228,13 @@ struct Outcome {
             lines.append("  " + pad(name, 10) + ["\(side.attempts)", "\(side.successes)", "\(side.rollbacks)",
                                                  "\(side.timeouts)", p.minimum, p.microseconds(0.5),
                                                  p.microseconds(0.99), p.maximum].map { padLeft($0, 10) }.joined())
+        }
+        if let follow {
+            lines.append("  follow: sources \(follow.sources.joined(separator: ", ")); latencies are from the last poll "
+                         + "that saw the CPU in its old condition (deadline \(follow.deadlineMilliseconds) ms); "
+                         + "\(follow.repins) threads re-pinned, \(follow.failures) failed operations"
+                         + (follow.leftParked.isEmpty ? "" : "; left parked at the end (physical CPU not usable): "
+                            + "\(follow.leftParked)"))
         }
         lines.append("  detach+attach cycles \(cycles); injected failures \(injected)"
                      + (injectedAt.isEmpty ? "" : " (" + injectedAt.sorted { $0.key < $1.key }
@@ -285,6 +304,15 @@ struct Outcome {
     }
 
     struct InvariantJSON: Encodable { let name: String, title: String, checks: Int, violations: Int }
+
+    struct FollowJSON: Encodable {
+        let sources: [String], deadlineMs: Double, repins: Int, failures: Int, leftParked: [Int]
+
+        enum CodingKeys: String, CodingKey {
+            case sources, repins, failures
+            case deadlineMs = "deadline_ms", leftParked = "left_parked"
+        }
+    }
     struct ViolationJSON: Encodable { let invariant: String, detail: String, at: Double }
 
     struct ReportJSON: Encodable {
@@ -299,11 +327,12 @@ struct Outcome {
         let crossCalls: Int, stopMachine: Int, sigpOrders: Int
         let invariants: [InvariantJSON]
         let violations: [ViolationJSON]
+        let follow: FollowJSON?
         let passed: Bool
 
         enum CodingKeys: String, CodingKey {
             case seed, seconds, cpus, workers, cycles, attach, detach, rollbacks, tasklets, slab, invariants
-            case violations, passed
+            case violations, passed, follow
             case elapsedSeconds = "elapsed_seconds", finalSeconds = "final_seconds", physicalCpus = "physical_cpus", failRate = "fail_rate"
             case onoffIntervalMs = "onoff_interval_ms", injectedFailures = "injected_failures"
             case parkedCpuTimeGrowthUs = "parked_cpu_time_growth_us", parkedWindows = "parked_windows"
@@ -338,6 +367,8 @@ struct Outcome {
                                                        checks: $0.checks, violations: $0.violations) },
             violations: violations.map { ViolationJSON(invariant: $0.invariant.key, detail: $0.detail,
                                                        at: ($0.at * 100).rounded() / 100) },
+            follow: follow.map { FollowJSON(sources: $0.sources, deadlineMs: $0.deadlineMilliseconds, repins: $0.repins,
+                                            failures: $0.failures, leftParked: $0.leftParked) },
             passed: passed)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

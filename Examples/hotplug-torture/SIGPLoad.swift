@@ -99,8 +99,8 @@ final class SIGPLoad: Sendable {
 
     /// Waits (bounded) until every accepted interruption was received; call it with every CPU online and no order
     /// being sent. Then checks received == accepted for every CPU.
-    func settle(cpus: Int, timeoutMilliseconds: Int64) {
-        let pairs = Kind.allCases.flatMap { kind in (0..<cpus).map { (kind, $0) } }
+    func settle(cpus: Int, except parked: Set<Int> = [], timeoutMilliseconds: Int64) {
+        let pairs = Kind.allCases.flatMap { kind in (0..<cpus).filter { !parked.contains($0) }.map { (kind, $0) } }
         _ = waitUntil(timeoutMilliseconds) {
             pairs.allSatisfy { kind, cpu in received[kind.rawValue][cpu].load == credit[kind.rawValue][cpu].load }
         }

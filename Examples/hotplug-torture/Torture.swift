@@ -19,6 +19,8 @@ struct Settings: Sendable {
     var json: Bool
     var dropOneTaskletRun: Bool
     var sigpToSelf: Bool
+    /// `--follow`: the deadline of each follower operation, in milliseconds; nil without `--follow`.
+    var followDeadlineMilliseconds: Double?
 }
 
 /// One torture run: the machine, the workload on it, the on/off thread, and the final checks.
@@ -58,7 +60,9 @@ final class Torture {
                              seed: settings.seed, checks: checks, slab: slab, dropOneRun: settings.dropOneTaskletRun)
         states = try TortureStates(machine: machine, slab: slab, checks: checks)
         onoff = OnOffDriver(machine: machine, checks: checks, slab: slab, states: states, seed: settings.seed,
-                            intervalMilliseconds: settings.onoffIntervalMilliseconds, failRate: settings.failRate)
+                            intervalMilliseconds: settings.onoffIntervalMilliseconds, failRate: settings.failRate,
+                            followDeadlineMilliseconds: settings.followDeadlineMilliseconds,
+                            output: settings.json ? reportToStandardError : report)
         workload = Workload(machine: machine, checks: checks, storm: storm, slab: slab, sigp: sigp,
                             detachesPerCPU: onoff.stats.detachesPerCPU, seed: settings.seed,
                             sigpToSelf: settings.sigpToSelf)
@@ -86,7 +90,9 @@ final class Torture {
         onoffThread.join()
         let drained = storm.drain(timeoutMilliseconds: Torture.drainMilliseconds)
         let tasklets = storm.tally(drained: drained)
-        sigp.settle(cpus: settings.cpus, timeoutMilliseconds: Torture.settleMilliseconds)
+        // Interruptions accepted by a CPU left parked (follow mode: its physical CPU is gone) wait for its attach.
+        sigp.settle(cpus: settings.cpus, except: onoff.leftParkedAtEnd.withLock { $0 },
+                    timeoutMilliseconds: Torture.settleMilliseconds)
         var slabTally = slab.finish(machine: machine)
         machine.shutdown()
         slabTally = slab.finishAfterShutdown(slabTally)
@@ -98,11 +104,20 @@ final class Torture {
     /// The main thread while the run goes on: the status line, the deadline, the livelock check.
     private func watch(until deadline: Int64) {
         var rate = RateMeter(total: operationCount)
+        var lastCount = operationCount, lastGrowth = monotonicNanoseconds()
         while monotonicNanoseconds() < deadline && !checks.failed.load(ordering: .relaxed) {
             usleep(50_000)
             let now = monotonicNanoseconds()
-            checks.check(.progress, now - onoff.stats.lastProgress.load(ordering: .relaxed) <= Torture.progressDeadline,
-                         "no attach or detach completed in \(Torture.progressDeadline / 1_000_000_000) s")
+            if settings.followDeadlineMilliseconds == nil {
+                checks.check(.progress, now - onoff.stats.lastProgress.load(ordering: .relaxed) <= Torture.progressDeadline,
+                             "no attach or detach completed in \(Torture.progressDeadline / 1_000_000_000) s")
+            } else {
+                // Follow mode: attaches and detaches come from outside, when they come; the workload must go on.
+                let count = operationCount
+                if count != lastCount { (lastCount, lastGrowth) = (count, now) }
+                checks.check(.progress, now - lastGrowth <= Torture.progressDeadline,
+                             "the workload did nothing for \(Torture.progressDeadline / 1_000_000_000) s")
+            }
             if status.isDue(now) {
                 status.show(statusText(opsPerSecond: rate.perSecond(total: operationCount, now: now)), now: now)
             }

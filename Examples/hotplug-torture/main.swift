@@ -22,6 +22,12 @@
 //   schedules another tasklet on a random CPU;
 // - the main thread: the status line, the deadline, and the livelock check.
 //
+// With `--follow` (FollowMode.swift) the on/off thread attaches and detaches nothing: `Machine.follow` does, when the
+// process affinity mask, the cgroup cpuset or the kernel's online CPUs change (an operator's `echo 0 >
+// /sys/devices/system/cpu/cpu2/online`, a cgroup `cpuset.cpus` write, `taskset -a -p`); each change is printed as a
+// `follow-event` line with its latency, must complete within `--follow-deadline`, and every invariant below is checked
+// as before, with the online mask held still by the hotplug read lock while a check runs.
+//
 // The invariants (DESIGN 5 names the first five; the summary lists checks and violations for each):
 // - tasklets ran exactly once per schedule: every `schedule(on:)` that returned true is followed by exactly one
 //   run (a schedule of a tasklet already queued coalesces and returns false). During the run a tasklet never finds
@@ -92,6 +98,13 @@ struct HotplugTorture: ParsableCommand {
           help: "Let logical CPUs send SIGP orders to themselves, also from cross-calls they run while going offline (--no-sigp-to-self leaves those orders out).")
     var sigpToSelf = true
 
+    @Flag(help: "Follow the machine instead of attaching and detaching at random: the process affinity mask, the cgroup cpuset and the kernel's online CPUs decide which logical CPUs are attached (no failures are injected). Each change is printed as a follow-event line.")
+    var follow = false
+
+    @Option(name: .customLong("follow-deadline"), parsing: .unconditional,
+            help: "With --follow: milliseconds within which each detach or attach must complete after the change.")
+    var followDeadline: Double = 10
+
     @Flag(help: "Print one JSON object on standard output (progress and the verdict go to standard error).")
     var json = false
 
@@ -116,6 +129,9 @@ struct HotplugTorture: ParsableCommand {
             throw ValidationError("--onoff-interval must be between 0 and 10000 milliseconds")
         }
         guard failRate.isFinite, (0...1).contains(failRate) else { throw ValidationError("--fail-rate must be between 0 and 1") }
+        guard followDeadline.isFinite, followDeadline > 0, followDeadline <= 60_000 else {
+            throw ValidationError("--follow-deadline must be a positive number of milliseconds, at most 60000")
+        }
         guard (1...HotplugTorture.maximumWorkers).contains(workers) else {
             throw ValidationError("--workers must be between 1 and \(HotplugTorture.maximumWorkers)")
         }
@@ -132,11 +148,13 @@ struct HotplugTorture: ParsableCommand {
         Watchdog.start(afterSeconds: seconds + 180, program: "hotplug-torture", seed: seed, output: say)
         let settings = Settings(cpus: count, seconds: seconds, seed: seed, onoffIntervalMilliseconds: onoffInterval,
                                 failRate: failRate, workers: workers, json: json, dropOneTaskletRun: debugDropTasklet,
-                                sigpToSelf: sigpToSelf)
+                                sigpToSelf: sigpToSelf, followDeadlineMilliseconds: follow ? followDeadline : nil)
         let physical = topology.physicalCPUs.count
         say("hotplug-torture: \(count) logical CPUs on \(physical) physical CPU\(physical == 1 ? "" : "s") "
-            + "(\(count > physical ? "oversubscribed" : "one each")), \(workers) workers, --fail-rate \(failRate), "
-            + "--onoff-interval \(onoffInterval) ms, seed \(seed), \(fixed(seconds, 1)) s")
+            + "(\(count > physical ? "oversubscribed" : "one each")), \(workers) workers, "
+            + (follow ? "following the machine (deadline \(followDeadline) ms), "
+                      : "--fail-rate \(failRate), --onoff-interval \(onoffInterval) ms, ")
+            + "seed \(seed), \(fixed(seconds, 1)) s")
 
         let status = StatusLine(toStandardError: json)
         let torture = try setUp("set up a machine of \(count) logical CPUs", seed: seed, output: say) {

@@ -59,7 +59,7 @@ private final class EventLog: Sendable {
         let shrunk = ContinuousClock.now
         try Shim.setAffinity(thread: reference.tid, cpus: [first])
         try Shim.setAffinity(thread: try #require(try m.threadID(of: 1)), cpus: [first])
-        #expect(eventually { log.first { if case .detached(1, second, "affinity mask", _) = $0 { true } else { false } } != nil })
+        #expect(eventually { log.first { if case .detached(1, second, [.affinity], _) = $0 { true } else { false } } != nil })
         let detached = try #require(log.first { if case .detached = $0 { true } else { false } })
         print("follow: CPU 1 detached \(detached.1 - shrunk) after the mask shrank (\(detached.0))")
         #expect(m.online == CPUSet([0]))
@@ -91,14 +91,158 @@ private final class EventLog: Sendable {
         #expect(m.online == m.possible)
     }
 
+    @Test func cgroupMountsAreFoundInMountinfo() {
+        let mountinfo = """
+            25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+            28 25 0:25 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu
+            29 25 0:26 / /sys/fs/cgroup/cpuset rw,relatime shared:10 - cgroup cgroup rw,cpuset
+            30 25 0:27 /kubepods/pod1 /sys/fs/cgroup/unified\\040dir rw - cgroup2 cgroup2 rw
+            """
+        let mounts = CgroupMounts.parse(mountinfo: mountinfo)
+        #expect(mounts.v1Cpuset == .init(point: "/sys/fs/cgroup/cpuset", root: "/"))
+        #expect(mounts.v2 == .init(point: "/sys/fs/cgroup/unified dir", root: "/kubepods/pod1"))
+        #expect(CgroupMounts.directory(of: "/kubepods/pod1/c", under: mounts.v2!) == "/sys/fs/cgroup/unified dir/c")
+        #expect(CgroupMounts.directory(of: "/kubepods/pod1", under: mounts.v2!) == "/sys/fs/cgroup/unified dir")
+        #expect(CgroupMounts.directory(of: "/other", under: mounts.v2!) == nil)
+        #expect(CgroupMounts.directory(of: "/", under: mounts.v1Cpuset!) == "/sys/fs/cgroup/cpuset")
+        #expect(CgroupMounts.parse(mountinfo: "garbage\n1 2 3").v2 == nil)
+    }
+
     @Test func theCgroupCpusetIsReadWhereThereIsOne() throws {
-        // On a cgroup v2 host with the cpuset controller, the process's effective cpuset covers its affinity mask;
-        // where there is none, there is really no file to read.
+        // Where the process's cgroup has a readable cpuset (v2 or v1), it covers the process's affinity mask; where
+        // neither hierarchy carries one, there is really nothing to read.
+        let mounts = CgroupMounts.read()
         if let cpus = Follower.cgroupCPUs() {
             #expect(Set(try Shim.affinity()).isSubset(of: cpus))
-        } else if let line = Shim.readTextFile("/proc/self/cgroup")?.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) {
-            let path = String(line.dropFirst(3))
-            #expect(Shim.readTextFile("/sys/fs/cgroup\(path == "/" ? "" : path)/cpuset.cpus.effective") == nil)
+        } else {
+            #expect(mounts.v1Cpuset == nil)
+            if let v2 = mounts.v2 {
+                #expect(Shim.readTextFile(v2.point + "/cpuset.cpus.effective") == nil)
+            }
         }
+    }
+
+    /// Like `taskset -a -p`: every thread of the process gets the new mask. Run in a child process (an exit
+    /// test), whose whole mask may change without disturbing the tests beside it.
+    @Test func theWholeProcessMaskIsFollowed() async throws {
+        try #require(try Shim.affinity().count >= 2, "needs two CPUs in the affinity mask")
+        let result = try await #require(processExitsWith: .success, observing: [\.standardOutputContent, \.standardErrorContent]) {
+            let m = try Machine(cpus: 2)
+            let (first, second) = (try m.physicalCPU(of: 0), try m.physicalCPU(of: 1))
+            let original = try Shim.affinity()
+            let log = EventLog()
+            let follower = try m.follow(onEvent: log.record)
+            let shrunk = ContinuousClock.now
+            try setEveryThreadsAffinity(to: [first])
+            let detached = waitFor(log) { if case .detached(1, second, let sources, _) = $0 { sources.contains(.affinity) } else { false } }
+            print("process mask shrank: CPU 1 \(detached.map { "detached \($0.1 - shrunk) after it (\($0.0))" } ?? "NOT detached")")
+            check(detached != nil && m.online == CPUSet([0]), "CPU 1 was not detached: online \(m.online)")
+            let grown = ContinuousClock.now
+            try setEveryThreadsAffinity(to: original)
+            let attached = waitFor(log) { if case .attached(1, second, _) = $0 { true } else { false } }
+            print("process mask grew: CPU 1 \(attached.map { "attached \($0.1 - grown) after it" } ?? "NOT attached")")
+            check(attached != nil && m.online == CPUSet([0, 1]), "CPU 1 was not attached again: online \(m.online)")
+            // `taskset -a` widened CPU 0's thread too: both are pinned again.
+            check(eventually { (try? allowedCPUs(ofThread: m.threadID(of: 0)!)) == "\(first)" &&
+                                   (try? allowedCPUs(ofThread: m.threadID(of: 1)!)) == "\(second)" },
+                  "threads not pinned again")
+            follower.stop()
+            m.shutdown()
+        }
+        print(String(decoding: result.standardOutputContent, as: UTF8.self), terminator: "")
+        print(String(decoding: result.standardErrorContent, as: UTF8.self), terminator: "")
+    }
+
+    /// Where this machine lets the test create a cgroup v1 cpuset (root, a cpuset hierarchy), a child process moves
+    /// itself into a new one and shrinks, then grows, its `cpuset.cpus`: the kernel changes every thread's mask and
+    /// the runtime follows both changes (the cgroup source among those that dropped the CPU).
+    @Test(.enabled(if: CgroupMounts.read().v1Cpuset != nil && getuid() == 0 && ((try? Shim.affinity().count) ?? 0) >= 2))
+    func aShrinkingCgroupCpusetIsFollowed() async throws {
+        let result = try await #require(processExitsWith: .success, observing: [\.standardOutputContent, \.standardErrorContent]) {
+            let group = try CpusetGroup(name: "hotplug-follow-test-\(getpid())")
+            defer { group.remove() }
+            let m = try Machine(cpus: 2)
+            let (first, second) = (try m.physicalCPU(of: 0), try m.physicalCPU(of: 1))
+            let log = EventLog()
+            let follower = try m.follow(onEvent: log.record)
+            check(Follower.cgroupCPUs() == Set(group.cpus), "the follower reads \(String(describing: Follower.cgroupCPUs())), the group has \(group.cpus)")
+            let shrunk = ContinuousClock.now
+            try group.setCPUs([first])
+            let detached = waitFor(log) { if case .detached(1, second, let sources, _) = $0 { sources.contains(.cgroup) } else { false } }
+            print("cpuset.cpus shrank: CPU 1 \(detached.map { "detached \($0.1 - shrunk) after it (\($0.0))" } ?? "NOT detached")")
+            check(detached != nil && m.online == CPUSet([0]), "CPU 1 was not detached: online \(m.online)")
+            let grown = ContinuousClock.now
+            try group.setCPUs(group.cpus)
+            let attached = waitFor(log) { if case .attached(1, second, _) = $0 { true } else { false } }
+            print("cpuset.cpus grew: CPU 1 \(attached.map { "attached \($0.1 - grown) after it" } ?? "NOT attached")")
+            check(attached != nil && m.online == CPUSet([0, 1]), "CPU 1 was not attached again: online \(m.online)")
+            check(eventually { (try? allowedCPUs(ofThread: m.threadID(of: 0)!)) == "\(first)" &&
+                                   (try? allowedCPUs(ofThread: m.threadID(of: 1)!)) == "\(second)" },
+                  "threads not pinned again")
+            follower.stop()
+            m.shutdown()
+        }
+        print(String(decoding: result.standardOutputContent, as: UTF8.self), terminator: "")
+        print(String(decoding: result.standardErrorContent, as: UTF8.self), terminator: "")
+    }
+}
+
+/// Inside an exit test: a failed check ends the child process with a message (the parent sees a failure).
+private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
+    if !condition {
+        FileHandle.standardError.write(Data("check failed: \(message())\n".utf8))
+        exit(1)
+    }
+}
+
+private func waitFor(_ log: EventLog, _ match: (Follower.Event) -> Bool) -> (Follower.Event, ContinuousClock.Instant)? {
+    _ = eventually { log.first(match) != nil }
+    return log.first(match)
+}
+
+/// Every thread of this process (`/proc/self/task`) gets `cpus`, twice (a thread created meanwhile inherits the
+/// mask of its creator, which may not have had the new one yet).
+private func setEveryThreadsAffinity(to cpus: [Int]) throws {
+    for _ in 0..<2 {
+        for entry in try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") {
+            guard let tid = Int32(entry) else { continue }
+            do { try Shim.setAffinity(thread: tid, cpus: cpus) } catch { /* the thread exited meanwhile */ }
+        }
+    }
+}
+
+/// A cgroup v1 cpuset made for one test process, which moves into it; `remove()` moves it back and deletes it.
+private final class CpusetGroup {
+    let parent: String
+    let directory: String
+    let cpus: [Int]
+
+    init(name: String) throws {
+        let mounts = CgroupMounts.read()
+        let membership = Shim.readTextFile("/proc/self/cgroup") ?? ""
+        let line = membership.split(separator: "\n").first { $0.split(separator: ":", maxSplits: 2)[1].split(separator: ",").contains("cpuset") }
+        let path = line.map { String($0.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)[2]) } ?? "/"
+        guard let mount = mounts.v1Cpuset, let parent = CgroupMounts.directory(of: path, under: mount) else {
+            throw CocoaError(.fileNoSuchFile)
+        }
+        self.parent = parent
+        directory = parent + "/" + name
+        cpus = try Shim.affinity()
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        let mems = Shim.readTextFile(parent + "/cpuset.effective_mems") ?? Shim.readTextFile(parent + "/cpuset.mems") ?? "0"
+        try write(mems, to: "cpuset.mems")
+        try setCPUs(cpus)
+        try write("\(getpid())", to: "cgroup.procs")
+    }
+
+    func setCPUs(_ cpus: [Int]) throws { try write(cpus.map(String.init).joined(separator: ","), to: "cpuset.cpus") }
+
+    func remove() {
+        try? "\(getpid())".write(toFile: parent + "/cgroup.procs", atomically: false, encoding: .utf8)
+        rmdir(directory)
+    }
+
+    private func write(_ text: String, to file: String) throws {
+        try text.write(toFile: directory + "/" + file, atomically: false, encoding: .utf8)
     }
 }

@@ -1,30 +1,48 @@
 /// Follow mode: the machine follows the CPUs the process may really use.
 ///
 /// A follower polls, every ``Machine/FollowOptions/interval`` (1 ms by default), the three sources that decide
-/// whether a physical CPU is usable:
-/// - the process affinity mask (the main thread's, `sched_getaffinity(getpid())`: what `taskset -p` changes);
-/// - the cgroup v2 `cpuset.cpus.effective` of the process's cgroup (`/proc/self/cgroup`), when readable;
+/// whether a physical CPU is usable (``Follower/Source``):
+/// - the process affinity mask (the main thread's, `sched_getaffinity(getpid())`: what `taskset -p` changes; the
+///   kernel reports it intersected with its active CPUs, so a CPU being offlined leaves it first);
+/// - the cpuset of the process's cgroup (`/proc/self/cgroup`): `cpuset.cpus.effective` on cgroup v2,
+///   `cpuset.effective_cpus` on a cgroup v1 cpuset hierarchy, when readable (mount points from
+///   `/proc/self/mountinfo`, read once; the process's cgroup is read at every poll, so a move is followed);
 /// - the kernel's online CPUs (`/sys/devices/system/cpu/online`), when readable.
 ///
 /// A CPU is usable when all readable sources contain it. When a logical CPU's physical CPU stops being usable, the
 /// follower detaches it (its tasklets migrate, its slab caches drain); when it is usable again, the follower attaches
-/// it again and re-pins its thread (the kernel, or `taskset -a`, may have changed a parked thread's affinity). It also
-/// re-pins an online CPU's thread whose affinity was changed under it while its CPU stayed usable. It never attaches
-/// a CPU it did not detach itself, and never detaches the last online CPU (it reports that as a failure).
+/// it again and re-pins its thread first (the kernel breaks a pinned thread's affinity when it offlines the CPU;
+/// `taskset -a` and a cgroup cpuset write replace every thread's mask). It also re-pins any thread of a logical CPU
+/// whose affinity was changed under it while its CPU stayed usable. It never attaches a CPU it did not detach
+/// itself, and never detaches the last online CPU (it reports that as a failure).
 ///
-/// Polling is the cheap, always-available mechanism; a change is seen within one interval, and the detach itself
-/// takes 0.1-1 ms from the follower's thread.
+/// Latency: a change is seen within one interval. Each event reports the time from the last poll that still saw the
+/// CPU in its old condition to the end of the operation: the change happened after that poll, so the figure bounds
+/// the delay from the change to the runtime having followed it.
 ///
-/// - Note: Kernel uevents over netlink (to react without polling) are not implemented: the interval bounds the delay.
+/// What a follower does not do: it does not pick up CPUs that were not in the machine's topology when the machine
+/// was created (a hot-added CPU the process never had; the topology is the machine's "possible" mask), and it does
+/// not listen to kernel uevents over netlink: polling bounds the delay instead.
 public final class Follower: Sendable {
+    /// Where a follower learns that a physical CPU is, or is not, usable.
+    public enum Source: String, Sendable, CaseIterable {
+        /// The process affinity mask (`sched_getaffinity`).
+        case affinity
+        /// The cpuset of the process's cgroup (v2 or v1).
+        case cgroup
+        /// The kernel's online CPU mask.
+        case online
+    }
+
     /// What the follower did.
     public enum Event: Sendable, Equatable {
-        /// Logical CPU `cpu` was detached because physical CPU `physicalCPU` stopped being usable (`source` says which
-        /// source dropped it); `latency` runs from the poll that saw the change to the end of the detach.
-        case detached(cpu: Int, physicalCPU: Int, source: String, latency: Duration)
-        /// Logical CPU `cpu` was attached again on `physicalCPU`.
+        /// Logical CPU `cpu` was detached because physical CPU `physicalCPU` stopped being usable; `sources` are the
+        /// sources that excluded it; `latency` runs from the last poll that saw it usable to the end of the detach.
+        case detached(cpu: Int, physicalCPU: Int, sources: [Source], latency: Duration)
+        /// Logical CPU `cpu` was attached again on `physicalCPU` (its thread re-pinned first); `latency` runs from the
+        /// last poll that saw the CPU unusable to the end of the attach.
         case attached(cpu: Int, physicalCPU: Int, latency: Duration)
-        /// An online CPU's thread had lost its pinning and was pinned to `physicalCPU` again.
+        /// The thread of logical CPU `cpu` had lost its pinning and was pinned to `physicalCPU` again.
         case repinned(cpu: Int, physicalCPU: Int)
         /// An operation the follower needed failed (for example: the CPU is the last online one).
         case failed(cpu: Int, operation: String, error: HotplugError)
@@ -34,13 +52,23 @@ public final class Follower: Sendable {
     private let options: Machine.FollowOptions
     private let onEvent: @Sendable (Event) -> Void
     private let loop = Locked<PeriodicThread?>(nil)
-    /// CPUs this follower detached (and may attach again). Touched by the follower's thread only.
-    private let detachedByMe = Locked<Set<Int>>([])
+    private let state = Locked(PollState())
+    private let mounts: CgroupMounts
+
+    /// What the polls remember (touched by the follower's thread, read by ``detachedCPUs``).
+    private struct PollState {
+        /// Logical CPUs this follower detached (and may attach again).
+        var detachedByMe = Set<Int>()
+        /// Per physical CPU: the last poll that saw it usable, and the last that saw it unusable.
+        var lastUsable: [Int: ContinuousClock.Instant] = [:]
+        var lastUnusable: [Int: ContinuousClock.Instant] = [:]
+    }
 
     init(machine: Machine, options: Machine.FollowOptions, onEvent: @escaping @Sendable (Event) -> Void) {
         self.machine = machine
         self.options = options
         self.onEvent = onEvent
+        mounts = CgroupMounts.read()
     }
 
     func start() throws(HotplugError) {
@@ -48,7 +76,7 @@ public final class Follower: Sendable {
         loop.withLock { $0 = thread }
     }
 
-    /// Stops following and waits for the follower's thread. Idempotent.
+    /// Stops following and waits for the follower's thread. Idempotent. CPUs it detached stay detached.
     public func stop() {
         loop.withLock { loop in
             loop?.stop()
@@ -56,22 +84,34 @@ public final class Follower: Sendable {
         }
     }
 
-    /// The physical CPUs usable now, and for each unusable one the first source that excludes it.
-    func usable() -> (cpus: Set<Int>, excludedBy: [Int: String]) {
-        var sources: [(String, Set<Int>)] = []
-        if let affinity = try? Shim.affinity(of: options.affinityThread ?? Shim.processID) {
-            sources.append(("affinity mask", Set(affinity)))
+    /// The logical CPUs this follower detached and has not attached again.
+    public var detachedCPUs: Set<Int> { state.withLock { $0.detachedByMe } }
+
+    /// The sources this follower can read on this machine (the others are missing or unreadable).
+    public var readableSources: [Source] { Source.allCases.filter { read($0) != nil } }
+
+    /// The machine's physical CPUs that every readable source allows now (read on the caller's thread).
+    public func usablePhysicalCPUs() -> Set<Int> { usable().cpus }
+
+    private func read(_ source: Source) -> Set<Int>? {
+        switch source {
+        case .affinity:
+            return (try? Shim.affinity(of: options.affinityThread ?? Shim.processID)).map(Set.init)
+        case .cgroup:
+            return options.followCgroup ? mounts.cpus() : nil
+        case .online:
+            guard options.followKernel, let text = Shim.readTextFile("/sys/devices/system/cpu/online") else { return nil }
+            return Follower.parseList(text)
         }
-        if options.followCgroup, let cpus = Follower.cgroupCPUs() { sources.append(("cgroup cpuset", cpus)) }
-        if options.followKernel, let text = Shim.readTextFile("/sys/devices/system/cpu/online"),
-           let cpus = Follower.parseList(text) {
-            sources.append(("kernel online mask", cpus))
-        }
-        let all = Set(machine.topology.physicalCPUs)
-        var usable = all
-        var excluded: [Int: String] = [:]
-        for (name, cpus) in sources {
-            for cpu in usable where !cpus.contains(cpu) { excluded[cpu] = name }
+    }
+
+    /// The physical CPUs usable now, and for each unusable one the sources that exclude it.
+    func usable() -> (cpus: Set<Int>, excludedBy: [Int: [Source]]) {
+        var usable = Set(machine.topology.physicalCPUs)
+        var excluded: [Int: [Source]] = [:]
+        for source in Source.allCases {
+            guard let cpus = read(source) else { continue }
+            for cpu in machine.topology.physicalCPUs where !cpus.contains(cpu) { excluded[cpu, default: []].append(source) }
             usable.formIntersection(cpus)
         }
         return (usable, excluded)
@@ -80,44 +120,53 @@ public final class Follower: Sendable {
     private func poll() {
         let seen = ContinuousClock.now
         let (usable, excludedBy) = usable()
+        // The last sightings before this poll (the latency bounds), then this poll's.
+        let (lastUsable, lastUnusable) = state.withLock { state in
+            defer {
+                for cpu in machine.topology.physicalCPUs {
+                    if usable.contains(cpu) { state.lastUsable[cpu] = seen } else { state.lastUnusable[cpu] = seen }
+                }
+            }
+            return (state.lastUsable, state.lastUnusable)
+        }
         for cpu in 0..<machine.possibleCount {
-            guard let physical = try? machine.physicalCPU(of: cpu), let state = try? machine.state(of: cpu) else { continue }
-            if state == .online && !usable.contains(physical) {
-                do {
-                    try machine.offline(cpu)
-                    detachedByMe.withLock { _ = $0.insert(cpu) }
-                    onEvent(.detached(cpu: cpu, physicalCPU: physical, source: excludedBy[physical] ?? "?",
-                                      latency: ContinuousClock.now - seen))
-                } catch {
-                    onEvent(.failed(cpu: cpu, operation: "detach", error: error))
-                }
-            } else if state != .online && usable.contains(physical) && detachedByMe.withLock({ $0.contains(cpu) }) {
-                do {
-                    if state == .standby { try machine.configure(cpu) }
-                    if let tid = try machine.threadID(of: cpu) { try Shim.pin(thread: tid, to: physical) }
-                    try machine.online(cpu)
-                    detachedByMe.withLock { _ = $0.remove(cpu) }
-                    onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: ContinuousClock.now - seen))
-                } catch {
-                    onEvent(.failed(cpu: cpu, operation: "attach", error: error))
-                }
-            } else if state == .online, let tid = try? machine.threadID(of: cpu),
-                      let allowed = try? Shim.affinity(of: tid), allowed != [physical] {
-                if (try? Shim.pin(thread: tid, to: physical)) != nil {
-                    onEvent(.repinned(cpu: cpu, physicalCPU: physical))
-                }
+            guard let physical = try? machine.physicalCPU(of: cpu), let cpuState = try? machine.state(of: cpu) else { continue }
+            let isUsable = usable.contains(physical)
+            if cpuState == .online && !isUsable {
+                detach(cpu, physical: physical, sources: excludedBy[physical] ?? [], since: lastUsable[physical] ?? seen)
+            } else if cpuState != .online && isUsable && state.withLock({ $0.detachedByMe.contains(cpu) }) {
+                attach(cpu, physical: physical, state: cpuState, since: lastUnusable[physical] ?? seen)
+            } else if isUsable, let tid = try? machine.threadID(of: cpu), let allowed = try? Shim.affinity(of: tid),
+                      allowed != [physical] {
+                if (try? Shim.pin(thread: tid, to: physical)) != nil { onEvent(.repinned(cpu: cpu, physicalCPU: physical)) }
             }
         }
     }
 
-    /// The effective cpuset of the process's cgroup v2, nil when there is none to read.
-    static func cgroupCPUs() -> Set<Int>? {
-        guard let membership = Shim.readTextFile("/proc/self/cgroup"),
-              let line = membership.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else { return nil }
-        let path = String(line.dropFirst(3))
-        guard let text = Shim.readTextFile("/sys/fs/cgroup\(path == "/" ? "" : path)/cpuset.cpus.effective") else { return nil }
-        return parseList(text)
+    private func detach(_ cpu: Int, physical: Int, sources: [Source], since: ContinuousClock.Instant) {
+        do {
+            try machine.offline(cpu)
+            state.withLock { _ = $0.detachedByMe.insert(cpu) }
+            onEvent(.detached(cpu: cpu, physicalCPU: physical, sources: sources, latency: .now - since))
+        } catch {
+            onEvent(.failed(cpu: cpu, operation: "detach", error: error))
+        }
     }
+
+    private func attach(_ cpu: Int, physical: Int, state cpuState: LogicalCPUState, since: ContinuousClock.Instant) {
+        do {
+            if cpuState == .standby { try machine.configure(cpu) }
+            if let tid = try machine.threadID(of: cpu) { try Shim.pin(thread: tid, to: physical) }
+            try machine.online(cpu)
+            state.withLock { _ = $0.detachedByMe.remove(cpu) }
+            onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: .now - since))
+        } catch {
+            onEvent(.failed(cpu: cpu, operation: "attach", error: error))
+        }
+    }
+
+    /// The effective cpuset of the process's cgroup (v2, else v1), nil when there is none to read.
+    static func cgroupCPUs() -> Set<Int>? { CgroupMounts.read().cpus() }
 
     /// A kernel CPU list (`0-3,8,10-11`); nil when malformed or empty.
     static func parseList(_ text: String) -> Set<Int>? {
@@ -133,6 +182,86 @@ public final class Follower: Sendable {
     }
 }
 
+/// Where the cgroup hierarchies that can carry a cpuset are mounted (from `/proc/self/mountinfo`).
+struct CgroupMounts: Sendable {
+    /// A mount: where it is, and which cgroup path its root is (non-"/" inside some containers).
+    struct Mount: Sendable, Equatable {
+        let point: String
+        let root: String
+    }
+    /// The cgroup v2 mount, and the cgroup v1 mount with the cpuset controller.
+    let v2: Mount?
+    let v1Cpuset: Mount?
+
+    static func read() -> CgroupMounts {
+        parse(mountinfo: Shim.readTextFile("/proc/self/mountinfo") ?? "")
+    }
+
+    /// Parses mountinfo lines: `id parent major:minor root point options [optional...] - fstype source superoptions`.
+    static func parse(mountinfo: String) -> CgroupMounts {
+        var v2: Mount?, v1: Mount?
+        for line in mountinfo.split(separator: "\n") {
+            let fields = line.split(separator: " ").map(String.init)
+            guard let dash = fields.firstIndex(of: "-"), dash >= 5, fields.count > dash + 3 else { continue }
+            let mount = Mount(point: unescape(fields[4]), root: unescape(fields[3]))
+            switch fields[dash + 1] {
+            case "cgroup2": v2 = v2 ?? mount
+            case "cgroup" where fields[dash + 3].split(separator: ",").contains("cpuset"): v1 = v1 ?? mount
+            default: break
+            }
+        }
+        return CgroupMounts(v2: v2, v1Cpuset: v1)
+    }
+
+    /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+    private static func unescape(_ field: String) -> String {
+        guard field.contains("\\") else { return field }
+        var bytes: [UInt8] = []
+        var utf8 = Array(field.utf8)[...]
+        while let byte = utf8.popFirst() {
+            if byte == UInt8(ascii: "\\"), utf8.count >= 3, let value = UInt8(String(decoding: utf8.prefix(3), as: UTF8.self), radix: 8) {
+                bytes.append(value)
+                utf8 = utf8.dropFirst(3)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The directory of cgroup `path` under `mount`, nil when the mount's root is not above it.
+    static func directory(of path: String, under mount: Mount) -> String? {
+        var relative = path
+        if mount.root != "/" {
+            guard path == mount.root || path.hasPrefix(mount.root + "/") else { return nil }
+            relative = String(path.dropFirst(mount.root.count))
+        }
+        return mount.point + (relative == "/" ? "" : relative)
+    }
+
+    /// The effective cpuset of this process's cgroup: v2 first, then a v1 cpuset hierarchy.
+    func cpus() -> Set<Int>? {
+        guard let membership = Shim.readTextFile("/proc/self/cgroup") else { return nil }
+        for line in membership.split(separator: "\n") {
+            // `hierarchy-id:controllers:path`; the path may itself contain ':'.
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3 else { continue }
+            let path = String(parts[2])
+            if parts[0] == "0", parts[1].isEmpty, let v2, let directory = CgroupMounts.directory(of: path, under: v2),
+               let text = Shim.readTextFile(directory + "/cpuset.cpus.effective"), let cpus = Follower.parseList(text) {
+                return cpus
+            }
+            if parts[1].split(separator: ",").contains("cpuset"), let v1Cpuset,
+               let directory = CgroupMounts.directory(of: path, under: v1Cpuset),
+               let text = Shim.readTextFile(directory + "/cpuset.effective_cpus") ?? Shim.readTextFile(directory + "/cpuset.cpus"),
+               let cpus = Follower.parseList(text) {
+                return cpus
+            }
+        }
+        return nil
+    }
+}
+
 extension Machine {
     /// How a ``Follower`` watches the machine it runs on.
     public struct FollowOptions: Sendable {
@@ -140,7 +269,7 @@ extension Machine {
         public var interval: Duration
         /// The thread whose affinity mask is "the process's"; nil: the main thread (what `taskset -p` changes).
         public var affinityThread: Int32?
-        /// Whether to follow the cgroup v2 cpuset (when readable).
+        /// Whether to follow the cgroup cpuset (v2 or v1, when readable).
         public var followCgroup: Bool
         /// Whether to follow the kernel's online CPU mask.
         public var followKernel: Bool
