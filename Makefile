@@ -3,7 +3,7 @@ SWIFT   ?= swift
 SECONDS ?= 10
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps run demo test tsan bench clean
+.PHONY: all deps run demo test tsan bench vm clean
 
 all: run
 
@@ -37,6 +37,10 @@ bench: deps
 	@dpkg -s libgoogle-perftools-dev >/dev/null 2>&1 || { $(SUDO) apt-get install -y -qq libgoogle-perftools-dev || echo "libgoogle-perftools-dev unavailable: tcmalloc peer skipped"; }
 	@mkdir -p bench-results
 	cd Benchmarks && $(SWIFT) run -c release hotplug-peers --json ../bench-results/peers.json
+
+# VM harness: numa-placement and hotplug-torture --follow in a 2-node NUMA QEMU guest (kernel hotplug, cgroup, taskset).
+vm: deps
+	SWIFT=$(SWIFT) bash Scripts/vm-test
 
 clean:
 	rm -rf .build Benchmarks/.build bench-results
