@@ -16,8 +16,9 @@ import Musl
 /// then, under the hotplug read lock (the follower may detach at any moment, so the online mask is held still for
 /// the time of a check instead of being still between the on/off thread's own operations):
 /// - every event of the follower is printed as a `follow-event` line as it happens (standard output; standard error
-///   with `--json`), with the latency the follower measured: from the last poll that saw the CPU in its old
-///   condition to the end of the operation, which bounds the delay from the change;
+///   with `--json`), with the latency the follower measured (from the last poll that saw the CPU in its old
+///   condition to the end of the operation, which bounds the delay from the change) and when it was printed
+///   (`at_ns`, CLOCK_MONOTONIC, which a script can compare with the kernel's `/proc/timer_list` "now at");
 /// - the invariant `follow`: each detach and attach completes within `--follow-deadline` (10 ms by default) of the
 ///   change, no follower operation fails, and no logical CPU stays online on an unusable physical CPU (or detached by
 ///   the follower on a usable one) for longer than ``FollowMode/staleLimit``;
@@ -49,8 +50,12 @@ final class FollowMode: Sendable {
     /// A thread whose pinning was broken while its CPU stayed usable must be pinned again within this.
     static let repinLimit: Int64 = 1_000_000_000
 
-    init(machine: Machine, checks: Checks, stats: OnOffStats, deadlineMilliseconds: Double,
+    /// SCHED_FIFO priority of the follower's thread (`--follow-realtime`), nil for the default policy.
+    let realtimePriority: Int32?
+
+    init(machine: Machine, checks: Checks, stats: OnOffStats, deadlineMilliseconds: Double, realtimePriority: Int32?,
          output: @escaping @Sendable (String) -> Void) {
+        self.realtimePriority = realtimePriority
         self.machine = machine
         self.checks = checks
         self.stats = stats
@@ -61,11 +66,13 @@ final class FollowMode: Sendable {
     /// Starts following; a violation when the follower cannot start.
     func start() {
         do {
-            let started = try machine.follow { [self] event in record(event) }
+            let options = Machine.FollowOptions(realtimePriority: realtimePriority)
+            let started = try machine.follow(options) { [self] event in record(event) }
             let readable = started.readableSources
             sources.withLock { $0 = readable }
             follower.withLock { $0 = started }
-            output("follow-event started sources=\(readable.map(\.rawValue).joined(separator: ","))")
+            output("follow-event started sources=\(readable.map(\.rawValue).joined(separator: ","))"
+                   + " priority=\(realtimePriority.map { "SCHED_FIFO \($0)" } ?? "default")")
         } catch {
             checks.fail(.follow, "could not start following the machine: \(error)")
         }
@@ -84,17 +91,19 @@ final class FollowMode: Sendable {
     /// On the follower's thread, as each event happens: print it, count it, check its deadline.
     private func record(_ event: Follower.Event) {
         switch event {
-        case .detached(let cpu, let physical, let sources, let latency):
+        case .detached(let cpu, let physical, let sources, let latency, let operation):
             let nanoseconds = latency.nanoseconds
             output("follow-event detached cpu=\(cpu) physical=\(physical) sources="
-                   + "\(sources.map(\.rawValue).joined(separator: ",")) latency_us=\(nanoseconds / 1_000)")
+                   + "\(sources.map(\.rawValue).joined(separator: ",")) latency_us=\(nanoseconds / 1_000) "
+                   + "operation_us=\(operation.nanoseconds / 1_000) at_ns=\(monotonicNanoseconds())")
             count(stats.detach, nanoseconds)
             stats.detachesPerCPU[cpu].add()
             checks.check(.follow, nanoseconds <= deadline, "logical CPU \(cpu) was detached \(nanoseconds / 1_000) us after "
                          + "physical CPU \(physical) went away (deadline \(deadline / 1_000) us)")
-        case .attached(let cpu, let physical, let latency):
+        case .attached(let cpu, let physical, let latency, let operation):
             let nanoseconds = latency.nanoseconds
-            output("follow-event attached cpu=\(cpu) physical=\(physical) latency_us=\(nanoseconds / 1_000)")
+            output("follow-event attached cpu=\(cpu) physical=\(physical) latency_us=\(nanoseconds / 1_000) "
+                   + "operation_us=\(operation.nanoseconds / 1_000) at_ns=\(monotonicNanoseconds())")
             count(stats.attach, nanoseconds)
             stats.cycles.add()
             checks.check(.follow, nanoseconds <= deadline, "logical CPU \(cpu) was attached \(nanoseconds / 1_000) us after "
@@ -118,18 +127,23 @@ final class FollowMode: Sendable {
         stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
     }
 
-    /// Gives the follower up to 5 s to attach again every CPU it detached whose physical CPU is usable, then stops
-    /// it. Returns the logical CPUs left parked because their physical CPU is not usable.
+    /// Gives the follower up to 5 s to attach again every CPU it detached whose physical CPU is usable and to pin
+    /// again every thread whose physical CPU is usable, then stops it. Returns the logical CPUs left parked because
+    /// their physical CPU is not usable.
     func settleAndStop() -> Set<Int> {
         let deadline = monotonicNanoseconds() + 5_000_000_000
         func waiting() -> Set<Int> {
             let now = self.usable()
-            return detachedCPUs.filter { cpu in (try? machine.physicalCPU(of: cpu)).map { now.contains($0) } ?? false }
+            return Set((0..<machine.possibleCount).filter { cpu in
+                guard let physical = try? machine.physicalCPU(of: cpu), now.contains(physical) else { return false }
+                return detachedCPUs.contains(cpu) || ThreadProbe.pinningProblem(machine, cpu: cpu) != nil
+                    && ((try? machine.threadID(of: cpu)) ?? nil) != nil
+            })
         }
         while !waiting().isEmpty && monotonicNanoseconds() < deadline { usleep(1_000) }
         let late = waiting()
-        checks.check(.follow, late.isEmpty, "the follower did not attach logical CPUs \(late.sorted()) again within 5 s "
-                     + "although their physical CPUs are usable")
+        checks.check(.follow, late.isEmpty, "the follower did not attach (or pin again) logical CPUs \(late.sorted()) "
+                     + "within 5 s although their physical CPUs are usable")
         follower.withLock { follower in
             follower?.stop()
             follower = nil
@@ -156,12 +170,12 @@ extension OnOffDriver {
     func followStep(_ follow: FollowMode, _ local: inout Local) {
         for event in follow.take() {
             switch event {
-            case .detached(let cpu, _, _, _):
+            case .detached(let cpu, _, _, _, _):
                 local.everDetached.insert(cpu)
                 machine.withCPUsReadLocked {
                     if (try? machine.state(of: cpu)) == .parked { startWatch(cpu, after: "its detach by the follower", &local) }
                 }
-            case .attached(let cpu, _, _):
+            case .attached(let cpu, _, _, _):
                 closeWatchSoFar(cpu, &local)
                 checkPinning(follow, cpu)
             case .repinned, .failed:
@@ -173,6 +187,8 @@ extension OnOffDriver {
 
     /// Between two iterations in follow mode: the checks of `betweenOperations`, with the online mask held still.
     func followChecks(_ follow: FollowMode, _ local: inout Local) {
+        // Read before the lock (files and system calls): the read lock holds the follower's operations back.
+        let usable = follow.usable(), detached = follow.detachedCPUs
         machine.withCPUsReadLocked {
             let online = machine.online
             for cpu in 0..<machine.possibleCount where local.operations % 16 == 0 || !online.contains(cpu) {
@@ -182,7 +198,7 @@ extension OnOffDriver {
             for cpu in local.watches.keys.sorted() where online.contains(cpu) { closeWatchSoFar(cpu, &local) }
             pollWatches(&local)
             for cpu in local.watches.keys.sorted() { checkWatchSoFar(cpu, &local) }
-            checkStaleness(follow, online: online, &local)
+            checkStaleness(usable: usable, detached: detached, online: online, &local)
         }
         if local.operations % 16 == 0 {
             for cpu in 0..<machine.possibleCount { checkPinning(follow, cpu) }
@@ -201,8 +217,8 @@ extension OnOffDriver {
 
     /// A logical CPU online on an unusable physical CPU, or held detached by the follower on a usable one, must not
     /// stay so for ``FollowMode/staleLimit``.
-    private func checkStaleness(_ follow: FollowMode, online: CPUSet, _ local: inout Local) {
-        let usable = follow.usable(), detached = follow.detachedCPUs, now = monotonicNanoseconds()
+    private func checkStaleness(usable: Set<Int>, detached: Set<Int>, online: CPUSet, _ local: inout Local) {
+        let now = monotonicNanoseconds()
         for cpu in 0..<machine.possibleCount {
             guard let physical = try? machine.physicalCPU(of: cpu) else { continue }
             let stale = online.contains(cpu) != usable.contains(physical)

@@ -90,7 +90,7 @@ final class OnOffDriver: Sendable {
     static let parkedSlack: Int64 = 50_000
 
     init(machine: Machine, checks: Checks, slab: SlabChurn, states: TortureStates, seed: UInt64,
-         intervalMilliseconds: Double, failRate: Double, followDeadlineMilliseconds: Double?,
+         intervalMilliseconds: Double, failRate: Double, followDeadlineMilliseconds: Double?, followPriority: Int32?,
          output: @escaping @Sendable (String) -> Void) {
         self.machine = machine
         self.checks = checks
@@ -102,7 +102,8 @@ final class OnOffDriver: Sendable {
         let stats = OnOffStats(cpus: machine.possibleCount)
         self.stats = stats
         follow = followDeadlineMilliseconds.map {
-            FollowMode(machine: machine, checks: checks, stats: stats, deadlineMilliseconds: $0, output: output)
+            FollowMode(machine: machine, checks: checks, stats: stats, deadlineMilliseconds: $0,
+                       realtimePriority: followPriority, output: output)
         }
         let slabPrepare = machine.hotplug.states.first { $0.name == "slab:prepare" }
         attachPoints = [InjectionPoint(state: .bringup, name: "cpu:bringup"),

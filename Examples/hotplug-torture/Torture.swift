@@ -21,6 +21,8 @@ struct Settings: Sendable {
     var sigpToSelf: Bool
     /// `--follow`: the deadline of each follower operation, in milliseconds; nil without `--follow`.
     var followDeadlineMilliseconds: Double?
+    /// `--follow-realtime`: SCHED_FIFO priority of the follower's thread.
+    var followPriority: Int32?
 }
 
 /// One torture run: the machine, the workload on it, the on/off thread, and the final checks.
@@ -62,10 +64,11 @@ final class Torture {
         onoff = OnOffDriver(machine: machine, checks: checks, slab: slab, states: states, seed: settings.seed,
                             intervalMilliseconds: settings.onoffIntervalMilliseconds, failRate: settings.failRate,
                             followDeadlineMilliseconds: settings.followDeadlineMilliseconds,
+                            followPriority: settings.followPriority,
                             output: settings.json ? reportToStandardError : report)
         workload = Workload(machine: machine, checks: checks, storm: storm, slab: slab, sigp: sigp,
                             detachesPerCPU: onoff.stats.detachesPerCPU, seed: settings.seed,
-                            sigpToSelf: settings.sigpToSelf)
+                            sigpToSelf: settings.sigpToSelf, follow: settings.followDeadlineMilliseconds != nil)
         self.checks = checks
         self.sigp = sigp
     }

@@ -23,6 +23,8 @@ final class Workload: Sendable {
     private let seed: UInt64
     /// Whether a logical CPU's orders may target the CPU itself (`--no-sigp-to-self` leaves them out).
     private let sigpToSelf: Bool
+    /// `--follow`: the outside may change a CPU's thread's affinity (physical placement is not checked here).
+    private let follow: Bool
 
     // What the workers did.
     let crossCalls = Counter()
@@ -40,7 +42,7 @@ final class Workload: Sendable {
     static let shrinkInterval: Int64 = 2_000_000_000
 
     init(machine: Machine, checks: Checks, storm: TaskletStorm, slab: SlabChurn, sigp: SIGPLoad,
-         detachesPerCPU: [Counter], seed: UInt64, sigpToSelf: Bool) {
+         detachesPerCPU: [Counter], seed: UInt64, sigpToSelf: Bool, follow: Bool) {
         self.machine = machine
         self.checks = checks
         self.storm = storm
@@ -49,6 +51,7 @@ final class Workload: Sendable {
         self.detachesPerCPU = detachesPerCPU
         self.seed = seed
         self.sigpToSelf = sigpToSelf
+        self.follow = follow
     }
 
     enum Action: CaseIterable {
@@ -207,10 +210,12 @@ final class Workload: Sendable {
 
     // MARK: Cross-calls
 
-    /// run(on:) lands on its target logical CPU (and, now and then, checked: on its physical CPU).
+    /// run(on:) lands on its target logical CPU (and, now and then, checked: on its physical CPU; not in follow
+    /// mode, where the outside may move a CPU's thread until the follower pins it again: the pinning check, with its
+    /// grace period, covers that there).
     private func crossCall(_ rng: inout SplitMix64) {
         let cpu = randomCPU(&rng)
-        let physical = rng.chance(0.125)
+        let physical = rng.chance(0.125) && !follow
         let machine = self.machine
         guard let sample = tolerate("run(on: \(cpu))", { () throws -> (Int?, Int) in
             try machine.run(on: cpu) { (machine.currentCPU, physical ? ProcFS.currentPhysicalCPU() : -1) }

@@ -105,6 +105,10 @@ struct HotplugTorture: ParsableCommand {
             help: "With --follow: milliseconds within which each detach or attach must complete after the change.")
     var followDeadline: Double = 10
 
+    @Flag(name: .customLong("follow-realtime"),
+          help: "With --follow: run the follower's thread at SCHED_FIFO priority 1, as the kernel runs its hotplug threads (needs CAP_SYS_NICE).")
+    var followRealtime = false
+
     @Flag(help: "Print one JSON object on standard output (progress and the verdict go to standard error).")
     var json = false
 
@@ -148,7 +152,8 @@ struct HotplugTorture: ParsableCommand {
         Watchdog.start(afterSeconds: seconds + 180, program: "hotplug-torture", seed: seed, output: say)
         let settings = Settings(cpus: count, seconds: seconds, seed: seed, onoffIntervalMilliseconds: onoffInterval,
                                 failRate: failRate, workers: workers, json: json, dropOneTaskletRun: debugDropTasklet,
-                                sigpToSelf: sigpToSelf, followDeadlineMilliseconds: follow ? followDeadline : nil)
+                                sigpToSelf: sigpToSelf, followDeadlineMilliseconds: follow ? followDeadline : nil,
+                                followPriority: followRealtime ? 1 : nil)
         let physical = topology.physicalCPUs.count
         say("hotplug-torture: \(count) logical CPUs on \(physical) physical CPU\(physical == 1 ? "" : "s") "
             + "(\(count > physical ? "oversubscribed" : "one each")), \(workers) workers, "

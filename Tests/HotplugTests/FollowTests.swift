@@ -59,7 +59,7 @@ private final class EventLog: Sendable {
         let shrunk = ContinuousClock.now
         try Shim.setAffinity(thread: reference.tid, cpus: [first])
         try Shim.setAffinity(thread: try #require(try m.threadID(of: 1)), cpus: [first])
-        #expect(eventually { log.first { if case .detached(1, second, [.affinity], _) = $0 { true } else { false } } != nil })
+        #expect(eventually { log.first { if case .detached(1, second, [.affinity], _, _) = $0 { true } else { false } } != nil })
         let detached = try #require(log.first { if case .detached = $0 { true } else { false } })
         print("follow: CPU 1 detached \(detached.1 - shrunk) after the mask shrank (\(detached.0))")
         #expect(m.online == CPUSet([0]))
@@ -67,7 +67,7 @@ private final class EventLog: Sendable {
         // The mask grows again: the CPU comes back, pinned to its own CPU again.
         let grown = ContinuousClock.now
         try Shim.setAffinity(thread: reference.tid, cpus: original)
-        #expect(eventually { log.first { if case .attached(1, second, _) = $0 { true } else { false } } != nil })
+        #expect(eventually { log.first { if case .attached(1, second, _, _) = $0 { true } else { false } } != nil })
         let attached = try #require(log.first { if case .attached = $0 { true } else { false } })
         print("follow: CPU 1 attached \(attached.1 - grown) after the mask grew")
         #expect(m.online == CPUSet([0, 1]))
@@ -122,6 +122,28 @@ private final class EventLog: Sendable {
         }
     }
 
+    @Test func aRealtimeFollowerRunsAtSCHEDFIFOOrIsRefusedWithAnError() throws {
+        let m = try Machine(cpus: 1)
+        defer { m.shutdown() }
+        func fifoThreads() throws -> Int {
+            try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").compactMap(Int32.init)
+                .filter { sched_getscheduler($0) == SCHED_FIFO }.count
+        }
+        let before = try fifoThreads()
+        do throws(HotplugError) {
+            let follower = try m.follow(.init(realtimePriority: 1))
+            #expect((try? fifoThreads()) == before + 1)
+            follower.stop()
+        } catch {
+            // Without CAP_SYS_NICE the kernel refuses: a typed error, and no thread left behind.
+            guard case .system(_, let code) = error else { Issue.record("unexpected \(error)"); return }
+            #expect(code == EPERM)
+        }
+        // Priority 0 is not a SCHED_FIFO priority: refused whatever the privileges.
+        #expect(throws: HotplugError.self) { try m.follow(.init(realtimePriority: 0)) }
+        #expect(eventually { (try? fifoThreads()) == before })
+    }
+
     /// Like `taskset -a -p`: every thread of the process gets the new mask. Run in a child process (an exit
     /// test), whose whole mask may change without disturbing the tests beside it.
     @Test func theWholeProcessMaskIsFollowed() async throws {
@@ -134,12 +156,12 @@ private final class EventLog: Sendable {
             let follower = try m.follow(onEvent: log.record)
             let shrunk = ContinuousClock.now
             try setEveryThreadsAffinity(to: [first])
-            let detached = waitFor(log) { if case .detached(1, second, let sources, _) = $0 { sources.contains(.affinity) } else { false } }
+            let detached = waitFor(log) { if case .detached(1, second, let sources, _, _) = $0 { sources.contains(.affinity) } else { false } }
             print("process mask shrank: CPU 1 \(detached.map { "detached \($0.1 - shrunk) after it (\($0.0))" } ?? "NOT detached")")
             check(detached != nil && m.online == CPUSet([0]), "CPU 1 was not detached: online \(m.online)")
             let grown = ContinuousClock.now
             try setEveryThreadsAffinity(to: original)
-            let attached = waitFor(log) { if case .attached(1, second, _) = $0 { true } else { false } }
+            let attached = waitFor(log) { if case .attached(1, second, _, _) = $0 { true } else { false } }
             print("process mask grew: CPU 1 \(attached.map { "attached \($0.1 - grown) after it" } ?? "NOT attached")")
             check(attached != nil && m.online == CPUSet([0, 1]), "CPU 1 was not attached again: online \(m.online)")
             // `taskset -a` widened CPU 0's thread too: both are pinned again.
@@ -168,12 +190,12 @@ private final class EventLog: Sendable {
             check(Follower.cgroupCPUs() == Set(group.cpus), "the follower reads \(String(describing: Follower.cgroupCPUs())), the group has \(group.cpus)")
             let shrunk = ContinuousClock.now
             try group.setCPUs([first])
-            let detached = waitFor(log) { if case .detached(1, second, let sources, _) = $0 { sources.contains(.cgroup) } else { false } }
+            let detached = waitFor(log) { if case .detached(1, second, let sources, _, _) = $0 { sources.contains(.cgroup) } else { false } }
             print("cpuset.cpus shrank: CPU 1 \(detached.map { "detached \($0.1 - shrunk) after it (\($0.0))" } ?? "NOT detached")")
             check(detached != nil && m.online == CPUSet([0]), "CPU 1 was not detached: online \(m.online)")
             let grown = ContinuousClock.now
             try group.setCPUs(group.cpus)
-            let attached = waitFor(log) { if case .attached(1, second, _) = $0 { true } else { false } }
+            let attached = waitFor(log) { if case .attached(1, second, _, _) = $0 { true } else { false } }
             print("cpuset.cpus grew: CPU 1 \(attached.map { "attached \($0.1 - grown) after it" } ?? "NOT attached")")
             check(attached != nil && m.online == CPUSet([0, 1]), "CPU 1 was not attached again: online \(m.online)")
             check(eventually { (try? allowedCPUs(ofThread: m.threadID(of: 0)!)) == "\(first)" &&

@@ -37,11 +37,12 @@ public final class Follower: Sendable {
     /// What the follower did.
     public enum Event: Sendable, Equatable {
         /// Logical CPU `cpu` was detached because physical CPU `physicalCPU` stopped being usable; `sources` are the
-        /// sources that excluded it; `latency` runs from the last poll that saw it usable to the end of the detach.
-        case detached(cpu: Int, physicalCPU: Int, sources: [Source], latency: Duration)
+        /// sources that excluded it; `latency` runs from the last poll that saw it usable to the end of the detach,
+        /// `operation` is the detach alone.
+        case detached(cpu: Int, physicalCPU: Int, sources: [Source], latency: Duration, operation: Duration)
         /// Logical CPU `cpu` was attached again on `physicalCPU` (its thread re-pinned first); `latency` runs from the
-        /// last poll that saw the CPU unusable to the end of the attach.
-        case attached(cpu: Int, physicalCPU: Int, latency: Duration)
+        /// last poll that saw the CPU unusable to the end of the attach, `operation` is the attach alone.
+        case attached(cpu: Int, physicalCPU: Int, latency: Duration, operation: Duration)
         /// The thread of logical CPU `cpu` had lost its pinning and was pinned to `physicalCPU` again.
         case repinned(cpu: Int, physicalCPU: Int)
         /// An operation the follower needed failed (for example: the CPU is the last online one).
@@ -72,7 +73,8 @@ public final class Follower: Sendable {
     }
 
     func start() throws(HotplugError) {
-        let thread = try PeriodicThread(interval: max(options.interval, .microseconds(100))) { [self] in poll() }
+        let thread = try PeriodicThread(interval: max(options.interval, .microseconds(100)),
+                                        realtimePriority: options.realtimePriority) { [self] in poll() }
         loop.withLock { $0 = thread }
     }
 
@@ -145,9 +147,12 @@ public final class Follower: Sendable {
 
     private func detach(_ cpu: Int, physical: Int, sources: [Source], since: ContinuousClock.Instant) {
         do {
+            let start = ContinuousClock.now
             try machine.offline(cpu)
+            let end = ContinuousClock.now
             state.withLock { _ = $0.detachedByMe.insert(cpu) }
-            onEvent(.detached(cpu: cpu, physicalCPU: physical, sources: sources, latency: .now - since))
+            onEvent(.detached(cpu: cpu, physicalCPU: physical, sources: sources, latency: end - since,
+                              operation: end - start))
         } catch {
             onEvent(.failed(cpu: cpu, operation: "detach", error: error))
         }
@@ -155,11 +160,13 @@ public final class Follower: Sendable {
 
     private func attach(_ cpu: Int, physical: Int, state cpuState: LogicalCPUState, since: ContinuousClock.Instant) {
         do {
+            let start = ContinuousClock.now
             if cpuState == .standby { try machine.configure(cpu) }
             if let tid = try machine.threadID(of: cpu) { try Shim.pin(thread: tid, to: physical) }
             try machine.online(cpu)
+            let end = ContinuousClock.now
             state.withLock { _ = $0.detachedByMe.remove(cpu) }
-            onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: .now - since))
+            onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: end - since, operation: end - start))
         } catch {
             onEvent(.failed(cpu: cpu, operation: "attach", error: error))
         }
@@ -273,18 +280,24 @@ extension Machine {
         public var followCgroup: Bool
         /// Whether to follow the kernel's online CPU mask.
         public var followKernel: Bool
+        /// SCHED_FIFO priority (1...99) for the follower's thread, as the kernel runs its own hotplug threads; nil:
+        /// the default policy. On a loaded machine a default-policy follower waits for a time slice before it sees a
+        /// change; a real-time one does not. Needs CAP_SYS_NICE (``Machine/follow(_:onEvent:)`` throws otherwise).
+        public var realtimePriority: Int32?
 
         public init(interval: Duration = .milliseconds(1), affinityThread: Int32? = nil, followCgroup: Bool = true,
-                    followKernel: Bool = true) {
+                    followKernel: Bool = true, realtimePriority: Int32? = nil) {
             self.interval = interval
             self.affinityThread = affinityThread
             self.followCgroup = followCgroup
             self.followKernel = followKernel
+            self.realtimePriority = realtimePriority
         }
     }
 
     /// Starts following the CPUs the process may use (see ``Follower``); `onEvent` runs on the follower's thread.
-    /// - Throws: a system error when the follower's thread cannot start.
+    /// - Throws: a system error when the follower's thread cannot start, or when the kernel refuses its
+    ///   ``FollowOptions/realtimePriority``.
     public func follow(_ options: FollowOptions = FollowOptions(),
                        onEvent: @escaping @Sendable (Follower.Event) -> Void = { _ in }) throws(HotplugError) -> Follower {
         let follower = Follower(machine: self, options: options, onEvent: onEvent)

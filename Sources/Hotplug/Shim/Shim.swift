@@ -120,6 +120,15 @@ enum Shim {
         return thread
     }
 
+    /// Gives `thread` the real-time policy SCHED_FIFO at `priority` (1...99). Needs CAP_SYS_NICE (or an RLIMIT_RTPRIO
+    /// allowance); otherwise the kernel answers EPERM.
+    static func setRealtimePriority(_ thread: pthread_t, _ priority: Int32) throws(HotplugError) {
+        var parameters = sched_param()
+        parameters.sched_priority = priority
+        let rc = pthread_setschedparam(thread, SCHED_FIFO, &parameters)
+        if rc != 0 { throw .system(call: "pthread_setschedparam(SCHED_FIFO, \(priority))", errno: rc) }
+    }
+
     static func join(_ thread: pthread_t) throws(HotplugError) {
         let rc = pthread_join(thread, nil)
         if rc != 0 { throw .system(call: "pthread_join", errno: rc) }

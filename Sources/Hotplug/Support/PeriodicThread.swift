@@ -6,8 +6,10 @@ final class PeriodicThread: Sendable {
     private let running = Atomic<Bool>(true)
     private let finished = Completion()
 
-    /// - Throws: ``HotplugError/system(call:errno:)`` when the thread cannot start.
-    init(interval: Duration, _ body: @escaping @Sendable () -> Void) throws(HotplugError) {
+    /// - Parameter realtimePriority: SCHED_FIFO priority for the thread (nil: the default policy).
+    /// - Throws: ``HotplugError/system(call:errno:)`` when the thread cannot start or the priority is refused (the
+    ///   thread is stopped again then).
+    init(interval: Duration, realtimePriority: Int32? = nil, _ body: @escaping @Sendable () -> Void) throws(HotplugError) {
         let microseconds = UInt32(clamping: max(1, interval.components.seconds * 1_000_000
             + interval.components.attoseconds / 1_000_000_000_000))
         let thread = try Shim.spawnThread { [self] in
@@ -18,6 +20,14 @@ final class PeriodicThread: Sendable {
             finished.signal()
         }
         Shim.detach(thread)
+        if let realtimePriority {
+            do {
+                try Shim.setRealtimePriority(thread, realtimePriority)
+            } catch {
+                stop()
+                throw error
+            }
+        }
     }
 
     /// Stops the loop after its current run and waits for the thread. Idempotent.
