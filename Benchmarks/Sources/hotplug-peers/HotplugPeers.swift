@@ -19,9 +19,11 @@ struct HotplugPeers: ParsableCommand {
             hits both sides alike. A sample is one round trip, barrier episode, stop_machine, membarrier, hotplug \
             operation, partition move or pthread_create + pthread_join, or (tasklet throughput, slab figures) one batch divided by its \
             size, timed with CLOCK_MONOTONIC, or (parked CPU time) a parked thread's CPU time growth over a window, \
-            in percent of one core; p50 and p99 are nearest-rank percentiles of the sorted samples. \
+            in percent of one core, or (follow) the time from an affinity change of every thread to the follower's \
+            event; p50 and p99 are nearest-rank percentiles of the sorted samples. \
             ratio = ours / peer, for p50 and for p99; a goal is met when the p50 ratio is within it (parked CPU \
-            time: when our p99 is under 0.1% of a core). The barrier \
+            time: when our p99 is under 0.1% of a core; follow, which has no measured peer: when our p99 is at most \
+            10 ms). The barrier \
             and stop_machine figures run for every N from 2 to the CPUs of the affinity mask (--max-threads).
             """)
 
@@ -56,6 +58,10 @@ struct HotplugPeers: ParsableCommand {
     @Option(name: .customLong("cpu-time-window-ms"), help: "Length of one window of the parked CPU time figure.")
     var cpuTimeWindowMilliseconds: Int = 200
 
+    @Option(name: .customLong("follow-cycles"),
+            help: "Shrink / restore cycles per row of the follow figure (each gives one sample per series).")
+    var followCycles: Int = 1_000
+
     @Option(help: "Blocks per side of each figure, alternating ours and the peer.")
     var rounds: Int = 4
 
@@ -66,7 +72,7 @@ struct HotplugPeers: ParsableCommand {
     var settleMicroseconds: Int = 20
 
     @Option(name: .customLong("figure"),
-            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, parked-cpu-time, partition-move, or slab (the three slab figures).")
+            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, parked-cpu-time, partition-move, follow, or slab (the three slab figures).")
     var figures: [FigureSelection] = []
 
     @Option(name: .customLong("max-threads"),
@@ -88,8 +94,9 @@ struct HotplugPeers: ParsableCommand {
         guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1") }
         guard slowIterations >= 1 else { throw ValidationError("--slow-iterations must be at least 1") }
         guard batches >= 1 else { throw ValidationError("--batches must be at least 1") }
-        guard rounds >= 1, rounds <= min(iterations, slowIterations, batches) else {
-            throw ValidationError("--rounds must be in 1...min(iterations, slow-iterations, batches)")
+        guard followCycles >= 1 else { throw ValidationError("--follow-cycles must be at least 1") }
+        guard rounds >= 1, rounds <= min(iterations, slowIterations, batches, followCycles) else {
+            throw ValidationError("--rounds must be in 1...min(iterations, slow-iterations, batches, follow-cycles)")
         }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
         guard batchSize >= 1 else { throw ValidationError("--batch-size must be at least 1") }
@@ -135,6 +142,7 @@ struct HotplugPeers: ParsableCommand {
                             batches: batches, batchSize: batchSize, batchWarmup: batchWarmup,
                             slabBatch: slabBatch, cpuTimeWindows: cpuTimeWindows,
                             cpuTimeWindowMs: cpuTimeWindowMilliseconds, mallocPeers: MallocPeerLog.lines,
+                            followCycles: followCycles, followWarmup: followWarmupCycles(settings),
                             rounds: rounds, warmup: warmup,
                             threadCounts: threadCounts, clockP50: clock.p50, clockP99: clock.p99)
         print(report.table())
@@ -183,6 +191,15 @@ struct HotplugPeers: ParsableCommand {
         /// A per-operation figure with `--iterations` samples per side (the slab figures): samples in picoseconds
         /// per operation, like the batch figures', in this unit (for the JSON).
         var unit: String?
+        /// A figure with no measured peer (follow): `peers` is empty, and each title has its own row with this peer
+        /// column and goal (absolute, or `(info)`). The peer is named for information; nothing of it is measured.
+        var alone: [(peer: String, goal: Goal)]?
+        /// The follow figure: `--follow-cycles` samples per series.
+        var followCycles = false
+        /// Why this figure cannot run here: its rows are left unmeasured with this note.
+        var skipped: String?
+        /// A note for series `index`'s row, given its statistics (alone figures only).
+        var seriesNote: (@Sendable (_ index: Int, _ stats: Stats) -> String?)?
 
         init(_ title: String, ours: @escaping Side, peers: [(Contender, Goal)],
              bestOf: (prefix: String, note: String)? = nil) {
@@ -348,10 +365,42 @@ struct HotplugPeers: ParsableCommand {
             ])
             plan.slow = true
             return [plan]
+        case .follow:
+            // No measured peer: the goal is absolute (p99 <= 10 ms from the change to the event); Go's runtime is
+            // named beside the deciding rows for information. One row per follower policy.
+            let realtimeRefusal = followRealtimeRefusal()
+            return [("default policy", nil as Int32?), ("SCHED_FIFO 1", 1)].map { policy, priority in
+                var plan = Plan(titles: followTitles(policy),
+                                ours: oursFollow(realtimePriority: priority, policy: policy), peers: [])
+                plan.alone = followSeries
+                plan.followCycles = true
+                if layout.cpus.count < 2 {
+                    plan.skipped = "skipped: the affinity mask has \(layout.cpus.count) CPU; the figure needs logical "
+                        + "CPUs 0 and 1 on two physical CPUs"
+                } else if priority != nil {
+                    plan.skipped = realtimeRefusal
+                }
+                let cycles = followCycles
+                plan.seriesNote = { index, stats in
+                    guard followSeries[index].goal.decides else { return nil }
+                    let misses = FollowLog.misses(policy)
+                    return "max \(fixed(Double(stats.max) / 1e6, 3)) ms, \(misses) miss\(misses == 1 ? "" : "es") in "
+                        + "\(cycles) cycles"
+                }
+                return plan
+            }
         }
     }
 
     private func measure(_ plan: Plan, layout: Layout, settings: Settings) -> [Row] {
+        if let skipped = plan.skipped {
+            // One note for the figure's rows, on the first.
+            let note = plan.titles.count == 1 ? skipped : skipped + " (this row and the \(plan.titles.count - 1) below)"
+            return plan.titles.enumerated().map { index, title in
+                Row(figure: title, peerName: plan.alone?[index].peer ?? "-", ours: nil, peerStats: nil,
+                    goal: plan.alone?[index].goal ?? Goal(limit: nil), error: nil, note: index == 0 ? note : nil)
+            }
+        }
         let peers = plan.peers
         let live = peers.filter { $0.0.available }
         var rows: [Row] = []
@@ -362,11 +411,13 @@ struct HotplugPeers: ParsableCommand {
             }
         }
 
-        let count = plan.cpuTimeWindows ? cpuTimeWindows : plan.batches ? batches
+        let count = plan.followCycles ? followCycles : plan.cpuTimeWindows ? cpuTimeWindows : plan.batches ? batches
             : plan.slow ? slowIterations : iterations
-        // Allow 1 ms a sample on average (10 ms for the slow figures, 5 us an operation for the batch figures, the
-        // windows themselves for the parked CPU time figure) before calling a figure hung.
-        let secondsPerSide = plan.cpuTimeWindows ? Int64(count * cpuTimeWindowMilliseconds) / 1_000
+        // Allow 1 ms a sample on average (10 ms for the slow figures, 20 ms a cycle for the follow figure, 5 us an
+        // operation for the batch figures, the windows themselves for the parked CPU time figure) before calling a
+        // figure hung.
+        let secondsPerSide = plan.followCycles ? Int64(count / 50)
+            : plan.cpuTimeWindows ? Int64(count * cpuTimeWindowMilliseconds) / 1_000
             : plan.batches ? Int64(count) * Int64(batchSize) / 200_000
             : Int64(count / (plan.slow ? 100 : 1_000))
         Watchdog.arm(plan.titles.joined(separator: " / "),
@@ -394,6 +445,17 @@ struct HotplugPeers: ParsableCommand {
                     failure = (peer.0.name, error)
                     break rounds
                 }
+            }
+        }
+        if let alone = plan.alone {
+            return plan.titles.enumerated().map { index, title in
+                if let failure {
+                    return Row(figure: title, peerName: alone[index].peer, ours: nil, peerStats: nil,
+                               goal: alone[index].goal, error: "\(failure.side): \(failure.error)", note: nil)
+                }
+                let stats = Stats(oursSamples[index].storage)
+                return Row(figure: title, peerName: alone[index].peer, ours: stats, peerStats: nil,
+                           goal: alone[index].goal, error: nil, note: plan.seriesNote?(index, stats))
             }
         }
         if let failure {
@@ -469,6 +531,7 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
     case slabRemoteFree = "slab-remote-free"
     case parkedCPUTime = "parked-cpu-time"
     case partitionMove = "partition-move"
+    case follow
 
     /// The slab allocator's figures (`--figure slab` selects them all).
     var isSlab: Bool { self == .slabPair1CPU || self == .slabPairAllCPUs || self == .slabRemoteFree }
@@ -489,6 +552,7 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
         case .slabRemoteFree: return "slab alloc + remote free"
         case .parkedCPUTime: return "parked CPU time"
         case .partitionMove: return "partition move"
+        case .follow: return "follow: process affinity shrink / restore"
         }
     }
 }

@@ -63,7 +63,7 @@ func oursPartitionMove(_ layout: Layout, _ settings: Settings,
 
 /// A duration in whole nanoseconds.
 @inline(__always)
-private func nanoseconds(_ duration: Duration) -> Int64 {
+func nanoseconds(_ duration: Duration) -> Int64 {
     let (seconds, attoseconds) = duration.components
     return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
 }

@@ -95,6 +95,9 @@ struct Report {
     let cpuTimeWindowMs: Int
     /// One line per malloc peer measured (version, library), as its child process reported it.
     let mallocPeers: [String]
+    /// Cycles per row of the follow figure, and its untimed cycles before every block.
+    let followCycles: Int
+    let followWarmup: Int
     let rounds: Int
     let warmup: Int
     let threadCounts: ClosedRange<Int>
@@ -153,6 +156,18 @@ struct Report {
                        + "in a window (/proc/self/task/TID/schedstat) / the window's wall time; the goal bounds our p99, "
                        + "not a ratio (a parked peer's CPU time hardly grows either; the ratio is '-' when it is 0)")
         }
+        if rows.contains(where: { $0.figure.hasPrefix(followTitlePrefix) && $0.ours != nil }) {
+            out.append("follow (ns): \(followCycles) cycles per row in \(rounds) blocks (a new machine and follower each), "
+                       + "\(followWarmup) untimed cycles before each block; a cycle, from a plain thread: a pause (a fixed "
+                       + "fraction of the follower's 1 ms interval), sched_setaffinity of every thread of the process "
+                       + "(/proc/self/task, like taskset -a -p) to logical CPU 0's physical CPU until the follower reports "
+                       + ".detached(1), a pause, the original mask on every thread until .attached(1); a sample is the time "
+                       + "from just before the first sched_setaffinity to the clock reading at the start of onEvent; the "
+                       + "latency and operation rows are the events' own figures; a cycle without its event within "
+                       + "\(followMissBoundNs / 1_000_000) ms is a miss and counts \(followMissBoundNs / 1_000_000) ms in "
+                       + "every series; the goal bounds our p99 (absolute), no peer is measured; the peer column: "
+                       + followGoNote)
+        }
         out.append("CPUs: target (logical CPU 1 / peer partner) physical CPU \(layout.target); sender \(sender)")
         let placement = layout.cpus.count >= 2 ? "on physical CPU \(layout.cpus)[i]" : "unpinned (single CPU)"
         out.append("N-thread figures: N = \(threadCounts.lowerBound)...\(threadCounts.upperBound) (\(layout.cpus.count) "
@@ -201,6 +216,9 @@ struct Report {
               "cpu_time_windows_per_side": \(cpuTimeWindows),
               "cpu_time_window_ms": \(cpuTimeWindowMs),
               "malloc_peers": [\(mallocPeers.map(jsonString).joined(separator: ", "))],
+              "follow_cycles_per_row": \(followCycles),
+              "follow_warmup_cycles_per_block": \(followWarmup),
+              "follow_miss_bound_ms": \(followMissBoundNs / 1_000_000),
               "rounds": \(rounds),
               "warmup_per_block": \(warmup),
               "target_cpu": \(layout.target),

@@ -1,4 +1,5 @@
-// CPeers: the raw peers the benchmarks compare swift-hotplug against, and the few timing helpers both sides share.
+// CPeers: the raw peers the benchmarks compare swift-hotplug against, the few timing helpers both sides share, and
+// the affinity helpers of the follow figure (`taskset -a -p` from inside the process).
 //
 // Every peer runs its measuring side on the calling thread (the caller pins it) and starts its partner threads
 // pinned to `partner_cpu` or `cpus[1...]` (-1: not pinned). It first runs `warmup` untimed samples, then writes
@@ -192,6 +193,20 @@ void cpr_parked_stop(cpr_parked_thread_t *parked);
 /// Returns 0, or an errno value: open's / read's (ENOENT: no such thread, or a kernel without schedstat), EINVAL
 /// (not a number).
 int cpr_thread_cpu_ns(pid_t tid, int64_t *ns);
+
+// Affinity masks of the follow figure (affinity.c).
+
+/// The affinity mask of thread `tid` (0: the calling thread; the process id: its main thread) as CPU numbers, in
+/// increasing order, into `cpus` (room for `capacity`). Returns 0 and sets `*count`, or an errno value: ENOMEM,
+/// ERANGE (more than `capacity` CPUs), or sched_getaffinity's.
+int cpr_affinity_get(pid_t tid, int *cpus, size_t capacity, size_t *count);
+
+/// What `taskset -a -p` does: gives every thread of this process (each entry of /proc/self/task) the affinity mask
+/// of the `count` CPUs `cpus`. A thread that exits meanwhile is skipped; one created meanwhile may be missed (it
+/// inherits its creator's mask). Returns 0 and sets `*threads` (when not NULL) to the threads changed, or an errno
+/// value: EINVAL (no CPU, or one out of range), ENOMEM, or opendir's / sched_setaffinity's (the threads listed
+/// before the failing one keep the new mask).
+int cpr_affinity_set_every_thread(const int *cpus, size_t count, size_t *threads);
 
 // The malloc peers of the slab figures (malloc_peers.c). They call plain malloc / free, so they measure whichever
 // allocator serves this process (run them in a child process per allocator: cpr_spawn_child). Their samples are in
