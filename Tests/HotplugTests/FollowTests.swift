@@ -149,27 +149,10 @@ private final class EventLog: Sendable {
     @Test func theWholeProcessMaskIsFollowed() async throws {
         try #require(try Shim.affinity().count >= 2, "needs two CPUs in the affinity mask")
         let result = try await #require(processExitsWith: .success, observing: [\.standardOutputContent, \.standardErrorContent]) {
-            let m = try Machine(cpus: 2)
-            let (first, second) = (try m.physicalCPU(of: 0), try m.physicalCPU(of: 1))
             let original = try Shim.affinity()
-            let log = EventLog()
-            let follower = try m.follow(onEvent: log.record)
-            let shrunk = ContinuousClock.now
-            try setEveryThreadsAffinity(to: [first])
-            let detached = waitFor(log) { if case .detached(1, second, let sources, _, _) = $0 { sources.contains(.affinity) } else { false } }
-            print("process mask shrank: CPU 1 \(detached.map { "detached \($0.1 - shrunk) after it (\($0.0))" } ?? "NOT detached")")
-            check(detached != nil && m.online == CPUSet([0]), "CPU 1 was not detached: online \(m.online)")
-            let grown = ContinuousClock.now
-            try setEveryThreadsAffinity(to: original)
-            let attached = waitFor(log) { if case .attached(1, second, _, _) = $0 { true } else { false } }
-            print("process mask grew: CPU 1 \(attached.map { "attached \($0.1 - grown) after it" } ?? "NOT attached")")
-            check(attached != nil && m.online == CPUSet([0, 1]), "CPU 1 was not attached again: online \(m.online)")
-            // `taskset -a` widened CPU 0's thread too: both are pinned again.
-            check(eventually { (try? allowedCPUs(ofThread: m.threadID(of: 0)!)) == "\(first)" &&
-                                   (try? allowedCPUs(ofThread: m.threadID(of: 1)!)) == "\(second)" },
-                  "threads not pinned again")
-            follower.stop()
-            m.shutdown()
+            try followShrinkingAndGrowing("process mask", source: .affinity,
+                                          shrink: { first in try setEveryThreadsAffinity(to: [first]) },
+                                          grow: { try setEveryThreadsAffinity(to: original) })
         }
         print(String(decoding: result.standardOutputContent, as: UTF8.self), terminator: "")
         print(String(decoding: result.standardErrorContent, as: UTF8.self), terminator: "")
@@ -183,30 +166,40 @@ private final class EventLog: Sendable {
         let result = try await #require(processExitsWith: .success, observing: [\.standardOutputContent, \.standardErrorContent]) {
             let group = try CpusetGroup(name: "hotplug-follow-test-\(getpid())")
             defer { group.remove() }
-            let m = try Machine(cpus: 2)
-            let (first, second) = (try m.physicalCPU(of: 0), try m.physicalCPU(of: 1))
-            let log = EventLog()
-            let follower = try m.follow(onEvent: log.record)
             check(Follower.cgroupCPUs() == Set(group.cpus), "the follower reads \(String(describing: Follower.cgroupCPUs())), the group has \(group.cpus)")
-            let shrunk = ContinuousClock.now
-            try group.setCPUs([first])
-            let detached = waitFor(log) { if case .detached(1, second, let sources, _, _) = $0 { sources.contains(.cgroup) } else { false } }
-            print("cpuset.cpus shrank: CPU 1 \(detached.map { "detached \($0.1 - shrunk) after it (\($0.0))" } ?? "NOT detached")")
-            check(detached != nil && m.online == CPUSet([0]), "CPU 1 was not detached: online \(m.online)")
-            let grown = ContinuousClock.now
-            try group.setCPUs(group.cpus)
-            let attached = waitFor(log) { if case .attached(1, second, _, _) = $0 { true } else { false } }
-            print("cpuset.cpus grew: CPU 1 \(attached.map { "attached \($0.1 - grown) after it" } ?? "NOT attached")")
-            check(attached != nil && m.online == CPUSet([0, 1]), "CPU 1 was not attached again: online \(m.online)")
-            check(eventually { (try? allowedCPUs(ofThread: m.threadID(of: 0)!)) == "\(first)" &&
-                                   (try? allowedCPUs(ofThread: m.threadID(of: 1)!)) == "\(second)" },
-                  "threads not pinned again")
-            follower.stop()
-            m.shutdown()
+            try followShrinkingAndGrowing("cpuset.cpus", source: .cgroup,
+                                          shrink: { first in try group.setCPUs([first]) },
+                                          grow: { try group.setCPUs(group.cpus) })
         }
         print(String(decoding: result.standardOutputContent, as: UTF8.self), terminator: "")
         print(String(decoding: result.standardErrorContent, as: UTF8.self), terminator: "")
     }
+}
+
+/// Inside an exit test: a machine of 2 logical CPUs follows `shrink` (given the first CPU's physical CPU: the
+/// process may use only that one now) and `grow`. CPU 1 must be detached with `source` among the sources that
+/// dropped it, attached again, and both threads pinned to their CPUs again (a mask change widens CPU 0's too).
+private func followShrinkingAndGrowing(_ what: String, source: Follower.Source, shrink: (Int) throws -> Void,
+                                       grow: () throws -> Void) throws {
+    let m = try Machine(cpus: 2)
+    let (first, second) = (try m.physicalCPU(of: 0), try m.physicalCPU(of: 1))
+    let log = EventLog()
+    let follower = try m.follow(onEvent: log.record)
+    let shrunk = ContinuousClock.now
+    try shrink(first)
+    let detached = waitFor(log) { if case .detached(1, second, let sources, _, _) = $0 { sources.contains(source) } else { false } }
+    print("\(what) shrank: CPU 1 \(detached.map { "detached \($0.1 - shrunk) after it (\($0.0))" } ?? "NOT detached")")
+    check(detached != nil && m.online == CPUSet([0]), "CPU 1 was not detached: online \(m.online)")
+    let grown = ContinuousClock.now
+    try grow()
+    let attached = waitFor(log) { if case .attached(1, second, _, _) = $0 { true } else { false } }
+    print("\(what) grew: CPU 1 \(attached.map { "attached \($0.1 - grown) after it" } ?? "NOT attached")")
+    check(attached != nil && m.online == CPUSet([0, 1]), "CPU 1 was not attached again: online \(m.online)")
+    check(eventually { (try? allowedCPUs(ofThread: m.threadID(of: 0)!)) == "\(first)" &&
+                           (try? allowedCPUs(ofThread: m.threadID(of: 1)!)) == "\(second)" },
+          "threads not pinned again")
+    follower.stop()
+    m.shutdown()
 }
 
 /// Inside an exit test: a failed check ends the child process with a message (the parent sees a failure).

@@ -145,10 +145,20 @@ public final class Follower: Sendable {
         }
     }
 
+    /// Runs a detach or attach at the default policy: it waits for the CPUs' threads, and a real-time thread that
+    /// spins while the thread it waits for is runnable on the same CPU would hold that thread off (priority
+    /// inversion). Only the polls run at ``Machine/FollowOptions/realtimePriority``.
+    private func atDefaultPriority<T>(_ body: () throws(HotplugError) -> T) throws(HotplugError) -> T {
+        guard let priority = options.realtimePriority else { return try body() }
+        try? Shim.setOwnPriority(nil)
+        defer { try? Shim.setOwnPriority(priority) }
+        return try body()
+    }
+
     private func detach(_ cpu: Int, physical: Int, sources: [Source], since: ContinuousClock.Instant) {
         do {
             let start = ContinuousClock.now
-            try machine.offline(cpu)
+            try atDefaultPriority { () throws(HotplugError) in try machine.offline(cpu) }
             let end = ContinuousClock.now
             state.withLock { _ = $0.detachedByMe.insert(cpu) }
             onEvent(.detached(cpu: cpu, physicalCPU: physical, sources: sources, latency: end - since,
@@ -161,9 +171,11 @@ public final class Follower: Sendable {
     private func attach(_ cpu: Int, physical: Int, state cpuState: LogicalCPUState, since: ContinuousClock.Instant) {
         do {
             let start = ContinuousClock.now
-            if cpuState == .standby { try machine.configure(cpu) }
-            if let tid = try machine.threadID(of: cpu) { try Shim.pin(thread: tid, to: physical) }
-            try machine.online(cpu)
+            try atDefaultPriority { () throws(HotplugError) in
+                if cpuState == .standby { try machine.configure(cpu) }
+                if let tid = try machine.threadID(of: cpu) { try Shim.pin(thread: tid, to: physical) }
+                try machine.online(cpu)
+            }
             let end = ContinuousClock.now
             state.withLock { _ = $0.detachedByMe.remove(cpu) }
             onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: end - since, operation: end - start))
@@ -280,9 +292,11 @@ extension Machine {
         public var followCgroup: Bool
         /// Whether to follow the kernel's online CPU mask.
         public var followKernel: Bool
-        /// SCHED_FIFO priority (1...99) for the follower's thread, as the kernel runs its own hotplug threads; nil:
+        /// SCHED_FIFO priority (1...99) for the follower's polls, as the kernel runs its own hotplug threads; nil:
         /// the default policy. On a loaded machine a default-policy follower waits for a time slice before it sees a
-        /// change; a real-time one does not. Needs CAP_SYS_NICE (``Machine/follow(_:onEvent:)`` throws otherwise).
+        /// change; a real-time one does not. The detach or attach itself runs at the default policy (it waits for
+        /// the CPUs' threads, which a real-time waiter could hold off). Needs CAP_SYS_NICE
+        /// (``Machine/follow(_:onEvent:)`` throws otherwise).
         public var realtimePriority: Int32?
 
         public init(interval: Duration = .milliseconds(1), affinityThread: Int32? = nil, followCgroup: Bool = true,

@@ -129,6 +129,14 @@ enum Shim {
         if rc != 0 { throw .system(call: "pthread_setschedparam(SCHED_FIFO, \(priority))", errno: rc) }
     }
 
+    /// Sets the calling thread's policy: SCHED_FIFO at `priority`, or the default policy (SCHED_OTHER) for nil.
+    static func setOwnPriority(_ priority: Int32?) throws(HotplugError) {
+        var parameters = sched_param()
+        parameters.sched_priority = priority ?? 0
+        let rc = pthread_setschedparam(pthread_self(), priority == nil ? SCHED_OTHER : SCHED_FIFO, &parameters)
+        if rc != 0 { throw .system(call: "pthread_setschedparam", errno: rc) }
+    }
+
     static func join(_ thread: pthread_t) throws(HotplugError) {
         let rc = pthread_join(thread, nil)
         if rc != 0 { throw .system(call: "pthread_join", errno: rc) }
