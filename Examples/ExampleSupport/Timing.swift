@@ -11,6 +11,14 @@ public func monotonicNanoseconds() -> Int64 {
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
+extension Duration {
+    /// The duration in whole nanoseconds.
+    public var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
+
 /// Polls `condition` every 200 us for at most `milliseconds`; true as soon as it holds.
 public func waitUntil(_ milliseconds: Int64, _ condition: () throws -> Bool) rethrows -> Bool {
     let deadline = monotonicNanoseconds() + milliseconds * 1_000_000

@@ -144,21 +144,12 @@ final class FollowMode: Sendable {
         let late = waiting()
         checks.check(.follow, late.isEmpty, "the follower did not attach (or pin again) logical CPUs \(late.sorted()) "
                      + "within 5 s although their physical CPUs are usable")
-        follower.withLock { follower in
-            follower?.stop()
-            follower = nil
-        }
+        // Stopped but kept: the sources are still read through it (usable() on the caller's thread).
+        follower.withLock { $0 }?.stop()
         let usableNow = usable()
         return Set((0..<machine.possibleCount).filter { cpu in
             !machine.online.contains(cpu) && !((try? machine.physicalCPU(of: cpu)).map { usableNow.contains($0) } ?? true)
         })
-    }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }
 

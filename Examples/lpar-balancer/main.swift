@@ -177,7 +177,7 @@ struct LparBalancer: ParsableCommand {
         report("")
         report("moves: \(moves.count) (\(failed) failed)")
         for key in pairs.keys.sorted() { report("  \(pad(key, 10)) \(pairs[key]!.count)") }
-        let micros = moves.map { Double($0.total.components.attoseconds) / 1e12 + Double($0.total.components.seconds) * 1e6 }.sorted()
+        let micros = moves.map { Double($0.total.nanoseconds) / 1e3 }.sorted()
         if !micros.isEmpty {
             func at(_ q: Double) -> String { fixed(micros[min(micros.count - 1, Int(q * Double(micros.count)))], 0) }
             report("move latency (detach + attach), us: min \(fixed(micros[0], 0))  p50 \(at(0.5))  p99 \(at(0.99))  max \(fixed(micros.last!, 0))")

@@ -91,6 +91,27 @@ private final class EventLog: Sendable {
         #expect(m.online == m.possible)
     }
 
+    @Test func theLastOnlineCPUStaysAndItsFailedDetachIsReportedOnce() throws {
+        let m = try Machine(cpus: 2)
+        defer { m.shutdown() }
+        let (first, second) = (try m.physicalCPU(of: 0), try m.physicalCPU(of: 1))
+        try #require(first != second, "needs two CPUs in the affinity mask")
+        try m.offline(1)   // the program's own detach: the follower leaves CPU 1 alone
+        let reference = ReferenceThread()
+        defer { reference.finish() }
+        let log = EventLog()
+        let follower = try m.follow(.init(affinityThread: reference.tid, followCgroup: false, followKernel: false),
+                                    onEvent: log.record)
+        defer { follower.stop() }
+        try Shim.setAffinity(thread: reference.tid, cpus: [second])   // CPU 0's physical CPU goes away
+        #expect(eventually { log.first { if case .failed(0, "detach", _) = $0 { true } else { false } } != nil })
+        usleep(50_000)   // some 50 polls, each retrying the detach
+        let failures = log.events.withLock { $0.filter { if case .failed = $0.0 { true } else { false } }.count }
+        #expect(failures == 1)
+        #expect(m.online == CPUSet([0]))
+        #expect(follower.detachedCPUs.isEmpty)
+    }
+
     @Test func cgroupMountsAreFoundInMountinfo() {
         let mountinfo = """
             25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755

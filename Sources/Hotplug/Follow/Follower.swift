@@ -45,7 +45,8 @@ public final class Follower: Sendable {
         case attached(cpu: Int, physicalCPU: Int, latency: Duration, operation: Duration)
         /// The thread of logical CPU `cpu` had lost its pinning and was pinned to `physicalCPU` again.
         case repinned(cpu: Int, physicalCPU: Int)
-        /// An operation the follower needed failed (for example: the CPU is the last online one).
+        /// An operation the follower needed failed (for example: the CPU is the last online one). It is retried at
+        /// every poll but reported once, until the condition goes away or the operation succeeds.
         case failed(cpu: Int, operation: String, error: HotplugError)
     }
 
@@ -55,6 +56,8 @@ public final class Follower: Sendable {
     private let loop = Locked<PeriodicThread?>(nil)
     private let state = Locked(PollState())
     private let mounts: CgroupMounts
+    /// The machine's physical CPUs (its topology does not change).
+    private let physicalCPUs: [Int]
 
     /// What the polls remember (touched by the follower's thread, read by ``detachedCPUs``).
     private struct PollState {
@@ -63,6 +66,9 @@ public final class Follower: Sendable {
         /// Per physical CPU: the last poll that saw it usable, and the last that saw it unusable.
         var lastUsable: [Int: ContinuousClock.Instant] = [:]
         var lastUnusable: [Int: ContinuousClock.Instant] = [:]
+        /// Logical CPUs whose detach or attach failed and was reported: it is retried every poll, but reported
+        /// again only after the condition went away or the operation succeeded.
+        var failing = Set<Int>()
     }
 
     init(machine: Machine, options: Machine.FollowOptions, onEvent: @escaping @Sendable (Event) -> Void) {
@@ -70,6 +76,7 @@ public final class Follower: Sendable {
         self.options = options
         self.onEvent = onEvent
         mounts = CgroupMounts.read()
+        physicalCPUs = machine.topology.physicalCPUs
     }
 
     func start() throws(HotplugError) {
@@ -109,11 +116,11 @@ public final class Follower: Sendable {
 
     /// The physical CPUs usable now, and for each unusable one the sources that exclude it.
     func usable() -> (cpus: Set<Int>, excludedBy: [Int: [Source]]) {
-        var usable = Set(machine.topology.physicalCPUs)
+        var usable = Set(physicalCPUs)
         var excluded: [Int: [Source]] = [:]
         for source in Source.allCases {
             guard let cpus = read(source) else { continue }
-            for cpu in machine.topology.physicalCPUs where !cpus.contains(cpu) { excluded[cpu, default: []].append(source) }
+            for cpu in physicalCPUs where !cpus.contains(cpu) { excluded[cpu, default: []].append(source) }
             usable.formIntersection(cpus)
         }
         return (usable, excluded)
@@ -122,27 +129,35 @@ public final class Follower: Sendable {
     private func poll() {
         let seen = ContinuousClock.now
         let (usable, excludedBy) = usable()
-        // The last sightings before this poll (the latency bounds), then this poll's.
-        let (lastUsable, lastUnusable) = state.withLock { state in
-            defer {
-                for cpu in machine.topology.physicalCPUs {
-                    if usable.contains(cpu) { state.lastUsable[cpu] = seen } else { state.lastUnusable[cpu] = seen }
-                }
-            }
-            return (state.lastUsable, state.lastUnusable)
-        }
         for cpu in 0..<machine.possibleCount {
             guard let physical = try? machine.physicalCPU(of: cpu), let cpuState = try? machine.state(of: cpu) else { continue }
             let isUsable = usable.contains(physical)
             if cpuState == .online && !isUsable {
-                detach(cpu, physical: physical, sources: excludedBy[physical] ?? [], since: lastUsable[physical] ?? seen)
+                // The latency bound starts at the last poll before this one that saw the CPU usable.
+                let since = state.withLock { $0.lastUsable[physical] } ?? seen
+                detach(cpu, physical: physical, sources: excludedBy[physical] ?? [], since: since)
             } else if cpuState != .online && isUsable && state.withLock({ $0.detachedByMe.contains(cpu) }) {
-                attach(cpu, physical: physical, state: cpuState, since: lastUnusable[physical] ?? seen)
-            } else if isUsable, let tid = try? machine.threadID(of: cpu), let allowed = try? Shim.affinity(of: tid),
-                      allowed != [physical] {
-                if (try? Shim.pin(thread: tid, to: physical)) != nil { onEvent(.repinned(cpu: cpu, physicalCPU: physical)) }
+                let since = state.withLock { $0.lastUnusable[physical] } ?? seen
+                attach(cpu, physical: physical, state: cpuState, since: since)
+            } else {
+                state.withLock { _ = $0.failing.remove(cpu) }
+                if isUsable, let tid = try? machine.threadID(of: cpu), let allowed = try? Shim.affinity(of: tid),
+                   allowed != [physical], (try? Shim.pin(thread: tid, to: physical)) != nil {
+                    onEvent(.repinned(cpu: cpu, physicalCPU: physical))
+                }
             }
         }
+        state.withLock { state in
+            for cpu in physicalCPUs {
+                if usable.contains(cpu) { state.lastUsable[cpu] = seen } else { state.lastUnusable[cpu] = seen }
+            }
+        }
+    }
+
+    /// Reports a failed operation once per episode (see ``PollState/failing``).
+    private func failed(_ cpu: Int, _ operation: String, _ error: HotplugError) {
+        guard state.withLock({ $0.failing.insert(cpu).inserted }) else { return }
+        onEvent(.failed(cpu: cpu, operation: operation, error: error))
     }
 
     /// Runs a detach or attach at the default policy: it waits for the CPUs' threads, and a real-time thread that
@@ -160,11 +175,14 @@ public final class Follower: Sendable {
             let start = ContinuousClock.now
             try atDefaultPriority { () throws(HotplugError) in try machine.offline(cpu) }
             let end = ContinuousClock.now
-            state.withLock { _ = $0.detachedByMe.insert(cpu) }
+            state.withLock { state in
+                state.detachedByMe.insert(cpu)
+                state.failing.remove(cpu)
+            }
             onEvent(.detached(cpu: cpu, physicalCPU: physical, sources: sources, latency: end - since,
                               operation: end - start))
         } catch {
-            onEvent(.failed(cpu: cpu, operation: "detach", error: error))
+            failed(cpu, "detach", error)
         }
     }
 
@@ -177,10 +195,13 @@ public final class Follower: Sendable {
                 try machine.online(cpu)
             }
             let end = ContinuousClock.now
-            state.withLock { _ = $0.detachedByMe.remove(cpu) }
+            state.withLock { state in
+                state.detachedByMe.remove(cpu)
+                state.failing.remove(cpu)
+            }
             onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: end - since, operation: end - start))
         } catch {
-            onEvent(.failed(cpu: cpu, operation: "attach", error: error))
+            failed(cpu, "attach", error)
         }
     }
 
