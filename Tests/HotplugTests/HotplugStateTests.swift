@@ -281,4 +281,24 @@ final class Recorder: Sendable {
         try Shim.join(cycler)
         #expect(cycles.withLock { $0 } > 0, "the cycler never ran")
     }
+
+    @Test func aWaitingOperationDoesNotMoveTheTargetUnderTheReadLock() throws {
+        // A detach that waits for the write lock must not show its target yet: a holder of the read lock sees
+        // every CPU at rest (current == target), as Linux sets the target under cpus_write_lock.
+        let m = try Machine(cpus: 2)
+        defer { m.shutdown() }
+        let done = Locked(false)
+        var detacher: pthread_t?
+        try m.withCPUsReadLocked {
+            detacher = try Shim.spawnThread {
+                try? m.offline(1)
+                done.withLock { $0 = true }
+            }
+            usleep(50_000)   // the detach is waiting for the write lock by now
+            #expect(!done.withLock { $0 })
+            #expect(try m.hotplug.targetState(of: 1) == m.hotplug.currentState(of: 1))
+        }
+        try Shim.join(try #require(detacher))
+        #expect(try m.hotplug.targetState(of: 1) == .offline && m.hotplug.currentState(of: 1) == .offline)
+    }
 }

@@ -9,9 +9,11 @@ extension Machine {
         if registry.contents.withLock({ $0.disableDepth }) > 0 { throw .busy(cpu: cpu, reason: "hotplug is disabled") }
         let started = Shim.monotonicNanoseconds()
         let start = registry.current(cpu)
-        registry.setTarget(cpu, .online)
-        defer { registry.setTarget(cpu, registry.current(cpu)) }
         try hotplugLock.withWriteLock { () throws(HotplugError) in
+            // The target changes under the write lock only (as Linux sets it under cpus_write_lock): a holder of
+            // the read lock sees every CPU where it is heading.
+            registry.setTarget(cpu, .online)
+            defer { registry.setTarget(cpu, registry.current(cpu)) }
             // PREPARE, on this (the control) thread.
             for step in registry.states(in: 1...(HotplugState.bringup.rawValue - 1)) where registry.current(cpu) < step {
                 do {
@@ -140,9 +142,11 @@ extension Machine {
         }
         let started = Shim.monotonicNanoseconds()
         let start = registry.current(cpu)
-        registry.setTarget(cpu, .offline)
-        defer { registry.setTarget(cpu, registry.current(cpu)) }
         try hotplugLock.withWriteLock { () throws(HotplugError) in
+            // The target changes under the write lock only (as Linux sets it under cpus_write_lock): a holder of
+            // the read lock sees every CPU where it is heading.
+            registry.setTarget(cpu, .offline)
+            defer { registry.setTarget(cpu, registry.current(cpu)) }
             state.withLock { $0.active.remove(cpu) }   // like Linux: inactive first
             if registry.current(cpu) > .teardownCPU {
                 do throws(HotplugError) {
