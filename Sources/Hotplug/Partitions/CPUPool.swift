@@ -105,9 +105,10 @@ public final class CPUPool: Sendable {
     /// Moves processor `processor` from partition `from` to partition `to`: detaches `from`'s CPU there (its work
     /// migrates, its caches drain), then attaches `to`'s CPU there.
     /// - Throws: ``HotplugError/invalidConfiguration(_:)`` when `from` does not own the processor or the two are
-    ///   the same partition or not of this pool; ``HotplugError/busy(cpu:reason:)`` when it is `from`'s last
-    ///   processor; the detach's errors (nothing changed then: the detach rolled forward); the attach's errors
-    ///   (the processor went back to `from`, or, when that failed too, is owned by nobody: the error's text says so).
+    ///   the same partition or not of this pool; ``HotplugError/busy(cpu:reason:)`` with
+    ///   ``BusyReason/lastOnlineCPU`` (naming `from`'s CPU) when it is `from`'s last processor; the detach's errors
+    ///   (nothing changed then: the detach rolled forward); the attach's errors (the processor went back to `from`,
+    ///   or, when that failed too, is owned by nobody: a critical log message says so).
     @discardableResult
     public func move(_ processor: Int, from: Partition, to: Partition) throws(HotplugError) -> Move {
         try operations.withLock { () throws(HotplugError) -> Move in
@@ -119,7 +120,7 @@ public final class CPUPool: Sendable {
             }
             let leaving = from.logicalCPU(of: processor)
             guard from.machine.online.count > 1 else {
-                throw .busy(cpu: leaving, reason: "processor \(processor) is the last one of partition '\(from.name)'")
+                throw .busy(cpu: leaving, reason: .lastOnlineCPU)
             }
             let clock = ContinuousClock()
             let started = clock.now
