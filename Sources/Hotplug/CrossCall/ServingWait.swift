@@ -15,7 +15,7 @@ enum ServingWait {
     ///     CPU's calls are served: a CPU of another machine waits without serving, like a CPU busy in a long call.
     static func wait(for event: Completion, until deadline: Int64, serving core: CPUCore?) -> Bool {
         guard let core else {
-            // Nothing to serve: one futex wait, woken by the signal itself.
+            // Nothing to serve: one futex wait, which `signal()` ends at once.
             if deadline == .max { return event.wait() }
             return event.wait(timeoutNanoseconds: max(0, deadline - Shim.monotonicNanoseconds()))
         }

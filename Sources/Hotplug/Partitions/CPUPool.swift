@@ -2,7 +2,7 @@ import Logging
 
 /// A pool of processors shared by several machines ("partitions"), as S/390 LPARs share their machine's processors:
 /// every processor is owned by at most one partition's online logical CPU at a time, and ``move(_:from:to:)`` takes
-/// one from a partition and gives it to another while both run (the 2000 proposal's scenario).
+/// one from a partition and gives it to another while both run (see `docs/ARCHITECTURE.md`, "Origin").
 ///
 /// Processor `p` of a pool runs on slot `p % topology.cpus.count` of its topology, so a pool may hold more processors
 /// than the machine has CPUs (oversubscription, as for a ``Machine``): where it holds at most one processor per
