@@ -114,7 +114,7 @@ final class FollowMode: Sendable {
         case .failed(let cpu, let operation, let error):
             output("follow-event failed cpu=\(cpu) operation=\(operation) error=\(error)")
             failures.add()
-            (operation == "attach" ? stats.attach : stats.detach).attempts.add()
+            (operation == .online ? stats.attach : stats.detach).attempts.add()
             checks.fail(.follow, "the follower's \(operation) of logical CPU \(cpu) failed: \(error)")
         }
         pending.withLock { $0.append(event) }

@@ -619,8 +619,8 @@ final class Demo {
         let emergencies = Int.random(in: 1...3, using: &rng)
         for _ in 0..<emergencies { try order(target, .emergencySignal, expect: [Demo.cc0], "a stopped") }
         if machine.online.count > 1 {
-            try expectError("offlining a CPU stopped by SIGP throws incorrectState",
-                            { if case .incorrectState(target, _, _) = $0 { true } else { false } }) {
+            try expectError("offlining a CPU stopped by SIGP throws stoppedByOrder",
+                            { $0 == .stoppedByOrder(cpu: target) }) {
                 () throws(HotplugError) in try machine.offline(target)
             }
         }

@@ -23,7 +23,7 @@ import Testing
         let m = try Machine(cpus: 2, configuration: .init(initiallyOnline: 2))
         defer { m.shutdown() }
         try m.offline(1)
-        #expect(throws: HotplugError.busy(cpu: 0, reason: "it is the last online CPU")) { try m.offline(0) }
+        #expect(throws: HotplugError.busy(cpu: 0, reason: .lastOnlineCPU)) { try m.offline(0) }
         #expect(m.online == [0])
         #expect(try m.run(on: 0) { m.currentCPU } == 0)
     }
@@ -32,9 +32,9 @@ import Testing
         let m = try Machine(cpus: 3, configuration: .init(initiallyOnline: 1))
         defer { m.shutdown() }
         try m.configure(1)
-        #expect(throws: HotplugError.incorrectState(cpu: 1, state: .parked, operation: "configure")) { try m.configure(1) }
-        #expect(throws: HotplugError.incorrectState(cpu: 0, state: .online, operation: "configure")) { try m.configure(0) }
-        #expect(throws: HotplugError.incorrectState(cpu: 0, state: .online, operation: "deconfigure")) { try m.deconfigure(0) }
+        #expect(throws: HotplugError.incorrectState(cpu: 1, state: .parked, operation: .configure)) { try m.configure(1) }
+        #expect(throws: HotplugError.incorrectState(cpu: 0, state: .online, operation: .configure)) { try m.configure(0) }
+        #expect(throws: HotplugError.incorrectState(cpu: 0, state: .online, operation: .deconfigure)) { try m.deconfigure(0) }
         #expect(throws: HotplugError.notPresent(cpu: 2)) { try m.online(2) }
         #expect(throws: HotplugError.notPresent(cpu: 2)) { try m.offline(2) }
         #expect(throws: HotplugError.notOnline(cpu: 1)) { try m.run(on: 1) { 1 } }
@@ -47,7 +47,7 @@ import Testing
         defer { m.shutdown() }
         #expect(try m.sigp(1, .stop) == SIGPResult(conditionCode: .accepted))
         #expect(eventually { (try? m.runState(of: 1)) == .stopped })
-        #expect(throws: HotplugError.self) { try m.offline(1) }
+        #expect(throws: HotplugError.stoppedByOrder(cpu: 1)) { try m.offline(1) }
         #expect(m.online == [0, 1])
         #expect(try m.sigp(1, .start) == SIGPResult(conditionCode: .accepted))
         try m.offline(1)

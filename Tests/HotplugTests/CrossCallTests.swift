@@ -24,6 +24,20 @@ import Testing
         #expect(throws: Boom()) { try machine.run(on: 1) { () throws -> Int in throw Boom() } }
     }
 
+    @Test func runOnEachGivesTheLowestCPUsErrorAfterEveryBodyRan() throws {
+        struct Boom: Error, Equatable { let cpu: Int }
+        let machine = try Machine(cpus: 4)
+        defer { machine.shutdown() }
+        let ran = Locked<[Int]>([])
+        #expect(throws: Boom(cpu: 1)) {
+            try machine.runOnEach { cpu in
+                ran.withLock { $0.append(cpu) }
+                if cpu % 2 == 1 { throw Boom(cpu: cpu) }
+            }
+        }
+        #expect(ran.withLock { $0.sorted() } == [0, 1, 2, 3])
+    }
+
     @Test func runOnEachCoversEveryOnlineCPU() throws {
         let machine = try Machine(cpus: 4)
         defer { machine.shutdown() }
@@ -55,8 +69,18 @@ import Testing
         try machine.submit(on: 1) { gate.spin() }
         #expect(eventually { gate.hasEntered })
         let ran = Atomic<Bool>(false)
-        #expect(throws: HotplugError.self) {
+        // A body that cannot throw: the call is throws(HotplugError), and the error is a cross-call timeout.
+        do throws(HotplugError) {
             try machine.run(on: 1, timeout: .milliseconds(50)) { ran.store(true, ordering: .relaxed) }
+            Issue.record("the call returned although CPU 1 never reached a safe point")
+        } catch {
+            expectTimeout(error, cpu: 1, operation: .crossCall, atLeast: .milliseconds(50))
+        }
+        do throws(HotplugError) {
+            _ = try machine.runOnEach(timeout: .milliseconds(50)) { cpu in cpu }
+            Issue.record("runOnEach returned although CPU 1 never reached a safe point")
+        } catch {
+            expectTimeout(error, cpu: 1, operation: .crossCall, atLeast: .milliseconds(50))
         }
         gate.release()
         #expect(try machine.run(on: 1) { 7 } == 7)   // it is back at its safe points

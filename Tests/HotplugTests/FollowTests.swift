@@ -104,7 +104,7 @@ private final class EventLog: Sendable {
                                     onEvent: log.record)
         defer { follower.stop() }
         try Shim.setAffinity(thread: reference.tid, cpus: [second])   // CPU 0's physical CPU goes away
-        #expect(eventually { log.first { if case .failed(0, "detach", _) = $0 { true } else { false } } != nil })
+        #expect(eventually { log.first { if case .failed(0, .offline, .busy(0, .lastOnlineCPU)) = $0 { true } else { false } } != nil })
         usleep(50_000)   // some 50 polls, each retrying the detach
         let failures = log.events.withLock { $0.filter { if case .failed = $0.0 { true } else { false } }.count }
         #expect(failures == 1)

@@ -238,13 +238,13 @@ final class Recorder: Sendable {
         defer { m.shutdown() }
         m.hotplug.disable()
         m.hotplug.disable()
-        #expect(throws: HotplugError.busy(cpu: 1, reason: "hotplug is disabled")) { try m.offline(1) }
+        #expect(throws: HotplugError.busy(cpu: 1, reason: .hotplugDisabled)) { try m.offline(1) }
         m.hotplug.enable()
-        #expect(throws: HotplugError.busy(cpu: 1, reason: "hotplug is disabled")) { try m.offline(1) }
+        #expect(throws: HotplugError.busy(cpu: 1, reason: .hotplugDisabled)) { try m.offline(1) }
         m.hotplug.enable()
         try m.offline(1)
         m.hotplug.disable()
-        #expect(throws: HotplugError.busy(cpu: 1, reason: "hotplug is disabled")) { try m.online(1) }
+        #expect(throws: HotplugError.busy(cpu: 1, reason: .hotplugDisabled)) { try m.online(1) }
         m.hotplug.enable()
         try m.online(1)
     }

@@ -3,7 +3,8 @@ import Synchronization
 import Testing
 @testable import Hotplug
 
-/// Each SIGP order's condition code and status (DESIGN 3.3), on real threads and real signals.
+/// Each SIGP order's condition code and status (see `docs/ARCHITECTURE.md`, "SIGP orders"), on real threads and
+/// real signals.
 @Suite struct SIGPTests {
     private func machine(_ log: InterruptLog, poll: Duration = .microseconds(20), response: Duration = .seconds(5),
                          resend: Duration = .milliseconds(5)) throws -> Machine {

@@ -13,6 +13,21 @@ func blockedSignals(ofThread tid: Int32) throws -> UInt64 {
     return mask
 }
 
+/// Checks that `error` is a timeout of `operation` on `cpu` after at least `waited`. The switch names every case
+/// (no `default`): a new ``HotplugError`` case breaks this build until it is classified here.
+func expectTimeout(_ error: HotplugError, cpu: Int, operation: HotplugOperation, atLeast waited: Duration,
+                   sourceLocation: SourceLocation = #_sourceLocation) {
+    switch error {
+    case .timeout(let timedOut, let named, let nanoseconds):
+        #expect(timedOut == cpu && named == operation, "\(error)", sourceLocation: sourceLocation)
+        #expect(nanoseconds >= waited.nanoseconds, "\(error)", sourceLocation: sourceLocation)
+    case .invalidCPU, .notPresent, .notOnline, .incorrectState, .stoppedByOrder, .busy, .notResponding,
+         .invalidSignal, .signalInUse, .shutDown, .invalidConfiguration, .system, .callbackFailed, .noFreeState,
+         .cannotInject, .unknownState, .taskletKillsItself:
+        Issue.record("expected a \(operation) timeout on CPU \(cpu), got: \(error)", sourceLocation: sourceLocation)
+    }
+}
+
 @Suite struct StopMachineTests {
     struct Boom: Error, Equatable { let cpu: Int }
 
@@ -45,16 +60,17 @@ func blockedSignals(ofThread tid: Int32) throws -> UInt64 {
         #expect(ranOn.withLock { $0 } == [0, 1])
     }
 
-    @Test func errorsAreAggregated() throws {
+    @Test func aBodysErrorComesOutUnchangedAfterEveryBodyRan() throws {
         let m = try Machine(cpus: 3)
         defer { m.shutdown() }
-        #expect {
-            try m.stopMachine(active: [0, 1, 2]) { cpu in if cpu != 1 { throw Boom(cpu: cpu) } }
-        } throws: { error in
-            guard let error = error as? StopMachineError else { return false }
-            return error.failures.keys.sorted() == [0, 2]
-                && error.failures.allSatisfy { ($0.value as? Boom)?.cpu == $0.key }
+        let ran = Locked<[Int]>([])
+        #expect(throws: Boom(cpu: 0)) {
+            try m.stopMachine(active: [0, 1, 2]) { cpu in
+                ran.withLock { $0.append(cpu) }
+                if cpu != 1 { throw Boom(cpu: cpu) }
+            }
         }
+        #expect(ran.withLock { $0.sorted() } == [0, 1, 2], "a failing body cut the run short")
     }
 
     @Test func aCPUStuckInALongTaskGivesATimeoutAndNothingChanges() throws {
@@ -65,18 +81,22 @@ func blockedSignals(ofThread tid: Int32) throws -> UInt64 {
         try m.submit(on: 1) { gate.spin() }
         #expect(eventually { gate.hasEntered })
         let ran = Atomic<Bool>(false)
-        #expect(throws: HotplugError.self) {
+        // A body that cannot throw: the call is throws(HotplugError), and the error is a stop_machine timeout.
+        do throws(HotplugError) {
             try m.stopMachine(timeout: .milliseconds(100)) { _ in ran.store(true, ordering: .relaxed) }
+            Issue.record("stop_machine returned although CPU 1 never arrived")
+        } catch {
+            expectTimeout(error, cpu: 1, operation: .stopMachine, atLeast: .milliseconds(100))
         }
         let ranEarly = ran.load(ordering: .relaxed)
         #expect(!ranEarly, "the body ran although a CPU never arrived")
         // Hotplug operations that need stop_machine fail the same way, with no state change.
         let before = (m.online, m.active, try m.state(of: 2), try m.hotplug.currentState(of: 2))
-        #expect {
+        do throws(HotplugError) {
             try m.offline(2)
-        } throws: { error in
-            guard case HotplugError.timeout(let cpu, _, _) = error else { return false }
-            return cpu == 1
+            Issue.record("offline returned although CPU 1 never arrived")
+        } catch {
+            expectTimeout(error, cpu: 1, operation: .stopMachine, atLeast: .milliseconds(200))
         }
         #expect((m.online, m.active, try m.state(of: 2), try m.hotplug.currentState(of: 2)) == before)
         #expect(try m.run(on: 2) { m.currentCPU } == 2, "CPU 2 is not back in service")
@@ -85,6 +105,30 @@ func blockedSignals(ofThread tid: Int32) throws -> UInt64 {
         let ranLater = ran.load(ordering: .relaxed)
         #expect(ranLater)
         try m.offline(2)
+    }
+
+    @Test func aCoordinatorThatNeverArrivesIsAStopMachineTimeout() throws {
+        // Called off the machine's CPUs, stop_machine hands the run to the first online CPU by a cross-call; when
+        // that CPU is stuck, the error still names stop_machine, not the cross-call that carried it.
+        let m = try Machine(cpus: 2)
+        defer { m.shutdown() }
+        let gate = Gate()
+        defer { gate.release() }
+        try m.submit(on: 0) { gate.spin() }
+        #expect(eventually { gate.hasEntered })
+        let ran = Atomic<Bool>(false)
+        do throws(HotplugError) {
+            try m.stopMachine(active: [0, 1], timeout: .milliseconds(100)) { _ in ran.store(true, ordering: .relaxed) }
+            Issue.record("stop_machine returned although CPU 0 never arrived")
+        } catch {
+            expectTimeout(error, cpu: 0, operation: .stopMachine, atLeast: .milliseconds(100))
+        }
+        gate.release()
+        let ranEarly = ran.load(ordering: .relaxed)
+        #expect(!ranEarly, "the body ran although the coordinator never arrived")
+        try m.stopMachine(active: [0, 1]) { _ in ran.store(true, ordering: .relaxed) }
+        let ranLater = ran.load(ordering: .relaxed)
+        #expect(ranLater)
     }
 
     @Test func callsAreSerialised() throws {
@@ -129,6 +173,8 @@ func blockedSignals(ofThread tid: Int32) throws -> UInt64 {
         let (cpu, blocked) = try m.stopOne(1) { (m.currentCPU, Shim.isSIGPBlocked) }
         #expect(cpu == 1 && blocked)
         #expect(try m.run(on: 1) { Shim.isSIGPBlocked } == false)
+        #expect(throws: Boom(cpu: 1)) { try m.stopOne(1) { () throws -> Int in throw Boom(cpu: m.currentCPU ?? -1) } }
+        #expect(try m.run(on: 1) { Shim.isSIGPBlocked } == false, "a throwing body left the signal blocked")
     }
 }
 
@@ -149,6 +195,12 @@ func blockedSignals(ofThread tid: Int32) throws -> UInt64 {
         try m.offline(1)
         #expect(try counters.forEachOnline { _, value in value }.keys.sorted() == [0, 2])
         #expect(try counters.withSlot(of: 1) { $0 } == 110, "an offline CPU's slot keeps its value")
+        do throws(HotplugError) {
+            _ = try counters.withSlot(of: 3) { $0 }
+            Issue.record("a slot past the possible CPUs")
+        } catch {
+            #expect(error == .invalidCPU(3))
+        }
     }
 
     @Test func wideValuesGetWholeLines() throws {

@@ -44,23 +44,23 @@ final class CPUCore: @unchecked Sendable {
         self.interruptHandler = interruptHandler
         self.startingHook = startingHook
         self.control = try ControlBlock.create()
-        control.setOwner(self)
     }
 
     deinit { control.destroy() }
 
-    /// The core bound to the calling thread, if it is a logical CPU of any machine.
-    static var current: CPUCore? {
-        guard let owner = ControlBlock.currentOwner() else { return nil }
-        return Unmanaged<CPUCore>.fromOpaque(owner).takeUnretainedValue()
-    }
-
     /// The id of the logical CPU of machine `machineID` the caller runs on, nil elsewhere: two inlined
-    /// thread-local loads (the slab allocator's paths call it once per operation).
+    /// thread-local loads (the slab allocator's paths call it once per operation). The one way the runtime asks
+    /// which CPU it runs on (``Machine/currentCPU`` and ``current(in:machineID:)`` are built on it).
     @inline(__always)
     static func currentID(machineID: UInt64) -> Int? {
         let cpu = Shim.currentLogicalCPU(machineID: machineID)
         return cpu >= 0 ? cpu : nil
+    }
+
+    /// The core of `cores` (the CPUs of machine `machineID`) the caller runs on, nil elsewhere.
+    @inline(__always)
+    static func current(in cores: [CPUCore], machineID: UInt64) -> CPUCore? {
+        currentID(machineID: machineID).map { cores[$0] }
     }
 
     var isStoppedByOrder: Bool { !control.mailbox.isDisjoint(with: [.stopped, .stop]) }

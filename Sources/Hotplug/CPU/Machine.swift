@@ -211,10 +211,7 @@ public final class Machine: Sendable {
     }
 
     /// The logical CPU of this machine the caller runs on, nil on any other thread.
-    public var currentCPU: Int? {
-        guard let core = CPUCore.current, core.machineID == id else { return nil }
-        return core.id
-    }
+    public var currentCPU: Int? { CPUCore.currentID(machineID: id) }
 
     /// Tasklet runs queued on a CPU and not yet taken (an estimate: a load signal, e.g. for a balancer).
     public func queuedTasklets(on cpu: Int) throws(HotplugError) -> Int {
@@ -255,7 +252,7 @@ public final class Machine: Sendable {
         try withOperation { () throws(HotplugError) in
             let current = state.withLock { $0.cpus[cpu] }
             guard current == .standby else {
-                throw .incorrectState(cpu: cpu, state: current, operation: "configure")
+                throw .incorrectState(cpu: cpu, state: current, operation: .configure)
             }
             let core = cores[cpu]
             let started = Shim.monotonicNanoseconds()
@@ -293,8 +290,8 @@ public final class Machine: Sendable {
     /// the dying CPU, out of the online mask, its thread parks after finishing the cross-calls it accepted;
     /// PREPARE teardowns on this thread). A no-op for a parked CPU.
     /// - Throws: ``HotplugError/busy(cpu:reason:)`` for the last online CPU or while hotplug is disabled;
-    ///   ``HotplugError/incorrectState(cpu:state:operation:)`` for a CPU stopped by a SIGP order (START it
-    ///   first); ``HotplugError/callbackFailed(_:)`` (rolled forward, or not);
+    ///   ``HotplugError/stoppedByOrder(cpu:)`` for a CPU stopped by a SIGP order (START it first);
+    ///   ``HotplugError/callbackFailed(_:)`` (rolled forward, or not);
     ///   ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` when a CPU does not reach a safe point in time
     ///   (nothing changed then); ``HotplugError/notPresent(cpu:)``, ``HotplugError/invalidCPU(_:)``,
     ///   ``HotplugError/shutDown``.
@@ -317,7 +314,7 @@ public final class Machine: Sendable {
         let (current, thread) = state.withLock { ($0.cpus[cpu], $0.threads[cpu]) }
         switch current {
         case .standby: return
-        case .online: throw .incorrectState(cpu: cpu, state: .online, operation: "deconfigure")
+        case .online: throw .incorrectState(cpu: cpu, state: .online, operation: .deconfigure)
         case .parked: break
         }
         let started = Shim.monotonicNanoseconds()

@@ -2,30 +2,26 @@
 public struct CrossCall: Sendable {
     let request: CrossCallRequest
     let target: Int
+    /// The machine's CPUs and id, so that a waiter that is one of them serves its own calls.
+    let cores: [CPUCore]
+    let machineID: UInt64
 
     /// Waits until the call has run. Returns false when it did not start within `timeout` and was cancelled
-    /// (it will then never run).
+    /// (it will then never run). A logical CPU of the same machine keeps serving its own cross-calls meanwhile.
     public func wait(timeout: Duration? = nil) -> Bool {
-        CrossCall.wait(for: request, timeoutNanoseconds: timeout?.nanoseconds ?? -1)
+        CrossCall.wait(for: request, timeoutNanoseconds: timeout?.nanoseconds ?? -1,
+                       serving: CPUCore.current(in: cores, machineID: machineID))
     }
 
-    static func wait(for request: CrossCallRequest, timeoutNanoseconds: Int64) -> Bool {
-        let deadline = timeoutNanoseconds < 0 ? Int64.max : Shim.monotonicNanoseconds() + timeoutNanoseconds
-        // A logical CPU that waits keeps serving its own cross-calls, so two CPUs calling each other cannot
-        // deadlock (like a CPU that waits for a call-function IPI with interrupts enabled).
-        let me = CPUCore.current
-        while true {
-            let slice: Int64 = me == nil ? 50_000_000 : 100_000
-            let left = deadline - Shim.monotonicNanoseconds()
-            if request.done.wait(timeoutNanoseconds: max(0, min(slice, left))) { return true }
-            me?.serveCallsWhileWaiting()
-            if Shim.monotonicNanoseconds() >= deadline {
-                if request.cancel() { return false }
-                // It started: it will finish; wait for it.
-                while !request.done.wait(timeoutNanoseconds: 100_000) { me?.serveCallsWhileWaiting() }
-                return true
-            }
-        }
+    /// Waits for `request` until `timeoutNanoseconds` (negative: no limit) has passed, then cancels it; a call
+    /// that started by then is waited for to the end. False when it was cancelled (it never runs).
+    static func wait(for request: CrossCallRequest, timeoutNanoseconds: Int64, serving core: CPUCore?) -> Bool {
+        let (sum, overflow) = Shim.monotonicNanoseconds().addingReportingOverflow(timeoutNanoseconds)
+        let deadline = timeoutNanoseconds < 0 || overflow ? Int64.max : sum
+        if ServingWait.wait(for: request.done, until: deadline, serving: core) { return true }
+        if request.cancel() { return false }
+        // It started: it will finish; wait for it.
+        return ServingWait.wait(for: request.done, until: .max, serving: core)
     }
 }
 
@@ -44,70 +40,86 @@ extension Machine {
         let delivery = core.control.post(.call)
         try core.control.deliver(delivery, order: .emergencySignal, cpu: cpu, resendNanoseconds: resendNanoseconds,
                                  timeoutNanoseconds: responseNanoseconds)
-        return CrossCall(request: request, target: cpu)
+        return CrossCall(request: request, target: cpu, cores: cores, machineID: id)
     }
 
     /// Runs `body` on a logical CPU's thread and returns its result (like `smp_call_function_single` with
-    /// `wait = 1`). Called on that CPU itself, it runs inline.
+    /// `wait = 1`). Called on that CPU itself, it runs inline. While the caller waits, a caller that is one of this
+    /// machine's CPUs keeps serving its own cross-calls.
     /// - Parameters:
     ///   - cpu: the target logical CPU.
     ///   - timeout: how long the call may wait to start; nil: ``Configuration/responseTimeout``. Once started,
     ///     it runs to completion.
-    ///   - body: the work; its error is rethrown to the caller.
-    /// - Throws: the body's error; ``HotplugError/invalidCPU(_:)``, ``HotplugError/notOnline(cpu:)``,
-    ///   ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` (the call was cancelled and never runs).
+    ///   - body: the work; it cannot throw (see the form with a throwing body).
+    /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/notOnline(cpu:)``,
+    ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``, ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``
+    ///   with ``HotplugOperation/crossCall`` (the call was cancelled and never runs).
     public func run<T: Sendable>(on cpu: Int, timeout: Duration? = nil,
-                                 _ body: @escaping @Sendable () throws -> T) throws -> T {
+                                 _ body: @escaping @Sendable () -> T) throws(HotplugError) -> T {
         try validate(cpu)
-        if currentCPU == cpu { return try body() }
+        if currentCPU == cpu { return body() }
         let box = ResultBox<T>()
         let started = Shim.monotonicNanoseconds()
-        let call = try submit(on: cpu) { box.result = Result { try body() } }
+        let call = try submit(on: cpu) { box.value = body() }
         let limit = timeout?.nanoseconds ?? responseNanoseconds
-        guard CrossCall.wait(for: call.request, timeoutNanoseconds: limit) else {
-            throw HotplugError.timeout(cpu: cpu, operation: "cross-call",
-                                       waitedNanoseconds: Shim.monotonicNanoseconds() - started)
+        guard CrossCall.wait(for: call.request, timeoutNanoseconds: limit, serving: currentCore) else {
+            throw .timeout(cpu: cpu, operation: .crossCall, waitedNanoseconds: Shim.monotonicNanoseconds() - started)
         }
-        return try box.result!.get()
+        return box.value!
+    }
+
+    /// ``run(on:timeout:_:)`` with a body that throws: the body's error comes out unchanged.
+    /// - Throws: the body's error; the ``HotplugError``s of the form with a body that cannot throw.
+    public func run<T: Sendable>(on cpu: Int, timeout: Duration? = nil,
+                                 _ body: @escaping @Sendable () throws -> T) throws -> T {
+        try run(on: cpu, timeout: timeout) { () -> Result<T, any Error> in Result { try body() } }.get()
     }
 
     /// Runs `body` on every online CPU (each on its own thread, concurrently) and returns the results by CPU id.
     /// CPUs that go offline before the call reaches them are skipped. Called on a logical CPU, that CPU's own
     /// share runs inline.
-    /// - Throws: the error of the lowest-numbered CPU whose body threw (after every call finished);
-    ///   ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` when a CPU did not start its call in time.
+    /// - Throws: ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` with ``HotplugOperation/crossCall``
+    ///   when a CPU did not start its call in time (the others still ran theirs);
+    ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``.
     public func runOnEach<T: Sendable>(timeout: Duration? = nil,
-                                       _ body: @escaping @Sendable (_ cpu: Int) throws -> T) throws -> [Int: T] {
+                                       _ body: @escaping @Sendable (_ cpu: Int) -> T) throws(HotplugError) -> [Int: T] {
         let me = currentCPU
         var pending: [(cpu: Int, call: CrossCall, box: ResultBox<T>)] = []
         for cpu in online where cpu != me {
             let box = ResultBox<T>()
-            let submitted: Result<CrossCall, HotplugError> = Result { () throws(HotplugError) in
-                try submit(on: cpu) { box.result = Result { try body(cpu) } }
-            }
-            switch submitted {
-            case .success(let call): pending.append((cpu, call, box))
-            case .failure(.notOnline): continue   // it went offline since the snapshot
-            case .failure(let error): throw error
+            do throws(HotplugError) {
+                pending.append((cpu, try submit(on: cpu) { box.value = body(cpu) }, box))
+            } catch .notOnline {
+                continue   // it went offline since the snapshot
             }
         }
-        var results: [Int: Result<T, any Error>] = [:]
-        if let me { results[me] = Result { try body(me) } }
+        var results: [Int: T] = [:]
+        if let me { results[me] = body(me) }
         let started = Shim.monotonicNanoseconds()
         let limit = timeout?.nanoseconds ?? responseNanoseconds
+        let waiter = currentCore
         var timedOut: Int?
         for entry in pending {
             let left = max(0, limit - (Shim.monotonicNanoseconds() - started))
-            if CrossCall.wait(for: entry.call.request, timeoutNanoseconds: left) {
-                results[entry.cpu] = entry.box.result!
+            if CrossCall.wait(for: entry.call.request, timeoutNanoseconds: left, serving: waiter) {
+                results[entry.cpu] = entry.box.value!
             } else if timedOut == nil {
                 timedOut = entry.cpu
             }
         }
         if let cpu = timedOut {
-            throw HotplugError.timeout(cpu: cpu, operation: "cross-call",
-                                       waitedNanoseconds: Shim.monotonicNanoseconds() - started)
+            throw .timeout(cpu: cpu, operation: .crossCall, waitedNanoseconds: Shim.monotonicNanoseconds() - started)
         }
+        return results
+    }
+
+    /// ``runOnEach(timeout:_:)`` with a body that throws: every CPU's body runs to its end, then the error of the
+    /// lowest-numbered CPU whose body threw comes out unchanged.
+    /// - Throws: the body's error; the ``HotplugError``s of the form with a body that cannot throw (they come
+    ///   first: no result is looked at when a CPU did not start its call).
+    public func runOnEach<T: Sendable>(timeout: Duration? = nil,
+                                       _ body: @escaping @Sendable (_ cpu: Int) throws -> T) throws -> [Int: T] {
+        let results = try runOnEach(timeout: timeout) { cpu -> Result<T, any Error> in Result { try body(cpu) } }
         var values: [Int: T] = [:]
         for cpu in results.keys.sorted() { values[cpu] = try results[cpu]!.get() }
         return values
@@ -118,5 +130,5 @@ extension Machine {
 final class ResultBox<T>: @unchecked Sendable {
     // @unchecked: written once by the target before it signals the request's completion (release) and read by
     // the caller only after waiting on it (acquire).
-    var result: Result<T, any Error>?
+    var value: T?
 }

@@ -46,8 +46,10 @@ public final class Follower: Sendable {
         /// The thread of logical CPU `cpu` had lost its pinning and was pinned to `physicalCPU` again.
         case repinned(cpu: Int, physicalCPU: Int)
         /// An operation the follower needed failed (for example: the CPU is the last online one). It is retried at
-        /// every poll but reported once, until the condition goes away or the operation succeeds.
-        case failed(cpu: Int, operation: String, error: HotplugError)
+        /// every poll but reported once, until the condition goes away or the operation succeeds. `operation` is
+        /// ``HotplugOperation/offline`` for a detach, ``HotplugOperation/online`` for an attach (which configures
+        /// a CPU in standby and re-pins its thread first: `error` says which step failed).
+        case failed(cpu: Int, operation: HotplugOperation, error: HotplugError)
     }
 
     private let machine: Machine
@@ -155,7 +157,7 @@ public final class Follower: Sendable {
     }
 
     /// Reports a failed operation once per episode (see ``PollState/failing``).
-    private func failed(_ cpu: Int, _ operation: String, _ error: HotplugError) {
+    private func failed(_ cpu: Int, _ operation: HotplugOperation, _ error: HotplugError) {
         guard state.withLock({ $0.failing.insert(cpu).inserted }) else { return }
         onEvent(.failed(cpu: cpu, operation: operation, error: error))
     }
@@ -182,7 +184,7 @@ public final class Follower: Sendable {
             onEvent(.detached(cpu: cpu, physicalCPU: physical, sources: sources, latency: end - since,
                               operation: end - start))
         } catch {
-            failed(cpu, "detach", error)
+            failed(cpu, .offline, error)
         }
     }
 
@@ -201,7 +203,7 @@ public final class Follower: Sendable {
             }
             onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: end - since, operation: end - start))
         } catch {
-            failed(cpu, "attach", error)
+            failed(cpu, .online, error)
         }
     }
 

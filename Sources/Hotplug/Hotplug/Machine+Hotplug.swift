@@ -6,7 +6,7 @@ extension Machine {
         let lifecycle = state.withLock { $0.cpus[cpu] }
         if lifecycle == .standby { throw .notPresent(cpu: cpu) }
         if registry.current(cpu) == .online { return }
-        if registry.contents.withLock({ $0.disableDepth }) > 0 { throw .busy(cpu: cpu, reason: "hotplug is disabled") }
+        if registry.contents.withLock({ $0.disableDepth }) > 0 { throw .busy(cpu: cpu, reason: .hotplugDisabled) }
         let started = Shim.monotonicNanoseconds()
         let start = registry.current(cpu)
         try hotplugLock.withWriteLock { () throws(HotplugError) in
@@ -132,13 +132,13 @@ extension Machine {
         if lifecycle == .standby { throw .notPresent(cpu: cpu) }
         if registry.current(cpu) == .offline && lifecycle == .parked { return }
         if registry.contents.withLock({ $0.disableDepth }) > 0 && !allowLast {
-            throw .busy(cpu: cpu, reason: "hotplug is disabled")
+            throw .busy(cpu: cpu, reason: .hotplugDisabled)
         }
         if lifecycle == .online && !allowLast && onlineCount <= 1 {
-            throw .busy(cpu: cpu, reason: "it is the last online CPU")
+            throw .busy(cpu: cpu, reason: .lastOnlineCPU)
         }
         if cores[cpu].isStoppedByOrder {
-            throw .incorrectState(cpu: cpu, state: lifecycle, operation: "offline (it is stopped by a SIGP order; START it first)")
+            throw .stoppedByOrder(cpu: cpu)
         }
         let started = Shim.monotonicNanoseconds()
         let start = registry.current(cpu)

@@ -144,11 +144,12 @@ public final class Balancer: @unchecked Sendable {
     }
 
     /// Runs ``step()`` every `interval` on a thread of its own, reporting each outcome but `.stayed`.
-    /// - Throws: ``HotplugError/busy(cpu:reason:)`` when it already runs; a system error when the thread cannot start.
+    /// - Throws: ``HotplugError/busy(cpu:reason:)`` with ``BusyReason/alreadyRunning`` (and no CPU) when it already
+    ///   runs; ``HotplugError/system(call:errno:)`` when the thread cannot start.
     public func start(interval: Duration = .milliseconds(20),
                       onOutcome: @escaping @Sendable (Outcome) -> Void = { _ in }) throws(HotplugError) {
         try loop.withLock { (loop) throws(HotplugError) in
-            guard loop == nil else { throw .busy(cpu: -1, reason: "the balancer already runs") }
+            guard loop == nil else { throw .busy(cpu: nil, reason: .alreadyRunning) }
             loop = try PeriodicThread(interval: interval) { [self] in
                 let outcome = step()
                 if case .stayed = outcome {} else { onOutcome(outcome) }

@@ -2,7 +2,7 @@ import Logging
 
 /// A pool of processors shared by several machines ("partitions"), as S/390 LPARs share their machine's processors:
 /// every processor is owned by at most one partition's online logical CPU at a time, and ``move(_:from:to:)`` takes
-/// one from a partition and gives it to another while both run (the 2000 proposal's scenario).
+/// one from a partition and gives it to another while both run (see `docs/ARCHITECTURE.md`, "Origin").
 ///
 /// Processor `p` of a pool runs on slot `p % topology.cpus.count` of its topology, so a pool may hold more processors
 /// than the machine has CPUs (oversubscription, as for a ``Machine``): where it holds at most one processor per
@@ -105,9 +105,10 @@ public final class CPUPool: Sendable {
     /// Moves processor `processor` from partition `from` to partition `to`: detaches `from`'s CPU there (its work
     /// migrates, its caches drain), then attaches `to`'s CPU there.
     /// - Throws: ``HotplugError/invalidConfiguration(_:)`` when `from` does not own the processor or the two are
-    ///   the same partition or not of this pool; ``HotplugError/busy(cpu:reason:)`` when it is `from`'s last
-    ///   processor; the detach's errors (nothing changed then: the detach rolled forward); the attach's errors
-    ///   (the processor went back to `from`, or, when that failed too, is owned by nobody: the error's text says so).
+    ///   the same partition or not of this pool; ``HotplugError/busy(cpu:reason:)`` with
+    ///   ``BusyReason/lastOnlineCPU`` (naming `from`'s CPU) when it is `from`'s last processor; the detach's errors
+    ///   (nothing changed then: the detach rolled forward); the attach's errors (the processor went back to `from`,
+    ///   or, when that failed too, is owned by nobody: a critical log message says so).
     @discardableResult
     public func move(_ processor: Int, from: Partition, to: Partition) throws(HotplugError) -> Move {
         try operations.withLock { () throws(HotplugError) -> Move in
@@ -119,7 +120,7 @@ public final class CPUPool: Sendable {
             }
             let leaving = from.logicalCPU(of: processor)
             guard from.machine.online.count > 1 else {
-                throw .busy(cpu: leaving, reason: "processor \(processor) is the last one of partition '\(from.name)'")
+                throw .busy(cpu: leaving, reason: .lastOnlineCPU)
             }
             let clock = ContinuousClock()
             let started = clock.now

@@ -38,9 +38,9 @@ public final class PerCPU<Value>: @unchecked Sendable {
         (base + cpu * slotStride).assumingMemoryBound(to: Value.self)
     }
 
-    /// The calling CPU's slot, without a lock.
+    /// The calling CPU's slot, without a lock. The body's error comes out unchanged.
     /// - Warning: traps when the caller is not a logical CPU of ``machine`` (a programmer error).
-    public func withLocal<T>(_ body: (_ cpu: Int, inout Value) throws -> T) rethrows -> T {
+    public func withLocal<T, E: Error>(_ body: (_ cpu: Int, inout Value) throws(E) -> T) throws(E) -> T {
         guard let cpu = machine.currentCPU else {
             preconditionFailure("PerCPU.withLocal called off the machine's logical CPUs (thread \(Shim.currentThreadID))")
         }
@@ -50,15 +50,25 @@ public final class PerCPU<Value>: @unchecked Sendable {
     /// Runs `body` on every online CPU's own thread with that CPU's slot, the online mask held stable (under the
     /// hotplug read lock). Returns each CPU's result.
     /// - Throws: the errors of ``Machine/runOnEach(timeout:_:)``.
-    public func forEachOnline<T: Sendable>(_ body: @escaping @Sendable (_ cpu: Int, inout Value) -> T) throws -> [Int: T] {
-        try machine.withCPUsReadLocked {
+    public func forEachOnline<T: Sendable>(_ body: @escaping @Sendable (_ cpu: Int, inout Value) -> T) throws(HotplugError) -> [Int: T] {
+        try machine.hotplugLock.withReadLock { () throws(HotplugError) in
             try machine.runOnEach { cpu in body(cpu, &self.slot(cpu).pointee) }
         }
     }
 
     /// Any CPU's slot, from any thread.
+    /// - Parameter body: the work; it cannot throw (see the form with a throwing body).
+    /// - Throws: ``HotplugError/invalidCPU(_:)``.
     /// - Warning: only while that CPU cannot touch it: it is not online (a PREPARE callback, after detach), or the
     ///   caller runs on that CPU. Otherwise this is a data race.
+    public func withSlot<T>(of cpu: Int, _ body: (inout Value) -> T) throws(HotplugError) -> T {
+        try machine.validate(cpu)
+        return body(&slot(cpu).pointee)
+    }
+
+    /// ``withSlot(of:_:)`` with a body that throws: the body's error comes out unchanged.
+    /// - Throws: the body's error; ``HotplugError/invalidCPU(_:)``.
+    /// - Warning: the same as for the form with a body that cannot throw.
     public func withSlot<T>(of cpu: Int, _ body: (inout Value) throws -> T) throws -> T {
         try machine.validate(cpu)
         return try body(&slot(cpu).pointee)

@@ -33,15 +33,7 @@ struct ControlBlock: @unchecked Sendable {
         return ControlBlock(raw: raw)
     }
 
-    /// Plain write before any thread uses the block (pthread_create orders it for the CPU's thread).
-    func setOwner(_ owner: AnyObject) { chp_cpu_set_owner(raw, Unmanaged.passUnretained(owner).toOpaque()) }
-
     func destroy() { chp_cpu_destroy(raw) }
-
-    /// The owner of the control block bound to the calling thread (a logical CPU), if any: one inlined
-    /// thread-local load (the owner was written before the thread started and is immutable since).
-    @inline(__always)
-    static func currentOwner() -> UnsafeMutableRawPointer? { chp_cpu_self_owner() }
 
     // MARK: Senders
 

@@ -1,41 +1,29 @@
 import Synchronization
 
-/// The errors of a stop_machine body, by CPU.
-public struct StopMachineError: Error, CustomStringConvertible {
-    /// Each CPU whose body threw, with its error.
-    public let failures: [Int: any Error]
-    public var description: String {
-        "stop_machine: " + failures.keys.sorted().map { "CPU \($0): \(failures[$0]!)" }.joined(separator: "; ")
-    }
-}
-
-/// The states of a stop_machine run (Linux's `multi_stop_state`).
-public enum StopMachineState: Int, Sendable, Comparable {
-    case none = 0, prepare, disableInterrupts, run, exit
-    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
-}
-
 /// One stop_machine run: every participating CPU arrives, then all go through PREPARE -> DISABLE_IRQ -> RUN -> EXIT
-/// on the shim's barrier, the last to acknowledge a state advancing to the next.
+/// (Linux's `multi_stop_state`), the barrier ending each step.
 ///
 /// Gathering is separate from the barrier: each CPU that reaches its safe point registers its arrival and waits
 /// for the controller's decision, so that a CPU that never arrives (busy in a long cross-call, no safe point) turns
 /// into an abort with nothing changed instead of a barrier that never completes.
 final class StopMachineRun: Sendable {
+    /// The steps every participant takes together; nobody starts a step before all have finished the previous one.
+    private enum Step: CaseIterable {
+        case prepare, disableInterrupts, run, exit
+    }
+
     let barrier: SpinBarrier
     let expected: Int
     let activeCPUs: CPUSet
-    let body: @Sendable (Int) throws -> Void
+    let body: @Sendable (Int) -> Void
     let arrivals = Locked(CPUSet())
     let allArrived = Completion()
     let decision = Atomic<Int>(0)   // 0 pending, 1 go, 2 abort
     let decided = Completion()
-    let state = Atomic<Int>(StopMachineState.none.rawValue)
-    let failures = Locked([Int: any Error]())
     let finished = Atomic<Int>(0)
     let allFinished = Completion()
 
-    init(participants: CPUSet, active: CPUSet, body: @escaping @Sendable (Int) throws -> Void) {
+    init(participants: CPUSet, active: CPUSet, body: @escaping @Sendable (Int) -> Void) {
         expected = participants.count
         barrier = SpinBarrier(participants: max(1, participants.count))
         activeCPUs = active
@@ -57,18 +45,14 @@ final class StopMachineRun: Sendable {
             guard decision.load(ordering: .acquiring) == 1 else { return }
         }
         var me = barrier.makeParticipant()
-        for next in [StopMachineState.prepare, .disableInterrupts, .run, .exit] {
-            switch next {
+        for step in Step.allCases {
+            switch step {
+            case .prepare: break
             case .disableInterrupts: try? Shim.blockSIGP(true)   // interrupts off: cannot fail for a valid signal
-            case .run:
-                if activeCPUs.contains(cpu) {
-                    do { try body(cpu) } catch { failures.withLock { $0[cpu] = error } }
-                }
+            case .run: if activeCPUs.contains(cpu) { body(cpu) }
             case .exit: try? Shim.blockSIGP(false)
-            default: break
             }
-            // The last CPU to acknowledge this state advances the run to the next one.
-            if barrier.wait(&me) { state.store(next.rawValue, ordering: .releasing) }
+            barrier.wait(&me)
         }
         if finished.add(1, ordering: .acquiringAndReleasing).newValue == expected { allFinished.signal() }
     }
@@ -89,13 +73,38 @@ extension Machine {
     /// - Parameters:
     ///   - active: the CPUs that run `body`; nil: the first online CPU. CPUs not online are ignored.
     ///   - timeout: how long the CPUs may take to arrive; nil: ``Configuration/responseTimeout``.
-    ///   - body: runs with every online CPU stopped; receives the CPU it runs on.
-    /// - Throws: ``StopMachineError`` with every body's error; ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``.
+    ///   - body: runs with every online CPU stopped; receives the CPU it runs on. It cannot throw (see the form
+    ///     with a throwing body).
+    /// - Throws: ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` with ``HotplugOperation/stopMachine``
+    ///   (the body ran nowhere); ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)`` when the first
+    ///   online CPU, which coordinates a run called from outside the machine's CPUs, was not reached.
+    public func stopMachine(active: CPUSet? = nil, timeout: Duration? = nil,
+                            _ body: @escaping @Sendable (_ cpu: Int) -> Void) throws(HotplugError) {
+        try hotplugLock.withReadLock { () throws(HotplugError) in
+            try stopMachineLocked(active: active, timeout: timeout, body)
+        }
+    }
+
+    /// ``stopMachine(active:timeout:_:)`` with a body that throws: every active CPU's body runs to its end, then
+    /// the error of the lowest-numbered CPU whose body threw comes out unchanged (as Linux's `stop_machine`
+    /// returns one error).
+    /// - Throws: the body's error; the ``HotplugError``s of the form with a body that cannot throw.
     public func stopMachine(active: CPUSet? = nil, timeout: Duration? = nil,
                             _ body: @escaping @Sendable (_ cpu: Int) throws -> Void) throws {
         try hotplugLock.withReadLock { () throws in
             try stopMachineLocked(active: active, timeout: timeout, body)
         }
+    }
+
+    /// stop_machine with a throwing body, over the current online CPUs; the caller keeps the online mask stable.
+    /// Throws the lowest-numbered failing CPU's error unchanged, or a ``HotplugError``.
+    func stopMachineLocked(active: CPUSet?, timeout: Duration?,
+                           _ body: @escaping @Sendable (Int) throws -> Void) throws {
+        let failures = Locked([Int: any Error]())
+        try stopMachineLocked(active: active, timeout: timeout) { cpu in
+            do { try body(cpu) } catch { failures.withLock { $0[cpu] = error } }
+        }
+        if let first = failures.withLock({ $0.min { $0.key < $1.key } }) { throw first.value }
     }
 
     /// stop_machine over the current online CPUs; the caller keeps the online mask stable (read or write lock).
@@ -104,79 +113,78 @@ extension Machine {
     /// inline: an outside controller would compete with the participants for their cores and sleep through
     /// futex wake-ups (measured: 3-5 us coordinated by a CPU, about 200 us by an outside thread, 2 cores).
     func stopMachineLocked(active: CPUSet?, timeout: Duration?,
-                           _ body: @escaping @Sendable (Int) throws -> Void) throws {
-        try stopMachineSerial.withLock { () throws in
+                           _ body: @escaping @Sendable (Int) -> Void) throws(HotplugError) {
+        try stopMachineSerial.withLock { () throws(HotplugError) in
             guard currentCPU == nil, let coordinator = online.first(where: { _ in true }) else {
                 return try stopMachineSerialised(active: active, timeout: timeout, body)
             }
-            do {
-                try run(on: coordinator, timeout: timeout) { [self] in   // strong: shutdown may run from deinit, where an unowned read traps; the call drops it before completing
-                    try stopMachineSerialised(active: active, timeout: timeout, body)
+            // The run's own errors come back as a value, so a timeout thrown by `run` is the hand-over's.
+            let outcome: Result<Void, HotplugError>
+            do throws(HotplugError) {
+                // Strong: shutdown may run from deinit, where an unowned read traps; the call drops it before
+                // completing.
+                outcome = try run(on: coordinator, timeout: timeout) { [self] in
+                    Result { () throws(HotplugError) in try stopMachineSerialised(active: active, timeout: timeout, body) }
                 }
-            } catch HotplugError.timeout(let cpu, "cross-call", let waited) where cpu == coordinator {
+            } catch .timeout(_, _, let waited) {
                 // The coordinator itself did not reach a safe point in time: nothing started.
-                throw HotplugError.timeout(cpu: coordinator, operation: "stop_machine", waitedNanoseconds: waited)
+                throw .timeout(cpu: coordinator, operation: .stopMachine, waitedNanoseconds: waited)
             }
+            try outcome.get()
         }
     }
 
     /// The run itself; the caller holds `stopMachineSerial`.
     private func stopMachineSerialised(active: CPUSet?, timeout: Duration?,
-                                       _ body: @escaping @Sendable (Int) throws -> Void) throws {
-        do {
-            let participants = online
-            guard let first = participants.first(where: { _ in true }) else { return }
-            let runners = active.map { CPUSet($0.filter { participants.contains($0) }) } ?? [first]
-            let run = StopMachineRun(participants: participants, active: runners, body: body)
-            let me = currentCPU.flatMap { participants.contains($0) ? $0 : nil }
-            let started = Shim.monotonicNanoseconds()
-            let limit = timeout?.nanoseconds ?? responseNanoseconds
-            var calls: [CrossCall] = []
-            var refused: Int?
-            for cpu in participants where cpu != me {
-                do {
-                    calls.append(try submit(on: cpu) { run.participate(cpu) })
-                } catch {
-                    refused = cpu
-                    break
-                }
+                                       _ body: @escaping @Sendable (Int) -> Void) throws(HotplugError) {
+        let participants = online
+        guard let first = participants.first(where: { _ in true }) else { return }
+        let runners = active.map { CPUSet($0.filter { participants.contains($0) }) } ?? [first]
+        let run = StopMachineRun(participants: participants, active: runners, body: body)
+        let me = currentCPU.flatMap { participants.contains($0) ? $0 : nil }
+        let waiter = currentCore
+        let started = Shim.monotonicNanoseconds()
+        let limit = timeout?.nanoseconds ?? responseNanoseconds
+        var calls: [CrossCall] = []
+        var refused: Int?
+        for cpu in participants where cpu != me {
+            do throws(HotplugError) {
+                calls.append(try submit(on: cpu) { run.participate(cpu) })
+            } catch {
+                refused = cpu
+                break
             }
-            if let me { run.arrive(me) }
-            let arrived = refused == nil && waitServingCalls(run.allArrived, deadline: started + limit)
-            run.decision.store(arrived ? 1 : 2, ordering: .releasing)   // release: partner of participate's acquire
-            run.decided.signal()
-            guard arrived else {
-                for call in calls { _ = call.request.cancel() }   // those that never started never will
-                let missing = participants.first { cpu in !run.arrivals.withLock { $0.contains(cpu) } } ?? first
-                throw HotplugError.timeout(cpu: refused ?? missing, operation: "stop_machine",
-                                           waitedNanoseconds: Shim.monotonicNanoseconds() - started)
-            }
-            if let me { run.participate(me, arriving: false) }
-            _ = waitServingCalls(run.allFinished, deadline: .max)
-            let failures = run.failures.withLock { $0 }
-            if !failures.isEmpty { throw StopMachineError(failures: failures) }
         }
+        if let me { run.arrive(me) }
+        let arrived = refused == nil && ServingWait.wait(for: run.allArrived, until: started + limit, serving: waiter)
+        run.decision.store(arrived ? 1 : 2, ordering: .releasing)   // release: partner of participate's acquire
+        run.decided.signal()
+        guard arrived else {
+            for call in calls { _ = call.request.cancel() }   // those that never started never will
+            let missing = participants.first { cpu in !run.arrivals.withLock { $0.contains(cpu) } } ?? first
+            throw .timeout(cpu: refused ?? missing, operation: .stopMachine,
+                           waitedNanoseconds: Shim.monotonicNanoseconds() - started)
+        }
+        if let me { run.participate(me, arriving: false) }
+        _ = ServingWait.wait(for: run.allFinished, until: .max, serving: waiter)
     }
 
     /// Runs `body` on one CPU with its SIGP signal blocked, the others undisturbed (Linux's `stop_one_cpu`).
-    /// - Throws: the body's error; the errors of ``run(on:timeout:_:)``.
+    /// - Parameter body: the work; it cannot throw (see the form with a throwing body).
+    /// - Throws: the errors of ``run(on:timeout:_:)``: a timeout names ``HotplugOperation/crossCall``.
     public func stopOne<T: Sendable>(_ cpu: Int, timeout: Duration? = nil,
-                                     _ body: @escaping @Sendable () throws -> T) throws -> T {
-        try run(on: cpu, timeout: timeout) {
-            try Shim.blockSIGP(true)
+                                     _ body: @escaping @Sendable () -> T) throws(HotplugError) -> T {
+        try run(on: cpu, timeout: timeout) { () -> Result<T, HotplugError> in
+            do throws(HotplugError) { try Shim.blockSIGP(true) } catch { return .failure(error) }
             defer { try? Shim.blockSIGP(false) }
-            return try body()
-        }
+            return .success(body())
+        }.get()
     }
 
-    /// Waits for `event`; a logical CPU keeps serving its own cross-calls meanwhile.
-    func waitServingCalls(_ event: Completion, deadline: Int64) -> Bool {
-        let me = CPUCore.current
-        while true {
-            let left = deadline == .max ? Int64(50_000_000) : deadline - Shim.monotonicNanoseconds()
-            if left <= 0 { return event.isSet }
-            if event.wait(timeoutNanoseconds: me == nil ? min(left, 50_000_000) : min(left, 100_000)) { return true }
-            me?.serveCallsWhileWaiting()
-        }
+    /// ``stopOne(_:timeout:_:)`` with a body that throws: the body's error comes out unchanged.
+    /// - Throws: the body's error; the ``HotplugError``s of the form with a body that cannot throw.
+    public func stopOne<T: Sendable>(_ cpu: Int, timeout: Duration? = nil,
+                                     _ body: @escaping @Sendable () throws -> T) throws -> T {
+        try stopOne(cpu, timeout: timeout) { () -> Result<T, any Error> in Result { try body() } }.get()
     }
 }

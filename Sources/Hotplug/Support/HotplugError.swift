@@ -1,8 +1,17 @@
-/// The typed errors of swift-hotplug.
+/// The typed errors of swift-hotplug: every error the library itself throws is one of these.
 ///
 /// Environmental failures (the kernel said no) and bad requests (an unknown CPU, an operation in the wrong state)
 /// throw one of these. Programmer errors that cannot be reported as a value (a broken invariant inside the
 /// runtime) trap with a message instead.
+///
+/// Bodies the library runs for the caller (``Machine/run(on:timeout:_:)``, ``Machine/runOnEach(timeout:_:)``,
+/// ``Machine/stopMachine(active:timeout:_:)``, ``Machine/stopOne(_:timeout:_:)``, ``PerCPU/withSlot(of:_:)``)
+/// follow one rule: the body's own error is never wrapped, it comes out unchanged, and everything the library adds
+/// is a `HotplugError`. Each of these APIs has two forms: with a body that cannot throw it is
+/// `throws(HotplugError)` (the compiler picks that form for a closure that does not throw), so a `catch` can
+/// switch over every case; with a body that throws it is `throws`, and an error that is not a `HotplugError` is
+/// the body's. Hotplug callbacks are different: their errors are reported inside
+/// ``callbackFailed(_:)``, which also says whether the CPU went back to where it started.
 public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The logical CPU id is not in `0..<possible`.
     case invalidCPU(Int)
@@ -10,16 +19,20 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
     case notPresent(cpu: Int)
     /// The logical CPU is configured but not online.
     case notOnline(cpu: Int)
-    /// The operation does not apply to the CPU's current lifecycle state (configuring a configured CPU,
-    /// deconfiguring an online one, offlining a CPU stopped by a SIGP STOP, ...).
-    case incorrectState(cpu: Int, state: LogicalCPUState, operation: String)
-    /// The operation cannot proceed now (for example: offlining the last online CPU).
-    case busy(cpu: Int, reason: String)
+    /// `operation` does not apply to the CPU's current lifecycle state (configuring a configured CPU,
+    /// deconfiguring an online one).
+    case incorrectState(cpu: Int, state: LogicalCPUState, operation: HotplugOperation)
+    /// The logical CPU is stopped by a SIGP STOP order, so it cannot go offline: START (or RESTART) it first.
+    case stoppedByOrder(cpu: Int)
+    /// The operation cannot proceed now; `cpu` is the logical CPU concerned, nil when there is none.
+    case busy(cpu: Int?, reason: BusyReason)
     /// A running CPU did not acknowledge a SIGP order's signal within the response bound (the signal was resent
     /// meanwhile). The CPU is reported check-stopped until it next reaches a safe point.
     case notResponding(cpu: Int, order: SIGPOrder, waitedNanoseconds: Int64)
-    /// A CPU did not reach a safe point in time for a lifecycle operation or a cross-call; nothing was changed.
-    case timeout(cpu: Int, operation: String, waitedNanoseconds: Int64)
+    /// A CPU did not reach a safe point in time: a cross-call did not start (it was cancelled and never runs;
+    /// `operation` is ``HotplugOperation/crossCall``), or stop_machine gave up before any CPU entered its barrier
+    /// (``HotplugOperation/stopMachine``, also for an attach or detach, which run one). Nothing was changed.
+    case timeout(cpu: Int, operation: HotplugOperation, waitedNanoseconds: Int64)
     /// The signal cannot carry SIGP orders (a synchronous fault signal, SIGKILL, SIGSTOP, out of range, ...).
     case invalidSignal(Int32)
     /// The application already installed its own handler on this signal.
@@ -48,7 +61,10 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
         case .notOnline(let cpu): return "logical CPU \(cpu) is not online"
         case .incorrectState(let cpu, let state, let operation):
             return "cannot \(operation) logical CPU \(cpu): it is \(state)"
-        case .busy(let cpu, let reason): return "logical CPU \(cpu) is busy: \(reason)"
+        case .stoppedByOrder(let cpu):
+            return "cannot offline logical CPU \(cpu): it is stopped by a SIGP order; START it first"
+        case .busy(let cpu?, let reason): return "logical CPU \(cpu) is busy: \(reason)"
+        case .busy(nil, let reason): return "busy: \(reason)"
         case .notResponding(let cpu, let order, let waited):
             return "logical CPU \(cpu) did not acknowledge SIGP \(order) within \(waited / 1_000_000) ms"
         case .timeout(let cpu, let operation, let waited):
@@ -67,4 +83,37 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
         case .taskletKillsItself: return "a tasklet cannot kill itself: kill() would wait for its own run to end"
         }
     }
+}
+
+/// The operation an error names (``HotplugError/incorrectState(cpu:state:operation:)``,
+/// ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``, ``Follower/Event/failed(cpu:operation:error:)``).
+public enum HotplugOperation: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// ``Machine/configure(_:)``: standby to parked.
+    case configure
+    /// ``Machine/deconfigure(_:)``: parked to standby.
+    case deconfigure
+    /// ``Machine/online(_:)``: the attach, parked to online.
+    case online
+    /// ``Machine/offline(_:)``: the detach, online to parked.
+    case offline
+    /// A cross-call: ``Machine/run(on:timeout:_:)``, ``Machine/runOnEach(timeout:_:)``,
+    /// ``Machine/stopOne(_:timeout:_:)``, and the ONLINE hotplug callbacks that run on their CPU.
+    case crossCall = "cross-call"
+    /// ``Machine/stopMachine(active:timeout:_:)``, and the attach and detach steps that run inside one.
+    case stopMachine = "stop_machine"
+
+    public var description: String { rawValue }
+}
+
+/// Why an operation cannot proceed now (``HotplugError/busy(cpu:reason:)``).
+public enum BusyReason: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Hotplug is disabled (``Machine/Hotplug-swift.struct/disable()``): attach and detach wait for the matching
+    /// ``Machine/Hotplug-swift.struct/enable()``.
+    case hotplugDisabled = "hotplug is disabled"
+    /// The CPU is the machine's last online CPU (for a partition: its last processor), which never goes offline.
+    case lastOnlineCPU = "it is the last online CPU"
+    /// The thread the call would start already runs (``Balancer/start(interval:onOutcome:)``).
+    case alreadyRunning = "it already runs"
+
+    public var description: String { rawValue }
 }

@@ -37,8 +37,7 @@ final class TaskletEngine: Sendable {
 
     /// The logical CPU of this machine the caller runs on.
     func currentCPU() -> Int? {
-        guard let core = CPUCore.current, core.machineID == machineID else { return nil }
-        return core.id
+        CPUCore.currentID(machineID: machineID)
     }
 
     // MARK: Producers
