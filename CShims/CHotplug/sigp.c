@@ -16,8 +16,9 @@
 //   while waiting. So a CPU that took a sender's bits at a safe point has acknowledged that sender's ticket, even
 //   if it blocks the signal right after. The handler acknowledges whatever sig_seq holds when it runs (tgkill
 //   follows the ticket).
-// - P4 lifecycle: the controller's release store, partner of the CPU's acquire load in chp_cpu_park_offline and at
-//   safe points.
+// - P4 lifecycle: the controller's release store (chp_cpu_set_lifecycle), partner of the acquire loads
+//   (chp_load_lifecycle) in chp_cpu_park_offline, at the CPU's safe points (chp_cpu_lifecycle) and in
+//   chp_sigp_post's START of a parked CPU.
 #include "internal.h"
 
 #include <errno.h>
