@@ -19,6 +19,9 @@ static int64_t timespec_ns(const struct timespec *ts) {
 }
 
 int chp_thread_cputime_ns(pid_t tid, int64_t *ns) {
+    // The clock id holds the negated tid in its upper 29 bits, so only 0 < tid < 2^28 round-trips (the kernel's
+    // tids stay below 2^22); any other value would name another thread, or the caller.
+    if (tid <= 0 || tid >= (1 << 28)) return EINVAL;
     // The kernel's per-thread CPU clock id for any thread of this process: MAKE_THREAD_CPUCLOCK(tid, SCHED).
     clockid_t clock = (clockid_t)((~(unsigned)tid) << 3) | 6;
     struct timespec ts;

@@ -91,3 +91,42 @@ import Testing
         #expect(KernelFile.read("") == nil)
     }
 }
+
+/// The shim reports failures as returned errno values: the error carries the C call's own code, whatever Swift
+/// allocated on the way to the throw.
+@Suite struct ShimErrnoTests {
+    /// A tid no thread has: PID_MAX_LIMIT, which the kernel's ids stay below whatever pid_max says.
+    static let noThread: Int32 = 4_194_304
+
+    /// The errno value of the ``HotplugError/system(call:errno:)`` that `body` throws, nil for anything else.
+    private func errno(_ body: () throws -> Void) -> Int32? {
+        do {
+            try body()
+            return nil
+        } catch let HotplugError.system(_, code) {
+            return code
+        } catch {
+            return nil
+        }
+    }
+
+    @Test func affinityCallsReportTheirErrno() {
+        #expect(errno { _ = try Shim.affinity(of: Self.noThread) } == ESRCH)
+        #expect(errno { try Shim.pin(thread: Self.noThread, to: 0) } == ESRCH)
+        #expect(errno { try Shim.pin(thread: 0, to: 8_192) } == EINVAL)   // past the shim's mask size
+        #expect(errno { try Shim.setAffinity(thread: 0, cpus: [-1]) } == EINVAL)
+        #expect(errno { try Shim.setAffinity(thread: 0, cpus: []) } == EINVAL)   // the kernel refuses an empty mask
+    }
+
+    @Test func threadCPUTimeReportsItsErrno() throws {
+        #expect(errno { _ = try Shim.threadCPUTime(Self.noThread) } == EINVAL)
+        // Ids that the thread clock cannot encode must not wrap around to the caller's own clock.
+        #expect(errno { _ = try Shim.threadCPUTime(Int32.max) } == EINVAL)
+        #expect(errno { _ = try Shim.threadCPUTime(0) } == EINVAL)
+        #expect(try Shim.threadCPUTime(Shim.currentThreadID) > 0)
+    }
+
+    @Test func currentPhysicalCPUIsInTheAffinityMask() throws {
+        #expect(try Shim.affinity().contains(Shim.currentPhysicalCPU()))
+    }
+}

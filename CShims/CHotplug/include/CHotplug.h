@@ -35,7 +35,8 @@ extern "C" {
 pid_t chp_gettid(void);
 
 /// Stores in `*ns` the CPU time consumed so far by the thread `tid` of this process, in nanoseconds.
-/// Returns 0, or an errno value: EINVAL when no such thread exists (the kernel rejects its clock id).
+/// Returns 0, or an errno value: EINVAL when `tid` is not positive or no such thread exists (the kernel rejects
+/// its clock id).
 int chp_thread_cputime_ns(pid_t tid, int64_t *ns);
 
 /// CLOCK_MONOTONIC in nanoseconds. Cannot fail.
