@@ -84,7 +84,7 @@ let package = Package(
         ),
         .testTarget(
             name: "HotplugTests",
-            dependencies: ["Hotplug", "CHotplug", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Hotplug", .product(name: "Logging", package: "swift-log")],
             path: "Tests/HotplugTests"
         ),
     ]

@@ -1,31 +1,22 @@
 // The sense-reversing centralized barrier with spin-then-park. See CHotplug.h for the protocol.
-#include "CHotplug.h"
+#include "internal.h"
 
 #include <errno.h>
-#include <limits.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define A32(p) ((_Atomic uint32_t *)(p))
-
-int chp_barrier_init(chp_barrier_t *barrier, uint32_t participants) {
+int chp_barrier_create(uint32_t participants, chp_barrier_t **barrier) {
     if (participants == 0) return EINVAL;
-    atomic_store_explicit(A32(&barrier->arrived), 0, memory_order_relaxed);
-    atomic_store_explicit(A32(&barrier->sense), 0, memory_order_relaxed);
-    atomic_store_explicit(A32(&barrier->waiters), 0, memory_order_relaxed);
-    atomic_store_explicit(A32(&barrier->participants), participants, memory_order_relaxed);
-    return 0;
-}
-
-chp_barrier_t *chp_barrier_create(uint32_t participants) {
-    if (participants == 0) { errno = EINVAL; return NULL; }
     void *memory = NULL;
     int rc = posix_memalign(&memory, CHP_CACHE_LINE, sizeof(chp_barrier_t));
-    if (rc != 0) { errno = rc; return NULL; }
+    if (rc != 0) return rc;
     memset(memory, 0, sizeof(chp_barrier_t));
-    chp_barrier_init(memory, participants);
-    return memory;
+    chp_barrier_t *created = memory;
+    // Relaxed: the caller hands the barrier to its participants through its own synchronisation (thread start,
+    // a lock), which orders these stores.
+    atomic_store_explicit(A32(&created->participants), participants, memory_order_relaxed);
+    *barrier = created;
+    return 0;
 }
 
 void chp_barrier_destroy(chp_barrier_t *barrier) { free(barrier); }
@@ -57,7 +48,7 @@ bool chp_barrier_wait(chp_barrier_t *barrier, chp_barrier_state_t *state, uint32
         // Dekker pair with the fence after a waiter registers: either we see it, or it sees the new sense.
         atomic_thread_fence(memory_order_seq_cst);
         if (atomic_load_explicit(A32(&barrier->waiters), memory_order_relaxed) != 0) {
-            chp_futex_wake(&barrier->sense, INT_MAX);
+            chp_futex_wake_all(&barrier->sense);
         }
         return true;
     }

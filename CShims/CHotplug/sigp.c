@@ -1,10 +1,12 @@
-// The SIGP signal layer: order evaluation (condition codes and status), mailbox, wake-up delivery, the signal
-// handler, stopping "wherever it is", and the CPU-side safe point, poll, idle and offline park.
+// The SIGP mechanism: control blocks, the mailbox, wake-up delivery, the signal handler, stopping "wherever it
+// is", and the CPU-side safe point, poll, idle and offline park. Which condition code and status an order
+// answers, and which bits it posts, is the S/390 order policy in sigp_orders.c; the helpers both files use
+// (ticket, post, status store) are inline in internal.h.
 //
-// Memory-ordering map (every pair names its partner):
-// - P1 mailbox: senders post with a release RMW; the CPU takes bits with an acquire RMW (safe point) or reads with
-//   an acquire load (poll, handler). Data published with a bit (ext_param, emergency_count) is written before the
-//   release RMW and read after the acquire.
+// Memory-ordering map, for sigp.c, sigp_orders.c and internal.h (every pair names its partner):
+// - P1 mailbox: senders post with a release RMW (chp_post, or an order's CAS in chp_sigp_post); the CPU takes
+//   bits with an acquire RMW (safe point) or reads with an acquire load (poll, handler). Data published with a bit
+//   (ext_param, emergency_count) is written before the release RMW and read after the acquire.
 // - P2 delivery class: it lives in the mailbox word, so the sender's posting RMW reads it atomically (no Dekker
 //   pair). The CPU enters POLLING / IDLE with a CAS that fails if an order is pending, and leaves them for RUNNING
 //   in the RMW that takes its orders; the idle futex_wait compares the whole word, so any post wakes it.
@@ -14,26 +16,19 @@
 //   while waiting. So a CPU that took a sender's bits at a safe point has acknowledged that sender's ticket, even
 //   if it blocks the signal right after. The handler acknowledges whatever sig_seq holds when it runs (tgkill
 //   follows the ticket).
-// - P4 lifecycle: the controller's release store, partner of the CPU's acquire load in chp_cpu_park_offline and at
-//   safe points.
-#include "CHotplug.h"
+// - P4 lifecycle: the controller's release store (chp_cpu_set_lifecycle), partner of the acquire loads
+//   (chp_load_lifecycle) in chp_cpu_park_offline, at the CPU's safe points (chp_cpu_lifecycle) and in
+//   chp_sigp_post's START of a parked CPU.
+#include "internal.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
 #include <unistd.h>
-
-#define A32(p) ((_Atomic uint32_t *)(p))
-#define A64(p) ((_Atomic uint64_t *)(p))
-#define AI32(p) ((_Atomic int32_t *)(p))
-#define CLASS_OF(mb) (((mb) & CHP_MB_CLASS_MASK) >> CHP_MB_CLASS_SHIFT)
-#define WITH_CLASS(mb, cls) (((mb) & ~(uint32_t)CHP_MB_CLASS_MASK) | ((uint32_t)(cls) << CHP_MB_CLASS_SHIFT))
 
 // Iterations of the acknowledgement spin between two looks at the clock and the target's run state.
 #define CHP_ACK_CHECK_EVERY 64u
@@ -66,19 +61,19 @@ static void install_unlock(void) { atomic_store_explicit(&chp_install_lock, 0, m
 
 // MARK: Control blocks
 
-chp_cpu_t *chp_cpu_create(void) {
+int chp_cpu_create(chp_cpu_t **cpu) {
     void *memory = NULL;
     int rc = posix_memalign(&memory, CHP_CACHE_LINE, sizeof(chp_cpu_t));
-    if (rc != 0) { errno = rc; return NULL; }
+    if (rc != 0) return rc;
     memset(memory, 0, sizeof(chp_cpu_t));
-    chp_cpu_t *cpu = memory;
-    cpu->ext_source = -1;
-    return cpu;
+    chp_cpu_t *created = memory;
+    created->ext_source = -1;
+    *cpu = created;
+    return 0;
 }
 
 void chp_cpu_destroy(chp_cpu_t *cpu) { free(cpu); }
 void chp_cpu_set_owner(chp_cpu_t *cpu, void *owner) { cpu->owner = owner; }
-void *chp_cpu_owner(const chp_cpu_t *cpu) { return cpu->owner; }
 
 // MARK: Acknowledgement (P3)
 
@@ -104,15 +99,6 @@ static uint32_t set_class(chp_cpu_t *cpu, uint32_t cls) {
                                                   memory_order_relaxed)) {
     }
     return mb;
-}
-
-static void store_status(chp_cpu_t *cpu) {
-    atomic_store_explicit(A64(&cpu->status_ip),
-                          atomic_load_explicit(A64(&cpu->stop_ip), memory_order_relaxed), memory_order_relaxed);
-    atomic_store_explicit(A64(&cpu->status_sp),
-                          atomic_load_explicit(A64(&cpu->stop_sp), memory_order_relaxed), memory_order_relaxed);
-    // Release: publishes status_ip/status_sp; partner of the acquire load of status_stored by readers (Swift).
-    atomic_store_explicit(A32(&cpu->status_stored), 1, memory_order_release);
 }
 
 // Consumes a pending STOP-class order (turning it into the STOPPED state). Returns the bits it consumed, 0 when
@@ -174,7 +160,7 @@ static void sigp_handler(int signo, siginfo_t *info, void *context) {
 #endif
         atomic_store_explicit(A64(&cpu->stop_ip), ip, memory_order_relaxed);
         atomic_store_explicit(A64(&cpu->stop_sp), sp, memory_order_relaxed);
-        if (consumed & CHP_MB_STOP_STORE) store_status(cpu);
+        if (consumed & CHP_MB_STOP_STORE) chp_store_status(cpu);
         atomic_fetch_add_explicit(A64(&cpu->stops_in_handler), 1, memory_order_relaxed);
         stop_wait(cpu);   // acknowledges before blocking
     } else {
@@ -249,6 +235,8 @@ int chp_sigp_signal(void) { return atomic_load_explicit(&chp_installed_signal, m
 int chp_sigrtmin(void) { return SIGRTMIN; }
 int chp_sigrtmax(void) { return SIGRTMAX; }
 
+// MARK: Binding a thread, blocking the signal
+
 int chp_sigp_block(bool block) {
     int signo = chp_sigp_signal();
     if (signo == 0) return EINVAL;
@@ -274,8 +262,6 @@ int chp_cpu_bind_self(chp_cpu_t *cpu) {
     return chp_sigp_block(false);
 }
 
-chp_cpu_t *chp_cpu_self(void) { return chp_self; }
-
 void chp_cpu_set_self_identity(uint64_t machine, intptr_t logical) {
     chp_self_machine = machine;
     chp_self_logical = logical;
@@ -289,200 +275,26 @@ void chp_cpu_unbind_self(void) {
     chp_self_logical = -1;
 }
 
-// MARK: Orders
-
-static chp_sigp_result_t cc(int code, uint32_t status) {
-    chp_sigp_result_t r = {code, status};
-    return r;
-}
-
-// Takes a signal ticket (P3: before the post it covers).
-static uint64_t take_ticket(chp_cpu_t *cpu) {
-    return atomic_fetch_add_explicit(A64(&cpu->sig_seq), 1, memory_order_relaxed) + 1;
-}
-
-// Sets `bits` in the mailbox (release RMW, P1; also publishes the ticket taken before it). Returns the previous
-// mailbox.
-static uint32_t post(chp_cpu_t *cpu, uint32_t bits) {
-    return atomic_fetch_or_explicit(A32(&cpu->mailbox), bits, memory_order_release);
-}
-
-static void wake_mailbox(chp_cpu_t *cpu) {
-    chp_futex_wake(&cpu->mailbox, INT_MAX);
-}
+// MARK: Posting internal bits
 
 void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits, chp_delivery_t *delivery) {
-    delivery->ticket = take_ticket(cpu);
-    delivery->seen = post(cpu, bits);
+    delivery->ticket = chp_take_ticket(cpu);
+    delivery->seen = chp_post(cpu, bits);
 }
 
-void chp_cpu_wake_mailbox(chp_cpu_t *cpu) { wake_mailbox(cpu); }
+void chp_cpu_wake_mailbox(chp_cpu_t *cpu) { chp_wake_mailbox(cpu); }
 
 bool chp_cpu_post_and_wake_idle(chp_cpu_t *cpu, uint32_t bits) {
-    uint32_t seen = post(cpu, bits);   // release: P1; the returned word holds the class at the post (P2)
+    uint32_t seen = chp_post(cpu, bits);   // release: P1; the returned word holds the class at the post (P2)
     if ((seen & CHP_MB_STOPPED) || CLASS_OF(seen) != CHP_CLASS_IDLE) return false;
     atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
-    wake_mailbox(cpu);
+    chp_wake_mailbox(cpu);
     return true;
 }
 
 uint32_t chp_cpu_retract_bits(chp_cpu_t *cpu, uint32_t bits) {
     uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~bits, memory_order_acq_rel);
     return old & bits;
-}
-
-chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, int32_t source,
-                                chp_delivery_t *delivery) {
-    delivery->ticket = 0;
-    delivery->seen = 0;
-    if (cpu == NULL) return cc(3, 0);
-    // Acquire: partner of the CPU's release stores of its run state (chp_cpu_set_run_state).
-    uint32_t run = atomic_load_explicit(A32(&cpu->run_state), memory_order_acquire);
-    if (run == CHP_RUN_NONE) return cc(3, 0);
-    uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire);
-    bool reset = order == CHP_SIGP_CPU_RESET || order == CHP_SIGP_INITIAL_CPU_RESET;
-    bool modelled = order == CHP_SIGP_SENSE || order == CHP_SIGP_EXTERNAL_CALL ||
-                    order == CHP_SIGP_EMERGENCY_SIGNAL || order == CHP_SIGP_START || order == CHP_SIGP_STOP ||
-                    order == CHP_SIGP_RESTART || order == CHP_SIGP_STOP_AND_STORE_STATUS || reset ||
-                    order == CHP_SIGP_COND_EMERGENCY_SIGNAL || order == CHP_SIGP_SENSE_RUNNING;
-    if (!modelled) return cc(1, CHP_STATUS_INVALID_ORDER);
-    bool offline = run == CHP_RUN_OFFLINE;
-    // The lifecycle's START of a parked CPU is never busy: a STOP or RESTART accepted while it went offline stays
-    // pending and is taken at its first safe point.
-    bool attach = order == CHP_SIGP_START && offline && chp_cpu_lifecycle(cpu) == CHP_LIFE_ONLINE;
-    if (!reset && !attach && (mb & CHP_MB_BUSY_MASK)) return cc(2, 0);
-
-    switch (order) {
-    case CHP_SIGP_SENSE: {
-        uint32_t status = 0;
-        if (offline || (mb & CHP_MB_STOPPED)) status |= CHP_STATUS_STOPPED;
-        if (atomic_load_explicit(A32(&cpu->ext_claim), memory_order_acquire)) status |= CHP_STATUS_EXT_CALL_PENDING;
-        if (atomic_load_explicit(A32(&cpu->check_stop), memory_order_relaxed)) status |= CHP_STATUS_CHECK_STOP;
-        return status ? cc(1, status) : cc(0, 0);
-    }
-    case CHP_SIGP_SENSE_RUNNING:
-        return (run == CHP_RUN_RUNNING || run == CHP_RUN_POLLING) ? cc(0, 0) : cc(1, CHP_STATUS_NOT_RUNNING);
-
-    case CHP_SIGP_EXTERNAL_CALL: {
-        uint32_t expected = 0;
-        // Acquire: partner of the CPU's release store of 0 after it read the previous call's parameter.
-        if (!atomic_compare_exchange_strong_explicit(A32(&cpu->ext_claim), &expected, 1, memory_order_acquire,
-                                                     memory_order_relaxed)) {
-            return cc(1, CHP_STATUS_EXT_CALL_PENDING);
-        }
-        // Relaxed: published by the release RMW of the mailbox below (P1).
-        atomic_store_explicit(A32(&cpu->ext_param), parameter, memory_order_relaxed);
-        atomic_store_explicit(AI32(&cpu->ext_source), source, memory_order_relaxed);
-        uint64_t t = take_ticket(cpu);
-        delivery->seen = post(cpu, CHP_MB_EXTERNAL_CALL);
-        if (!offline) delivery->ticket = t;
-        return cc(0, 0);
-    }
-    case CHP_SIGP_COND_EMERGENCY_SIGNAL:
-        if (run == CHP_RUN_RUNNING) return cc(1, CHP_STATUS_INCORRECT_STATE);
-        /* fallthrough */
-    case CHP_SIGP_EMERGENCY_SIGNAL:
-        // Relaxed: published by the release RMW of the mailbox below (P1).
-        atomic_fetch_add_explicit(A32(&cpu->emergency_count), 1, memory_order_relaxed);
-        {
-            uint64_t t = take_ticket(cpu);
-            delivery->seen = post(cpu, CHP_MB_EMERGENCY);
-            if (!offline) delivery->ticket = t;
-        }
-        return cc(0, 0);
-
-    case CHP_SIGP_START: {
-        if (offline) {
-            // A parked (offline) CPU starts only when the lifecycle has permitted it (attach).
-            if (chp_cpu_lifecycle(cpu) != CHP_LIFE_ONLINE) return cc(1, CHP_STATUS_INCORRECT_STATE);
-            chp_cpu_wake_lifecycle(cpu);
-            return cc(0, 0);
-        }
-        uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~(uint32_t)CHP_MB_STOPPED,
-                                                 memory_order_release);   // P1: partner of stop_wait's acquire
-        if (old & CHP_MB_STOPPED) wake_mailbox(cpu);
-        return cc(0, 0);
-    }
-
-    case CHP_SIGP_STOP:
-    case CHP_SIGP_STOP_AND_STORE_STATUS: {
-        bool store = order == CHP_SIGP_STOP_AND_STORE_STATUS;
-        if (offline) {   // already stopped (parked); the status is where it parked
-            if (store) store_status(cpu);
-            return cc(0, 0);
-        }
-        uint32_t bits = CHP_MB_STOP | (store ? CHP_MB_STOP_STORE : 0);
-        uint64_t t = take_ticket(cpu);
-        for (;;) {
-            if (mb & CHP_MB_BUSY_MASK) return cc(2, 0);
-            if (mb & CHP_MB_STOPPED) {   // already stopped by an order
-                if (store) store_status(cpu);
-                return cc(0, 0);
-            }
-            // Release: P1.
-            if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, mb | bits, memory_order_release,
-                                                      memory_order_acquire)) {
-                break;
-            }
-        }
-        delivery->ticket = t;
-        delivery->seen = mb;
-        return cc(0, 0);
-    }
-
-    case CHP_SIGP_RESTART: {
-        if (offline) return cc(1, CHP_STATUS_INCORRECT_STATE);
-        uint64_t t = take_ticket(cpu);
-        for (;;) {
-            if (mb & CHP_MB_BUSY_MASK) return cc(2, 0);
-            uint32_t next = (mb & ~(uint32_t)CHP_MB_STOPPED) | CHP_MB_RESTART;
-            // Release: P1, and partner of stop_wait's acquire when it clears STOPPED.
-            if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, next, memory_order_release,
-                                                      memory_order_acquire)) {
-                break;
-            }
-        }
-        if (mb & CHP_MB_STOPPED) {
-            wake_mailbox(cpu);
-        } else {
-            delivery->ticket = t;
-            delivery->seen = mb;
-        }
-        return cc(0, 0);
-    }
-
-    case CHP_SIGP_CPU_RESET:
-    case CHP_SIGP_INITIAL_CPU_RESET: {
-        // Clear every pending interruption and order; place the CPU in the stopped state.
-        atomic_store_explicit(A32(&cpu->emergency_count), 0, memory_order_relaxed);
-        uint32_t keep = CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_TASKLET | CHP_MB_STOPPED | CHP_MB_CLASS_MASK;
-        uint64_t t = take_ticket(cpu);
-        for (;;) {
-            uint32_t next = mb & keep;
-            if (!offline && !(mb & CHP_MB_STOPPED)) next |= CHP_MB_STOP;
-            // Acq_rel: P1 for the STOP we may post, and we take the ext-call bit away.
-            if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, next, memory_order_acq_rel,
-                                                      memory_order_acquire)) {
-                if (next & CHP_MB_STOP) {
-                    delivery->ticket = t;
-                    delivery->seen = mb;
-                }
-                break;
-            }
-        }
-        // Release: partner of the acquire CAS of the next external-call sender.
-        atomic_store_explicit(A32(&cpu->ext_claim), 0, memory_order_release);
-        if (order == CHP_SIGP_INITIAL_CPU_RESET) {
-            atomic_store_explicit(A32(&cpu->status_stored), 0, memory_order_relaxed);
-            atomic_store_explicit(A64(&cpu->status_ip), 0, memory_order_relaxed);
-            atomic_store_explicit(A64(&cpu->status_sp), 0, memory_order_relaxed);
-            atomic_store_explicit(A32(&cpu->check_stop), 0, memory_order_relaxed);
-        }
-        return cc(0, 0);
-    }
-    default:
-        return cc(1, CHP_STATUS_INVALID_ORDER);
-    }
 }
 
 // MARK: Delivery
@@ -507,7 +319,7 @@ int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t res
     switch (CLASS_OF(seen)) {
     case CHP_CLASS_IDLE:
         atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
-        wake_mailbox(cpu);
+        chp_wake_mailbox(cpu);
         return 0;
     case CHP_CLASS_RUNNING:
         break;
@@ -566,9 +378,7 @@ void chp_cpu_set_run_state(chp_cpu_t *cpu, uint32_t state) {
     atomic_store_explicit(A32(&cpu->run_state), state, memory_order_release);
 }
 
-uint32_t chp_cpu_run_state(const chp_cpu_t *cpu) {
-    return atomic_load_explicit((_Atomic uint32_t *)&cpu->run_state, memory_order_acquire);
-}
+uint32_t chp_cpu_run_state(const chp_cpu_t *cpu) { return chp_load_run_state(cpu); }
 
 uint32_t chp_cpu_mailbox(const chp_cpu_t *cpu) {
     return atomic_load_explicit((_Atomic uint32_t *)&cpu->mailbox, memory_order_acquire);
@@ -621,7 +431,7 @@ __attribute__((noinline)) bool chp_cpu_stop_here(chp_cpu_t *cpu) {
                           memory_order_relaxed);
     atomic_store_explicit(A64(&cpu->stop_sp), (uint64_t)(uintptr_t)__builtin_frame_address(0),
                           memory_order_relaxed);
-    if (consumed & CHP_MB_STOP_STORE) store_status(cpu);
+    if (consumed & CHP_MB_STOP_STORE) chp_store_status(cpu);
     atomic_fetch_add_explicit(A64(&cpu->stops_at_safe_point), 1, memory_order_relaxed);
     stop_wait(cpu);
     return true;
@@ -676,7 +486,7 @@ __attribute__((noinline)) void chp_cpu_absorb_stop(chp_cpu_t *cpu) {
                               memory_order_relaxed);
         atomic_store_explicit(A64(&cpu->stop_sp), (uint64_t)(uintptr_t)__builtin_frame_address(0),
                               memory_order_relaxed);
-        store_status(cpu);
+        chp_store_status(cpu);
     }
 }
 
@@ -725,17 +535,9 @@ void chp_cpu_set_lifecycle(chp_cpu_t *cpu, uint32_t lifecycle) {
     atomic_store_explicit(A32(&cpu->lifecycle), lifecycle, memory_order_release);
 }
 
-bool chp_cpu_cas_lifecycle(chp_cpu_t *cpu, uint32_t expected, uint32_t desired) {
-    // Acq_rel: P4 in both directions.
-    return atomic_compare_exchange_strong_explicit(A32(&cpu->lifecycle), &expected, desired, memory_order_acq_rel,
-                                                   memory_order_acquire);
-}
+uint32_t chp_cpu_lifecycle(const chp_cpu_t *cpu) { return chp_load_lifecycle(cpu); }
 
-uint32_t chp_cpu_lifecycle(const chp_cpu_t *cpu) {
-    return atomic_load_explicit((_Atomic uint32_t *)&cpu->lifecycle, memory_order_acquire);
-}
-
-void chp_cpu_wake_lifecycle(chp_cpu_t *cpu) { chp_futex_wake(&cpu->lifecycle, INT_MAX); }
+void chp_cpu_wake_lifecycle(chp_cpu_t *cpu) { chp_futex_wake_all(&cpu->lifecycle); }
 
 // MARK: Readers
 
@@ -744,7 +546,7 @@ pid_t chp_cpu_tid(const chp_cpu_t *cpu) {
 }
 
 bool chp_cpu_stored_status(const chp_cpu_t *cpu, uint64_t *ip, uint64_t *sp) {
-    // Acquire: partner of the release store in store_status.
+    // Acquire: partner of the release store in chp_store_status.
     if (atomic_load_explicit((_Atomic uint32_t *)&cpu->status_stored, memory_order_acquire) == 0) return false;
     *ip = atomic_load_explicit((_Atomic uint64_t *)&cpu->status_ip, memory_order_relaxed);
     *sp = atomic_load_explicit((_Atomic uint64_t *)&cpu->status_sp, memory_order_relaxed);

@@ -1,50 +1,33 @@
-// Pause hint, thread identity, clocks, affinity, futex, ordered atomics and the one-shot event.
-#include "CHotplug.h"
+// Thread identity, clocks, affinity, futex and the one-shot event.
+#include "internal.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#define A32(p) ((_Atomic uint32_t *)(p))
-#define A64(p) ((_Atomic uint64_t *)(p))
-
-// The largest CPU id the affinity calls can express.
+// The number of CPU ids the affinity calls can express (see CHotplug.h).
 #define CHP_MAX_CPUS 8192
 
-void chp_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#else
-    atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
-
 pid_t chp_gettid(void) { return (pid_t)syscall(SYS_gettid); }
-pid_t chp_getpid(void) { return getpid(); }
 
 static int64_t timespec_ns(const struct timespec *ts) {
     return (int64_t)ts->tv_sec * 1000000000LL + (int64_t)ts->tv_nsec;
 }
 
-int64_t chp_thread_cputime_ns(pid_t tid) {
+int chp_thread_cputime_ns(pid_t tid, int64_t *ns) {
+    // The clock id holds the negated tid in its upper 29 bits, so only 0 < tid < 2^28 round-trips (the kernel's
+    // tids stay below 2^22); any other value would name another thread, or the caller.
+    if (tid <= 0 || tid >= (1 << 28)) return EINVAL;
     // The kernel's per-thread CPU clock id for any thread of this process: MAKE_THREAD_CPUCLOCK(tid, SCHED).
     clockid_t clock = (clockid_t)((~(unsigned)tid) << 3) | 6;
     struct timespec ts;
-    if (clock_gettime(clock, &ts) != 0) return -1;
-    return timespec_ns(&ts);
-}
-
-int64_t chp_self_cputime_ns(void) {
-    struct timespec ts;
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return -1;
-    return timespec_ns(&ts);
+    if (clock_gettime(clock, &ts) != 0) return errno;
+    *ns = timespec_ns(&ts);
+    return 0;
 }
 
 int64_t chp_monotonic_ns(void) {
@@ -53,51 +36,53 @@ int64_t chp_monotonic_ns(void) {
     return timespec_ns(&ts);
 }
 
-int chp_affinity_get(pid_t tid, int *cpus, int capacity) {
+int chp_affinity_get(pid_t tid, int *cpus, int capacity, int *count) {
     size_t size = CPU_ALLOC_SIZE(CHP_MAX_CPUS);
     cpu_set_t *set = CPU_ALLOC(CHP_MAX_CPUS);
-    if (set == NULL) return -1;
+    if (set == NULL) return ENOMEM;
     CPU_ZERO_S(size, set);
     if (sched_getaffinity(tid, size, set) != 0) {
-        int saved = errno;
+        int code = errno;
         CPU_FREE(set);
-        errno = saved;
-        return -1;
+        return code;
     }
-    int count = 0;
+    int found = 0;
     for (int cpu = 0; cpu < CHP_MAX_CPUS; cpu++) {
         if (CPU_ISSET_S(cpu, size, set)) {
-            if (count < capacity) cpus[count] = cpu;
-            count++;
+            if (found < capacity) cpus[found] = cpu;
+            found++;
         }
     }
     CPU_FREE(set);
-    return count;
+    *count = found;
+    return 0;
 }
 
 int chp_affinity_set(pid_t tid, const int *cpus, int count) {
     size_t size = CPU_ALLOC_SIZE(CHP_MAX_CPUS);
     cpu_set_t *set = CPU_ALLOC(CHP_MAX_CPUS);
-    if (set == NULL) return -1;
+    if (set == NULL) return ENOMEM;
     CPU_ZERO_S(size, set);
     for (int i = 0; i < count; i++) {
         if (cpus[i] < 0 || cpus[i] >= CHP_MAX_CPUS) {
             CPU_FREE(set);
-            errno = EINVAL;
-            return -1;
+            return EINVAL;
         }
         CPU_SET_S(cpus[i], size, set);
     }
-    int rc = sched_setaffinity(tid, size, set);
-    int saved = errno;
+    int code = sched_setaffinity(tid, size, set) == 0 ? 0 : errno;
     CPU_FREE(set);
-    errno = saved;
-    return rc;
+    return code;
 }
 
 int chp_affinity_pin(pid_t tid, int cpu) { return chp_affinity_set(tid, &cpu, 1); }
 
-int chp_current_cpu(void) { return sched_getcpu(); }
+int chp_current_cpu(int *cpu) {
+    int current = sched_getcpu();
+    if (current < 0) return errno;
+    *cpu = current;
+    return 0;
+}
 
 int chp_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns) {
     struct timespec ts, *tsp = NULL;
@@ -110,28 +95,8 @@ int chp_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns) {
     return rc == 0 ? 0 : errno;
 }
 
-int chp_futex_wake(uint32_t *word, int count) {
-    long rc = syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
-    return (int)rc;
-}
-
-uint32_t chp_load_acquire_u32(const uint32_t *word) {
-    return atomic_load_explicit((_Atomic uint32_t *)word, memory_order_acquire);
-}
-uint32_t chp_load_relaxed_u32(const uint32_t *word) {
-    return atomic_load_explicit((_Atomic uint32_t *)word, memory_order_relaxed);
-}
-void chp_store_release_u32(uint32_t *word, uint32_t value) {
-    atomic_store_explicit(A32(word), value, memory_order_release);
-}
-uint64_t chp_load_acquire_u64(const uint64_t *word) {
-    return atomic_load_explicit((_Atomic uint64_t *)word, memory_order_acquire);
-}
-void chp_store_release_u64(uint64_t *word, uint64_t value) {
-    atomic_store_explicit(A64(word), value, memory_order_release);
-}
-uint64_t chp_fetch_add_relaxed_u64(uint64_t *word, uint64_t delta) {
-    return atomic_fetch_add_explicit(A64(word), delta, memory_order_relaxed);
+void chp_futex_wake_all(uint32_t *word) {
+    (void)syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
 // MARK: One-shot event
@@ -147,7 +112,7 @@ void chp_event_set(chp_event_t *event) {
     // Dekker pair with the fence in chp_event_wait: either we see its waiter registration, or it sees word == 1.
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(A32(&event->waiters), memory_order_relaxed) != 0) {
-        chp_futex_wake(&event->word, INT_MAX);
+        chp_futex_wake_all(&event->word);
     }
 }
 

@@ -1,42 +1,26 @@
+import Hotplug
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
 
-/// What the kernel says about this process's threads, read from /proc/self/task/TID: state, CPU time, affinity.
+/// What the kernel says about this process's threads, read from /proc/self/task/TID (with the library's
+/// ``KernelFile``): state, CPU time, affinity.
 public enum ProcFS {
-    public static func readFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return nil
-            }
-            if n == 0 { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
     public static func taskPath(_ tid: Int32, _ file: String) -> String { "/proc/self/task/\(tid)/\(file)" }
 
     public static func threadExists(_ tid: Int32) -> Bool { access(taskPath(tid, ""), F_OK) == 0 }
 
     /// The fields of /proc/self/task/TID/stat after the command name (field 3, the state, first).
     public static func statFields(_ tid: Int32) -> [Substring]? {
-        guard let text = readFile(taskPath(tid, "stat")), let close = text.lastIndex(of: ")") else { return nil }
+        guard let text = KernelFile.read(taskPath(tid, "stat")), let close = text.lastIndex(of: ")") else { return nil }
         return text[text.index(after: close)...].split(separator: " ")
     }
 
     /// The physical CPU the calling thread runs on: field 39 ("processor") of /proc/thread-self/stat.
     public static func currentPhysicalCPU() -> Int {
-        guard let text = readFile("/proc/thread-self/stat"), let close = text.lastIndex(of: ")") else { return -1 }
+        guard let text = KernelFile.read("/proc/thread-self/stat"), let close = text.lastIndex(of: ")") else { return -1 }
         let fields = text[text.index(after: close)...].split(separator: " ")
         return fields.count > 36 ? Int(fields[36]) ?? -1 : -1
     }
@@ -55,7 +39,7 @@ public enum ProcFS {
     /// The thread's CPU time and the resolution of the source it came from: 1 ns from schedstat, one clock tick
     /// from stat's utime + stime (kernels without schedstats).
     public static func threadCPUTimeWithResolution(_ tid: Int32) -> (nanoseconds: Int64, resolution: Int64)? {
-        if let text = readFile(taskPath(tid, "schedstat")), let first = text.split(separator: " ").first,
+        if let text = KernelFile.read(taskPath(tid, "schedstat")), let first = text.split(separator: " ").first,
            let value = Int64(first) {
             return (value, 1)
         }
@@ -65,11 +49,11 @@ public enum ProcFS {
         return ((user + system) * tick, tick)
     }
 
-    /// The CPUs of the thread's `Cpus_allowed_list` (kernel list format `0-3,8`).
+    /// The CPUs of the thread's `Cpus_allowed_list` (kernel list format `0-3,8`), ascending.
     public static func cpusAllowed(_ tid: Int32) -> [Int]? {
-        guard let text = readFile(taskPath(tid, "status")) else { return nil }
+        guard let text = KernelFile.read(taskPath(tid, "status")) else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
-            return parseList(line.dropFirst("Cpus_allowed_list:".count).trimmingWhitespace())
+            return CPUSet(parsing: String(line.dropFirst("Cpus_allowed_list:".count))).map(Array.init)
         }
         return nil
     }
@@ -78,7 +62,7 @@ public enum ProcFS {
     /// `nonvoluntary_ctxt_switches` in /proc/self/task/TID/status): a sleeping thread that is woken and sleeps
     /// again adds a voluntary one.
     public static func contextSwitches(_ tid: Int32) -> (voluntary: Int, involuntary: Int)? {
-        guard let text = readFile(taskPath(tid, "status")) else { return nil }
+        guard let text = KernelFile.read(taskPath(tid, "status")) else { return nil }
         var voluntary: Int?, involuntary: Int?
         for line in text.split(separator: "\n") {
             if line.hasPrefix("voluntary_ctxt_switches:") {
@@ -94,19 +78,7 @@ public enum ProcFS {
     /// What the thread is blocked in, from /proc/self/task/TID/syscall: the system call number and its arguments
     /// ("202 0x7f... 0x80 ..." for a futex wait on that address), "running", or nil when unreadable.
     public static func blockedSyscall(_ tid: Int32) -> String? {
-        readFile(taskPath(tid, "syscall")).map { String($0.split(separator: " ").prefix(4).joined(separator: " ")) }
-    }
-
-    public static func parseList(_ list: Substring) -> [Int]? {
-        var cpus: [Int] = []
-        for part in list.split(separator: ",") {
-            let bounds = part.split(separator: "-")
-            guard let first = bounds.first, let low = Int(first) else { return nil }
-            let high = bounds.count > 1 ? Int(bounds[1]) : low
-            guard let high, high >= low else { return nil }
-            cpus += Array(low...high)
-        }
-        return cpus
+        KernelFile.read(taskPath(tid, "syscall")).map { String($0.split(separator: " ").prefix(4).joined(separator: " ")) }
     }
 }
 

@@ -1,4 +1,4 @@
-/// SplitMix64: small, fast and reproducible from the seed. Every example draws its random choices from one of
+/// SplitMix64: small, fast and reproducible from its seed. Every example draws its random choices from one of
 /// these, so that `--seed N` repeats the same choices.
 public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64

@@ -1,9 +1,11 @@
 import Hotplug
 
 /// Checks of a logical CPU's thread from the outside, through /proc: where it may run, and whether it burns CPU
-/// time while it should sleep (DESIGN 3.2: pinned to exactly one CPU; a parked thread's CPU time does not grow).
+/// time while it should sleep (docs/ARCHITECTURE.md, "Logical CPUs and their threads": pinned to exactly one CPU; a
+/// parked thread's CPU time does not grow).
 public enum ThreadProbe {
-    /// A parked or stopped thread may burn at most this share of a core: 0.1% (DESIGN section 4).
+    /// A parked or stopped thread may burn at most this share of a core: 0.1% (docs/ARCHITECTURE.md, "Performance
+    /// goals").
     public static let idleGrowthPerMille: Int64 = 1
 
     /// True when `growth` nanoseconds of CPU time in `elapsed` nanoseconds of wall time stay within

@@ -34,14 +34,6 @@ private final class EventLog: Sendable {
 }
 
 @Suite struct FollowTests {
-    @Test func kernelCPUListsParse() {
-        #expect(Follower.parseList("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11])
-        #expect(Follower.parseList("5") == [5])
-        #expect(Follower.parseList("") == nil)
-        #expect(Follower.parseList("3-1") == nil)
-        #expect(Follower.parseList("x") == nil)
-    }
-
     @Test func theMachineFollowsAShrinkingAndGrowingAffinityMask() throws {
         let m = try Machine(cpus: 2)
         defer { m.shutdown() }
@@ -138,7 +130,7 @@ private final class EventLog: Sendable {
         } else {
             #expect(mounts.v1Cpuset == nil)
             if let v2 = mounts.v2 {
-                #expect(Shim.readTextFile(v2.point + "/cpuset.cpus.effective") == nil)
+                #expect(KernelFile.read(v2.point + "/cpuset.cpus.effective") == nil)
             }
         }
     }
@@ -255,7 +247,7 @@ private final class CpusetGroup {
 
     init(name: String) throws {
         let mounts = CgroupMounts.read()
-        let membership = Shim.readTextFile("/proc/self/cgroup") ?? ""
+        let membership = KernelFile.read("/proc/self/cgroup") ?? ""
         let line = membership.split(separator: "\n").first { $0.split(separator: ":", maxSplits: 2)[1].split(separator: ",").contains("cpuset") }
         let path = line.map { String($0.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)[2]) } ?? "/"
         guard let mount = mounts.v1Cpuset, let parent = CgroupMounts.directory(of: path, under: mount) else {
@@ -265,7 +257,7 @@ private final class CpusetGroup {
         directory = parent + "/" + name
         cpus = try Shim.affinity()
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
-        let mems = Shim.readTextFile(parent + "/cpuset.effective_mems") ?? Shim.readTextFile(parent + "/cpuset.mems") ?? "0"
+        let mems = KernelFile.read(parent + "/cpuset.effective_mems") ?? KernelFile.read(parent + "/cpuset.mems") ?? "0"
         try write(mems, to: "cpuset.mems")
         try setCPUs(cpus)
         try write("\(getpid())", to: "cgroup.procs")

@@ -4,10 +4,12 @@
 // thread affinity and the spinning barrier. Everything else lives in Swift, and only one internal Swift layer
 // (Sources/Hotplug/Shim) calls these functions.
 //
-// House rules (DESIGN.md section 6):
-// - every exported symbol is prefixed `chp_`; no macros are exported (they become functions);
-// - each prototype's comment says how it fails: "returns -1 and sets errno", "returns an errno value",
-//   or "cannot fail";
+// House rules (docs/ARCHITECTURE.md, "House rules"):
+// - every exported symbol is prefixed `chp_`; no macros are exported (they become functions); what only the .c
+//   files share lives in internal.h, outside include/;
+// - a function that can fail returns 0 or an errno value and hands its results back through out-parameters; no
+//   function sets errno for its caller (Swift would read it after its own allocations may have changed it);
+//   each prototype's comment says which errno values it returns, or "Cannot fail";
 // - C never exits or aborts: Swift decides;
 // - shared state and per-thread state are separate structs; shared hot fields are cache-line padded;
 // - every atomic names its memory order, and every acquire/release pair names its partner.
@@ -26,24 +28,16 @@ extern "C" {
 #define CHP_CACHE_LINE 64
 
 // ---------------------------------------------------------------------------------------------------------------
-// MARK: Pause hint, thread identity, CPU time
+// MARK: Thread identity, CPU time
 // ---------------------------------------------------------------------------------------------------------------
-
-/// Issues the CPU's spin-wait hint (`pause` on x86, `yield` on arm64). Cannot fail.
-void chp_cpu_relax(void);
 
 /// The calling thread's kernel thread id (gettid). Cannot fail.
 pid_t chp_gettid(void);
 
-/// The process id. Cannot fail.
-pid_t chp_getpid(void);
-
-/// CPU time consumed so far by the thread `tid` of this process, in nanoseconds.
-/// Returns -1 and sets errno (ESRCH/EINVAL when the thread does not exist).
-int64_t chp_thread_cputime_ns(pid_t tid);
-
-/// CPU time consumed by the calling thread, in nanoseconds. Returns -1 and sets errno.
-int64_t chp_self_cputime_ns(void);
+/// Stores in `*ns` the CPU time consumed so far by the thread `tid` of this process, in nanoseconds.
+/// Returns 0, or an errno value: EINVAL when `tid` is not positive or no such thread exists (the kernel rejects
+/// its clock id).
+int chp_thread_cputime_ns(pid_t tid, int64_t *ns);
 
 /// CLOCK_MONOTONIC in nanoseconds. Cannot fail.
 int64_t chp_monotonic_ns(void);
@@ -52,40 +46,27 @@ int64_t chp_monotonic_ns(void);
 // MARK: Affinity
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Writes the CPU ids of the process's affinity mask (as seen by the calling thread) into `cpus`, ascending.
-/// Returns the number of CPUs in the mask (which may exceed `capacity`: then only `capacity` are written),
-/// or -1 and sets errno.
-int chp_affinity_get(pid_t tid, int *cpus, int capacity);
+// CPU ids are 0 ..< 8192 (NR_CPUS of the largest x86-64 kernels); masks are read and written at that size.
 
-/// Pins thread `tid` (0: the caller) to exactly the physical CPU `cpu`. Returns -1 and sets errno.
+/// Writes the CPU ids of thread `tid`'s affinity mask (0: the calling thread) into `cpus`, ascending, at most
+/// `capacity` of them, and stores in `*count` the number of CPUs in the mask (more than `capacity`: only the first
+/// `capacity` were written; call again with a larger buffer).
+/// Returns 0, or an errno value: ESRCH (no such thread), ENOMEM.
+int chp_affinity_get(pid_t tid, int *cpus, int capacity, int *count);
+
+/// Pins thread `tid` (0: the calling thread) to exactly the physical CPU `cpu`.
+/// Returns 0, or an errno value: EINVAL (`cpu` out of range, or not a CPU this process may use), ESRCH (no such
+/// thread), EPERM, ENOMEM.
 int chp_affinity_pin(pid_t tid, int cpu);
 
-/// Sets thread `tid`'s affinity to the `count` CPUs in `cpus`. Returns -1 and sets errno.
+/// Sets thread `tid`'s (0: the calling thread) affinity to the `count` CPUs in `cpus`.
+/// Returns 0, or an errno value: EINVAL (an id out of range, or no usable CPU among them), ESRCH (no such
+/// thread), EPERM, ENOMEM.
 int chp_affinity_set(pid_t tid, const int *cpus, int count);
 
-/// The physical CPU the caller is running on right now (sched_getcpu). Returns -1 and sets errno.
-int chp_current_cpu(void);
-
-// ---------------------------------------------------------------------------------------------------------------
-// MARK: Futex
-// ---------------------------------------------------------------------------------------------------------------
-
-/// Blocks while `*word == expected`, for at most `timeout_ns` (negative: no bound). Process-private futex.
-/// Returns 0 when woken (or spuriously), or an errno value: EAGAIN (the word did not hold `expected`),
-/// EINTR (a signal interrupted the wait), ETIMEDOUT. Callers re-check their word in a loop.
-int chp_futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
-
-/// Wakes at most `count` waiters on `word`. Returns the number woken, or -1 and sets errno.
-int chp_futex_wake(uint32_t *word, int count);
-
-// Explicitly ordered atomic access to 32-bit and 64-bit words shared with C (futex words live in C memory).
-// None of these can fail.
-uint32_t chp_load_acquire_u32(const uint32_t *word);
-uint32_t chp_load_relaxed_u32(const uint32_t *word);
-void chp_store_release_u32(uint32_t *word, uint32_t value);
-uint64_t chp_load_acquire_u64(const uint64_t *word);
-void chp_store_release_u64(uint64_t *word, uint64_t value);
-uint64_t chp_fetch_add_relaxed_u64(uint64_t *word, uint64_t delta);
+/// Stores in `*cpu` the physical CPU the caller is running on right now (sched_getcpu).
+/// Returns 0, or an errno value: ENOSYS where the kernel cannot say.
+int chp_current_cpu(int *cpu);
 
 // ---------------------------------------------------------------------------------------------------------------
 // MARK: One-shot event (a futex word with spin-then-park waiting)
@@ -135,10 +116,9 @@ typedef struct chp_barrier_state {
     uint32_t sense;     // this participant's local sense
 } chp_barrier_state_t;
 
-/// Initialises `barrier` for `participants` (>= 1) threads. Returns 0, or EINVAL for 0 participants.
-int chp_barrier_init(chp_barrier_t *barrier, uint32_t participants);
-/// Allocates (cache-line aligned) and initialises a barrier. Returns NULL and sets errno (EINVAL for 0).
-chp_barrier_t *chp_barrier_create(uint32_t participants);
+/// Allocates a cache-line aligned barrier for `participants` (>= 1) threads, initialised, into `*barrier`.
+/// Returns 0, or an errno value: EINVAL (0 participants), ENOMEM.
+int chp_barrier_create(uint32_t participants, chp_barrier_t **barrier);
 /// Frees a barrier from chp_barrier_create. Cannot fail.
 void chp_barrier_destroy(chp_barrier_t *barrier);
 /// Initialises one participant's state to the barrier's current sense (so participants may join between
@@ -166,7 +146,8 @@ bool chp_barrier_wait(chp_barrier_t *barrier, chp_barrier_state_t *state, uint32
 //      IDLE -> futex wake on `mailbox`; QUIET or STOPPED -> nothing (the order stays pending until the CPU runs
 //      again); RUNNING -> a real signal with tgkill, then the sender waits for the handler's (or the next safe
 //      point's) acknowledgement (`sig_ack` >= its ticket), resending the signal every `resend_ns` while the CPU
-//      still runs code, and gives up after `timeout_ns`.
+//      still runs code, and gives up after `timeout_ns` (once it has resent at least once, or after twice
+//      `timeout_ns`).
 //   3. the signal handler (async-signal-safe: atomics, futex, nothing else) acknowledges, and when a STOP-class
 //      order is pending stops right there, wherever the thread was, until START or RESTART.
 //
@@ -267,20 +248,20 @@ typedef struct chp_cpu {
     char pad3[CHP_CACHE_LINE - 6 * sizeof(uint64_t)];
 } chp_cpu_t;
 
-/// Allocates a zeroed, cache-line aligned control block. Returns NULL and sets errno.
-chp_cpu_t *chp_cpu_create(void);
+/// Allocates a zeroed, cache-line aligned control block into `*cpu`. Returns 0, or an errno value: ENOMEM.
+int chp_cpu_create(chp_cpu_t **cpu);
 /// Frees a control block whose thread has exited. Cannot fail.
 void chp_cpu_destroy(chp_cpu_t *cpu);
-/// Sets the opaque owner pointer; only before the CPU's thread starts. Cannot fail.
+/// Sets the opaque owner pointer; only before the CPU's thread starts (chp_cpu_bind_self copies it into
+/// chp_self_owner). Cannot fail.
 void chp_cpu_set_owner(chp_cpu_t *cpu, void *owner);
-/// The opaque owner pointer. Cannot fail.
-void *chp_cpu_owner(const chp_cpu_t *cpu);
 
 /// Installs the process-wide SIGP handler on `signo` (reference counted: several machines may share it).
 /// Returns 0, or an errno value: EINVAL (a signal that cannot carry SIGP), EBUSY (the application already has a
 /// handler there), EEXIST (SIGP already uses another signal in this process).
 int chp_sigp_install(int signo);
-/// Drops one reference; the last one restores the default disposition. Returns 0, or an errno value.
+/// Drops one reference; the last one restores the default disposition. Returns 0, or an errno value: EINVAL
+/// (`signo` is not the installed SIGP signal), or sigaction's.
 int chp_sigp_uninstall(int signo);
 /// The signal installed, or 0. Cannot fail.
 int chp_sigp_signal(void);
@@ -288,13 +269,14 @@ int chp_sigp_signal(void);
 int chp_sigrtmin(void);
 int chp_sigrtmax(void);
 
-/// Binds the calling thread to `cpu` for the signal handler (thread-local, initial-exec TLS), stores its tid, and
-/// unblocks the SIGP signal for the thread. Returns an errno value.
+/// Binds the calling thread to `cpu` for the signal handler (thread-local, initial-exec TLS), stores its tid, copies
+/// the owner pointer into chp_self_owner, and unblocks the SIGP signal for the thread.
+/// Returns 0, or an errno value: EINVAL (no SIGP signal is installed), or pthread_sigmask's. The thread is bound
+/// either way.
 int chp_cpu_bind_self(chp_cpu_t *cpu);
-/// Unbinds the calling thread. Cannot fail.
+/// Blocks the SIGP signal for the calling thread and unbinds it (clears what chp_cpu_bind_self and
+/// chp_cpu_set_self_identity set). Cannot fail.
 void chp_cpu_unbind_self(void);
-/// The control block bound to the calling thread, or NULL. Cannot fail.
-chp_cpu_t *chp_cpu_self(void);
 
 /// The owner pointer of the control block bound to the calling thread (NULL on any other thread). Written only by
 /// chp_cpu_bind_self / chp_cpu_unbind_self on the thread itself.
@@ -311,12 +293,12 @@ static inline intptr_t chp_cpu_self_logical(uint64_t machine) {
     return chp_self_machine == machine ? chp_self_logical : -1;
 }
 
-/// `chp_cpu_owner(chp_cpu_self())` in one thread-local load, inlined into the caller: the slab allocator's fast
-/// paths ask it once per operation. Cannot fail.
+/// The owner pointer (chp_cpu_set_owner) of the control block bound to the calling thread, NULL on any other
+/// thread: one thread-local load, inlined into the caller. Cannot fail.
 static inline void *chp_cpu_self_owner(void) { return chp_self_owner; }
 
 /// Blocks (`block` true) or unblocks the SIGP signal for the calling thread ("interrupts off/on").
-/// Returns an errno value.
+/// Returns 0, or an errno value: EINVAL (no SIGP signal is installed), or pthread_sigmask's.
 int chp_sigp_block(bool block);
 
 /// True when the SIGP signal is blocked for the calling thread. Cannot fail.
@@ -375,25 +357,28 @@ void chp_cpu_wake_mailbox(chp_cpu_t *cpu);
 /// Removes internal bits if they are still pending; returns the bits that were removed. Cannot fail.
 uint32_t chp_cpu_retract_bits(chp_cpu_t *cpu, uint32_t bits);
 
-/// Delivers the cheapest sufficient wake-up for a post (see above).
-/// Returns 0, ETIMEDOUT when a running CPU did not acknowledge within `timeout_ns` (the CPU is then marked
-/// check-stopped), or another errno value from tgkill.
+/// Delivers the cheapest sufficient wake-up for a post (see above). To the calling CPU itself it sends the signal
+/// (when it runs code) and never waits for the acknowledgement.
+/// Returns 0, or an errno value: ETIMEDOUT (a running CPU did not acknowledge within `timeout_ns` and at least
+/// one resend, or within twice `timeout_ns`; the CPU is then marked check-stopped), EINVAL (no SIGP signal is
+/// installed), or tgkill's.
 int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t resend_ns, int64_t timeout_ns);
 
 
 // MARK: Called by the CPU's own thread
 
-/// Sets the CPU's run state (release; introspection only). Cannot fail.
+/// Sets the CPU's run state (release: partner of the acquire loads in chp_cpu_run_state and chp_sigp_post, whose
+/// NONE / OFFLINE checks, SENSE_RUNNING and COND_EMERGENCY_SIGNAL depend on it). Cannot fail.
 void chp_cpu_set_run_state(chp_cpu_t *cpu, uint32_t state);
 /// Reads a CPU's run state (acquire). Cannot fail.
 uint32_t chp_cpu_run_state(const chp_cpu_t *cpu);
-/// Reads the mailbox (acquire: partner of the sender's release CAS in chp_sigp_post). Cannot fail.
+/// Reads the mailbox (acquire: partner of the senders' release RMWs that post orders). Cannot fail.
 uint32_t chp_cpu_mailbox(const chp_cpu_t *cpu);
 
 /// A safe point: in one RMW, takes the pending mailbox bits out (except STOP-class bits, which chp_cpu_stop_here
 /// consumes) and sets the delivery class RUNNING; then acknowledges every signal ticket issued so far (a ticket
-/// is taken before its bits are posted, so the acknowledgement covers every bit taken here). Returns the bits taken together with the
-/// STOP-class bits still pending. Cannot fail.
+/// is taken before its bits are posted, so the acknowledgement covers every bit taken here). Clears a check stop
+/// (the CPU answers). Returns the bits taken together with the STOP-class bits still pending. Cannot fail.
 uint32_t chp_cpu_safe_point(chp_cpu_t *cpu);
 /// Takes the pending external call: returns true and fills `param`/`source` when one was pending. Cannot fail.
 bool chp_cpu_take_external_call(chp_cpu_t *cpu, uint32_t *param, int32_t *source);
@@ -417,20 +402,20 @@ void chp_cpu_absorb_stop(chp_cpu_t *cpu);
 /// acknowledging that it is configured or offline, and parking. Cannot fail.
 void chp_cpu_enter_offline(chp_cpu_t *cpu);
 
-/// Makes a control block fresh for a new thread (configure after standby): clears mailbox, pending
-/// interruptions, status area, check stop, lifecycle; keeps statistics and the owner. Only while no thread uses
-/// it. Cannot fail.
+/// Makes a control block fresh for a new thread (configure after standby): clears the mailbox, pending
+/// interruptions, the status area, check stop, the stop site and the tid, and sets the lifecycle to PARKED; keeps
+/// the run state, the signal tickets, statistics and the owner. Only while no thread uses it. Cannot fail.
 void chp_cpu_prepare(chp_cpu_t *cpu);
 
-/// Parks the calling CPU thread while `lifecycle` is PARKED (run state OFFLINE). Returns the lifecycle word seen.
+/// Records the caller's site as where the CPU stops, sets class QUIET and run state OFFLINE, acknowledges pending
+/// signal tickets, and parks the calling CPU thread while its lifecycle word is PARKED or OFFLINE. Then sets class
+/// RUNNING (QUIET for EXIT) and run state RUNNING, and returns the lifecycle word seen (ONLINE or EXIT).
 /// Cannot fail.
 uint32_t chp_cpu_park_offline(chp_cpu_t *cpu);
 
 /// Writes the lifecycle word (release: partner of the CPU's acquire in chp_cpu_park_offline). Does not wake the
 /// thread: START does that for ONLINE, chp_cpu_wake_lifecycle for EXIT. Cannot fail.
 void chp_cpu_set_lifecycle(chp_cpu_t *cpu, uint32_t lifecycle);
-/// Atomically replaces the lifecycle word when it holds `expected`; returns true when it did. Cannot fail.
-bool chp_cpu_cas_lifecycle(chp_cpu_t *cpu, uint32_t expected, uint32_t desired);
 /// Wakes the thread parked on its lifecycle word. Cannot fail.
 void chp_cpu_wake_lifecycle(chp_cpu_t *cpu);
 /// Reads the lifecycle word (acquire). Cannot fail.

@@ -6,6 +6,64 @@ public struct CPUSet: Sendable, Hashable, Sequence, CustomStringConvertible, Exp
     public init<S: Sequence>(_ cpus: S) where S.Element == Int { for cpu in cpus { insert(cpu) } }
     public init(arrayLiteral cpus: Int...) { self.init(cpus) }
 
+    /// The largest CPU id ``init(parsing:)`` accepts: far above any kernel's CPU count, low enough that a
+    /// malformed list cannot make the set allocate more than 8 KiB.
+    public static let largestParsedID = 65_535
+
+    /// The set a kernel CPU list describes: `0-3,8,10-11`, the format of `/sys/devices/system/cpu/online`, of
+    /// cpuset files and of `Cpus_allowed_list`. For a non-empty set it is the inverse of ``description``.
+    ///
+    /// Strict: white space (spaces, tabs, newlines) may surround the list but not stand inside it, and an empty
+    /// list (or only white space) is the empty set. Nil for anything else: an empty item (`1,,2`, `0,`), a sign,
+    /// a descending range (`3-1`), anything but digits, `-` and `,`, or an id above ``largestParsedID``.
+    public init?(parsing text: String) {
+        self.init()
+        let bytes = Array(text.utf8)
+        func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D }
+        var index = 0
+        var end = bytes.count
+        while index < end, isSpace(bytes[index]) { index += 1 }
+        while end > index, isSpace(bytes[end - 1]) { end -= 1 }
+        if index == end { return }
+        // A decimal id at `index`, nil when there is none or it is too large.
+        func id() -> Int? {
+            var value = 0
+            let first = index
+            while index < end, bytes[index] >= UInt8(ascii: "0"), bytes[index] <= UInt8(ascii: "9") {
+                value = value * 10 + Int(bytes[index] - UInt8(ascii: "0"))
+                guard value <= CPUSet.largestParsedID else { return nil }
+                index += 1
+            }
+            return index > first ? value : nil
+        }
+        while true {
+            guard let low = id() else { return nil }
+            var high = low
+            if index < end, bytes[index] == UInt8(ascii: "-") {
+                index += 1
+                guard let last = id(), last >= low else { return nil }
+                high = last
+            }
+            insert(low...high)
+            if index == end { return }
+            guard bytes[index] == UInt8(ascii: ",") else { return nil }
+            index += 1
+        }
+    }
+
+    /// Inserts the ids of `range` a word at a time.
+    private mutating func insert(_ range: ClosedRange<Int>) {
+        let firstWord = range.lowerBound / 64
+        let lastWord = range.upperBound / 64
+        if words.count <= lastWord { words += repeatElement(0, count: lastWord + 1 - words.count) }
+        for word in firstWord...lastWord {
+            let from = word == firstWord ? range.lowerBound % 64 : 0
+            let to = word == lastWord ? range.upperBound % 64 : 63
+            let upTo: UInt64 = to == 63 ? .max : (1 << UInt64(to + 1)) - 1
+            words[word] |= upTo & ~((1 << UInt64(from)) - 1)
+        }
+    }
+
     public func contains(_ cpu: Int) -> Bool {
         guard cpu >= 0, cpu / 64 < words.count else { return false }
         return words[cpu / 64] & (1 << UInt64(cpu % 64)) != 0

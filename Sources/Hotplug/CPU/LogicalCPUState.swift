@@ -1,6 +1,4 @@
-import CHotplug
-
-/// Where a logical CPU is in its lifecycle (DESIGN 3.2):
+/// Where a logical CPU is in its lifecycle (docs/ARCHITECTURE.md, "Logical CPUs and their threads"):
 /// `standby` -> configure -> `parked` -> online -> `online` -> offline -> `parked` -> deconfigure -> `standby`.
 public enum LogicalCPUState: String, Sendable, Equatable, CustomStringConvertible {
     /// No thread exists.
@@ -27,15 +25,4 @@ public enum RunState: Sendable, Equatable {
     case idle
     /// Stopped by a SIGP order, blocked in the kernel until START or RESTART.
     case stopped
-
-    init(raw: UInt32) {
-        switch Int(raw) {
-        case Int(CHP_RUN_OFFLINE): self = .offline
-        case Int(CHP_RUN_RUNNING): self = .running
-        case Int(CHP_RUN_POLLING): self = .polling
-        case Int(CHP_RUN_IDLE): self = .idle
-        case Int(CHP_RUN_STOPPED): self = .stopped
-        default: self = .none
-        }
-    }
 }

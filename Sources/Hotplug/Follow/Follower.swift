@@ -111,8 +111,9 @@ public final class Follower: Sendable {
         case .cgroup:
             return options.followCgroup ? mounts.cpus() : nil
         case .online:
-            guard options.followKernel, let text = Shim.readTextFile("/sys/devices/system/cpu/online") else { return nil }
-            return Follower.parseList(text)
+            guard options.followKernel, let text = KernelFile.read("/sys/devices/system/cpu/online"),
+                  let cpus = CPUSet(parsing: text), !cpus.isEmpty else { return nil }
+            return Set(cpus)
         }
     }
 
@@ -209,19 +210,6 @@ public final class Follower: Sendable {
 
     /// The effective cpuset of the process's cgroup (v2, else v1), nil when there is none to read.
     static func cgroupCPUs() -> Set<Int>? { CgroupMounts.read().cpus() }
-
-    /// A kernel CPU list (`0-3,8,10-11`); nil when malformed or empty.
-    static func parseList(_ text: String) -> Set<Int>? {
-        var cpus = Set<Int>()
-        for part in text.split(whereSeparator: { $0 == "," || $0 == "\n" || $0 == " " }) {
-            let bounds = part.split(separator: "-")
-            guard let low = Int(bounds[0]) else { return nil }
-            let high = bounds.count > 1 ? Int(bounds[1]) : low
-            guard let high, high >= low else { return nil }
-            cpus.formUnion(low...high)
-        }
-        return cpus.isEmpty ? nil : cpus
-    }
 }
 
 /// Where the cgroup hierarchies that can carry a cpuset are mounted (from `/proc/self/mountinfo`).
@@ -236,7 +224,7 @@ struct CgroupMounts: Sendable {
     let v1Cpuset: Mount?
 
     static func read() -> CgroupMounts {
-        parse(mountinfo: Shim.readTextFile("/proc/self/mountinfo") ?? "")
+        parse(mountinfo: KernelFile.read("/proc/self/mountinfo") ?? "")
     }
 
     /// Parses mountinfo lines: `id parent major:minor root point options [optional...] - fstype source superoptions`.
@@ -281,23 +269,25 @@ struct CgroupMounts: Sendable {
         return mount.point + (relative == "/" ? "" : relative)
     }
 
-    /// The effective cpuset of this process's cgroup: v2 first, then a v1 cpuset hierarchy.
+    /// The effective cpuset of this process's cgroup: v2 first, then a v1 cpuset hierarchy (an empty or malformed
+    /// list counts as none).
     func cpus() -> Set<Int>? {
-        guard let membership = Shim.readTextFile("/proc/self/cgroup") else { return nil }
+        guard let membership = KernelFile.read("/proc/self/cgroup") else { return nil }
         for line in membership.split(separator: "\n") {
             // `hierarchy-id:controllers:path`; the path may itself contain ':'.
             let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
             guard parts.count == 3 else { continue }
             let path = String(parts[2])
             if parts[0] == "0", parts[1].isEmpty, let v2, let directory = CgroupMounts.directory(of: path, under: v2),
-               let text = Shim.readTextFile(directory + "/cpuset.cpus.effective"), let cpus = Follower.parseList(text) {
-                return cpus
+               let text = KernelFile.read(directory + "/cpuset.cpus.effective"), let cpus = CPUSet(parsing: text),
+               !cpus.isEmpty {
+                return Set(cpus)
             }
             if parts[1].split(separator: ",").contains("cpuset"), let v1Cpuset,
                let directory = CgroupMounts.directory(of: path, under: v1Cpuset),
-               let text = Shim.readTextFile(directory + "/cpuset.effective_cpus") ?? Shim.readTextFile(directory + "/cpuset.cpus"),
-               let cpus = Follower.parseList(text) {
-                return cpus
+               let text = KernelFile.read(directory + "/cpuset.effective_cpus") ?? KernelFile.read(directory + "/cpuset.cpus"),
+               let cpus = CPUSet(parsing: text), !cpus.isEmpty {
+                return Set(cpus)
             }
         }
         return nil

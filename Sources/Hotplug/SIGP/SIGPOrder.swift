@@ -1,5 +1,3 @@
-import CHotplug
-
 /// A SIGP order code, numbered as on S/390. Any code can be sent; those the runtime does not model answer
 /// condition code 1 with ``SIGPStatus/invalidOrder``.
 public struct SIGPOrder: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
@@ -8,33 +6,33 @@ public struct SIGPOrder: RawRepresentable, Hashable, Sendable, CustomStringConve
 
     /// Reports the CPU's status: cc 0 when there is nothing to report, else cc 1 with stopped / external call
     /// pending / check stop.
-    public static let sense = SIGPOrder(rawValue: UInt8(CHP_SIGP_SENSE))
+    public static let sense = SIGPOrder(rawValue: 1)
     /// An external call carrying a 32-bit parameter, handled at the target's next safe point. Only one may be
     /// pending: a second answers cc 1 with ``SIGPStatus/externalCallPending``.
-    public static let externalCall = SIGPOrder(rawValue: UInt8(CHP_SIGP_EXTERNAL_CALL))
+    public static let externalCall = SIGPOrder(rawValue: 2)
     /// An emergency signal, handled at the target's next safe point. These queue.
-    public static let emergencySignal = SIGPOrder(rawValue: UInt8(CHP_SIGP_EMERGENCY_SIGNAL))
+    public static let emergencySignal = SIGPOrder(rawValue: 3)
     /// Resumes a CPU stopped by an order (no effect on an operating one). An offline CPU answers cc 1 with
     /// ``SIGPStatus/incorrectState`` unless the lifecycle is attaching it.
-    public static let start = SIGPOrder(rawValue: UInt8(CHP_SIGP_START))
+    public static let start = SIGPOrder(rawValue: 4)
     /// Stops the CPU wherever it is (inside the signal handler when it runs code, at its safe point when it
     /// polls or idles) until START or RESTART.
-    public static let stop = SIGPOrder(rawValue: UInt8(CHP_SIGP_STOP))
+    public static let stop = SIGPOrder(rawValue: 5)
     /// Starts a stopped CPU (or interrupts an operating one) and runs the restart handler at its next safe point.
-    public static let restart = SIGPOrder(rawValue: UInt8(CHP_SIGP_RESTART))
+    public static let restart = SIGPOrder(rawValue: 6)
     /// Like STOP, and stores the instruction and stack pointer where it stopped into the CPU's status area.
-    public static let stopAndStoreStatus = SIGPOrder(rawValue: UInt8(CHP_SIGP_STOP_AND_STORE_STATUS))
+    public static let stopAndStoreStatus = SIGPOrder(rawValue: 9)
     /// CPU reset, and clears the status area and check stop.
-    public static let initialCPUReset = SIGPOrder(rawValue: UInt8(CHP_SIGP_INITIAL_CPU_RESET))
+    public static let initialCPUReset = SIGPOrder(rawValue: 11)
     /// Clears pending interruptions and orders and places the CPU in the stopped state. Accepted even while a
     /// STOP or RESTART is pending.
-    public static let cpuReset = SIGPOrder(rawValue: UInt8(CHP_SIGP_CPU_RESET))
+    public static let cpuReset = SIGPOrder(rawValue: 12)
     /// An emergency signal generated only when the target is not running code (polling, idle, stopped or
     /// offline); otherwise cc 1 with ``SIGPStatus/incorrectState``.
-    public static let conditionalEmergencySignal = SIGPOrder(rawValue: UInt8(CHP_SIGP_COND_EMERGENCY_SIGNAL))
+    public static let conditionalEmergencySignal = SIGPOrder(rawValue: 19)
     /// cc 0 when the CPU's thread is running (executing or polling), cc 1 with ``SIGPStatus/notRunning``
     /// otherwise.
-    public static let senseRunning = SIGPOrder(rawValue: UInt8(CHP_SIGP_SENSE_RUNNING))
+    public static let senseRunning = SIGPOrder(rawValue: 21)
 
     public var description: String {
         switch self {
@@ -54,19 +52,19 @@ public struct SIGPOrder: RawRepresentable, Hashable, Sendable, CustomStringConve
     }
 }
 
-/// SIGP status bits, stored with condition code 1.
+/// SIGP status bits, stored with condition code 1 (valued as on S/390).
 public struct SIGPStatus: OptionSet, Hashable, Sendable, CustomStringConvertible {
     public let rawValue: UInt32
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
-    public static let invalidOrder = SIGPStatus(rawValue: UInt32(CHP_STATUS_INVALID_ORDER))
-    public static let checkStop = SIGPStatus(rawValue: UInt32(CHP_STATUS_CHECK_STOP))
-    public static let stopped = SIGPStatus(rawValue: UInt32(CHP_STATUS_STOPPED))
-    public static let externalCallPending = SIGPStatus(rawValue: UInt32(CHP_STATUS_EXT_CALL_PENDING))
+    public static let invalidOrder = SIGPStatus(rawValue: 0x2)
+    public static let checkStop = SIGPStatus(rawValue: 0x10)
+    public static let stopped = SIGPStatus(rawValue: 0x40)
+    public static let externalCallPending = SIGPStatus(rawValue: 0x80)
     /// Reserved: no modelled order validates its parameter yet.
-    public static let invalidParameter = SIGPStatus(rawValue: UInt32(CHP_STATUS_INVALID_PARAMETER))
-    public static let incorrectState = SIGPStatus(rawValue: UInt32(CHP_STATUS_INCORRECT_STATE))
-    public static let notRunning = SIGPStatus(rawValue: UInt32(CHP_STATUS_NOT_RUNNING))
+    public static let invalidParameter = SIGPStatus(rawValue: 0x100)
+    public static let incorrectState = SIGPStatus(rawValue: 0x200)
+    public static let notRunning = SIGPStatus(rawValue: 0x400)
 
     public var description: String { "0x" + String(rawValue, radix: 16) }
 }

@@ -6,13 +6,14 @@ import Musl
 #endif
 
 /// A logical CPU's control block in C memory, shared with the signal handler. Every access goes through the
-/// shim's explicitly ordered atomics (see the memory-ordering map at the top of `sigp.c`).
+/// shim's functions, whose atomics name their ordering (see the memory-ordering map at the top of `sigp.c`).
 struct ControlBlock: @unchecked Sendable {
     // @unchecked: the pointee is only touched by the shim's atomics; the pointer itself is immutable.
     let raw: OpaquePointer   // chp_cpu_t *: over-aligned, so opaque to Swift
 
-    enum Lifecycle: UInt32 {
-        case parked = 0, online = 1, offline = 2, exit = 3   // CHP_LIFE_*
+    /// The lifecycle word (`CHP_LIFE_*`, mapped in ShimConstants.swift), written by the controlling thread.
+    enum Lifecycle {
+        case parked, online, offline, exit
     }
 
     struct Bits: OptionSet {
@@ -29,7 +30,9 @@ struct ControlBlock: @unchecked Sendable {
     }
 
     static func create() throws(HotplugError) -> ControlBlock {
-        guard let raw = chp_cpu_create() else { throw .system(call: "posix_memalign", errno: errno) }
+        var raw: OpaquePointer?
+        let rc = chp_cpu_create(&raw)
+        guard rc == 0, let raw else { throw .system(call: "posix_memalign", errno: rc) }
         return ControlBlock(raw: raw)
     }
 
@@ -37,17 +40,18 @@ struct ControlBlock: @unchecked Sendable {
 
     // MARK: Senders
 
-    /// Evaluates and posts an order; delivers the wake-up it needs. Throws when a running CPU does not answer.
+    /// Evaluates and posts an order; delivers the wake-up it needs.
+    /// - Throws: ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)`` when a running CPU does not
+    ///   acknowledge in time, ``HotplugError/system(call:errno:)`` when the signal cannot be sent.
     func sigp(_ order: SIGPOrder, parameter: UInt32, source: Int?, cpu: Int,
               resendNanoseconds: Int64, timeoutNanoseconds: Int64) throws(HotplugError) -> SIGPResult {
         var delivery = chp_delivery_t()
-        let result = chp_sigp_post(raw, Int32(order.rawValue), parameter, Int32(source ?? -1), &delivery)
+        let result = chp_sigp_post(raw, order.shimCode, parameter, Int32(source ?? -1), &delivery)
         if delivery.ticket != 0 {
             try deliver(delivery, order: order, cpu: cpu, resendNanoseconds: resendNanoseconds,
                         timeoutNanoseconds: timeoutNanoseconds)
         }
-        return SIGPResult(conditionCode: SIGPResult.ConditionCode(rawValue: Int(result.cc)) ?? .notOperational,
-                          status: SIGPStatus(rawValue: result.status))
+        return SIGPResult(shim: result)
     }
 
     /// Delivers the wake-up a post needs.
@@ -76,12 +80,12 @@ struct ControlBlock: @unchecked Sendable {
     func postAndWakeIfIdle(_ bits: Bits) { _ = chp_cpu_post_and_wake_idle(raw, bits.rawValue) }
 
     var mailbox: Bits { Bits(rawValue: chp_cpu_mailbox(raw)) }
-    var runState: RunState { RunState(raw: chp_cpu_run_state(raw)) }
+    var runState: RunState { RunState(shimValue: chp_cpu_run_state(raw)) }
     var threadID: Int32 { chp_cpu_tid(raw) }
 
     var lifecycle: Lifecycle {
-        get { Lifecycle(rawValue: chp_cpu_lifecycle(raw)) ?? .parked }
-        nonmutating set { chp_cpu_set_lifecycle(raw, newValue.rawValue) }
+        get { Lifecycle(shimValue: chp_cpu_lifecycle(raw)) ?? .parked }
+        nonmutating set { chp_cpu_set_lifecycle(raw, newValue.shimValue) }
     }
     func wakeLifecycle() { chp_cpu_wake_lifecycle(raw) }
     /// Only while no thread uses the block.
@@ -104,42 +108,39 @@ struct ControlBlock: @unchecked Sendable {
 
     // MARK: The CPU's own thread
 
-    /// Binds the calling thread (TLS for the handler, tid) and unblocks SIGP.
-    /// Binds the calling thread to this block, as logical CPU `cpu` of machine `machineID` (read inline by
-    /// ``Shim/currentLogicalCPU(machineID:)``).
+    /// Binds the calling thread to this block (for the signal handler, and its tid for senders), records it as
+    /// logical CPU `cpu` of machine `machineID` (read inline by ``Shim/currentLogicalCPU(machineID:)``), then
+    /// unblocks the SIGP signal on it.
+    /// - Throws: ``HotplugError/system(call:errno:)`` when the signal cannot be unblocked; the thread is bound
+    ///   either way, so the caller unbinds it.
     func bindCurrentThread(machineID: UInt64, cpu: Int) throws(HotplugError) {
         let rc = chp_cpu_bind_self(raw)
         chp_cpu_set_self_identity(machineID, cpu)
         if rc != 0 { throw .system(call: "pthread_sigmask", errno: rc) }
     }
+    /// Blocks the SIGP signal on the calling thread and unbinds it.
     func unbindCurrentThread() { chp_cpu_unbind_self() }
-    func setRunState(_ state: RunState) {
-        let raw: Int32
-        switch state {
-        case .none: raw = Int32(CHP_RUN_NONE)
-        case .offline: raw = Int32(CHP_RUN_OFFLINE)
-        case .running: raw = Int32(CHP_RUN_RUNNING)
-        case .polling: raw = Int32(CHP_RUN_POLLING)
-        case .idle: raw = Int32(CHP_RUN_IDLE)
-        case .stopped: raw = Int32(CHP_RUN_STOPPED)
-        }
-        chp_cpu_set_run_state(self.raw, UInt32(raw))
-    }
+    func setRunState(_ state: RunState) { chp_cpu_set_run_state(raw, state.shimValue) }
     /// Acknowledges signals and takes the pending bits (STOP-class bits are reported, not taken).
     func safePoint() -> Bits { Bits(rawValue: chp_cpu_safe_point(raw)) }
+    /// Stops right here when a STOP-class order is pending, until START or RESTART.
     func stopHere() { _ = chp_cpu_stop_here(raw) }
+    /// The pending external call's parameter and source (nil for a foreign thread), if one is pending.
     func takeExternalCall() -> (parameter: UInt32, source: Int?)? {
         var parameter: UInt32 = 0
         var source: Int32 = -1
         guard chp_cpu_take_external_call(raw, &parameter, &source) else { return nil }
         return (parameter, source < 0 ? nil : Int(source))
     }
+    /// The number of pending emergency signals, now taken.
     func takeEmergencySignals() -> UInt32 { chp_cpu_take_emergency(raw) }
     /// Returns at once when orders are pending; else polls, then parks in the kernel until one is posted.
     func waitForOrders(pollNanoseconds: Int64) { chp_cpu_wait_for_orders(raw, pollNanoseconds) }
+    /// Going offline: clears a pending STOP-class order (an offline CPU is stopped); a STOP_AND_STORE_STATUS
+    /// stores the caller's site as the status.
     func absorbStop() { chp_cpu_absorb_stop(raw) }
     /// Records the caller's site as the stop address and becomes quiet and OFFLINE (before it parks).
     func enterOffline() { chp_cpu_enter_offline(raw) }
     /// Blocks in the kernel until the lifecycle lets it run or exit; returns what it saw.
-    func parkOffline() -> Lifecycle { Lifecycle(rawValue: chp_cpu_park_offline(raw)) ?? .exit }
+    func parkOffline() -> Lifecycle { Lifecycle(shimValue: chp_cpu_park_offline(raw)) ?? .exit }
 }

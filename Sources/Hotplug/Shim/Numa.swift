@@ -33,12 +33,16 @@ enum Numa {
         precondition(bytes > 0, "Numa.allocate needs a positive size, got \(bytes)")
         if isAvailable {
             guard let memory = numa_alloc_onnode(bytes, Int32(node)) else {
-                throw .system(call: "numa_alloc_onnode(\(bytes), node \(node))", errno: errno)
+                let code = errno   // before the message below allocates
+                throw .system(call: "numa_alloc_onnode(\(bytes), node \(node))", errno: code)
             }
             return memory
         }
         let memory = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        guard let memory, memory != MAP_FAILED else { throw .system(call: "mmap(\(bytes))", errno: errno) }
+        guard let memory, memory != MAP_FAILED else {
+            let code = errno   // before the message below allocates
+            throw .system(call: "mmap(\(bytes))", errno: code)
+        }
         return memory
     }
 

@@ -5,8 +5,10 @@ import Glibc
 import Musl
 #endif
 
-/// The one internal layer that calls the C shim and libc. It reads errno right after each call and turns
-/// failures into ``HotplugError``; everything above it is plain Swift.
+/// The one internal layer that calls the C shim and libc, and the only one that sees the shim's C constants;
+/// everything above it is plain Swift. It turns failures into ``HotplugError``: the shim returns errno values (it
+/// never leaves one in `errno` for Swift to read), and where a libc call reports through `errno`, the value is
+/// taken into a local right after the call, before anything that might allocate (and so change it).
 @usableFromInline
 enum Shim {
     /// The calling thread's logical CPU id when it is a CPU of machine `machineID`, else -1: two thread-local
@@ -24,10 +26,12 @@ enum Shim {
     static func monotonicNanoseconds() -> Int64 { chp_monotonic_ns() }
 
     /// CPU time of a thread of this process, in nanoseconds.
+    /// - Throws: ``HotplugError/system(call:errno:)`` (EINVAL when no such thread exists).
     static func threadCPUTime(_ tid: Int32) throws(HotplugError) -> Int64 {
-        let value = chp_thread_cputime_ns(tid)
-        if value < 0 { throw .system(call: "clock_gettime(thread \(tid))", errno: errno) }
-        return value
+        var nanoseconds: Int64 = 0
+        let rc = chp_thread_cputime_ns(tid, &nanoseconds)
+        if rc != 0 { throw .system(call: "clock_gettime(thread \(tid))", errno: rc) }
+        return nanoseconds
     }
 
     /// The CPUs in thread `tid`'s affinity mask (0: the caller), ascending.
@@ -35,43 +39,35 @@ enum Shim {
         var capacity = 256
         while true {
             var buffer = [Int32](repeating: 0, count: capacity)
-            let count = buffer.withUnsafeMutableBufferPointer { chp_affinity_get(tid, $0.baseAddress, Int32(capacity)) }
-            if count < 0 { throw .system(call: "sched_getaffinity", errno: errno) }
+            var count: Int32 = 0
+            let rc = buffer.withUnsafeMutableBufferPointer { chp_affinity_get(tid, $0.baseAddress, Int32(capacity), &count) }
+            if rc != 0 { throw .system(call: "sched_getaffinity", errno: rc) }
             if Int(count) <= capacity { return buffer.prefix(Int(count)).map(Int.init) }
             capacity = Int(count)
         }
     }
 
+    /// Pins thread `tid` (0: the caller) to exactly the physical CPU `cpu`.
     static func pin(thread tid: Int32, to cpu: Int) throws(HotplugError) {
-        if chp_affinity_pin(tid, Int32(cpu)) != 0 { throw .system(call: "sched_setaffinity(cpu \(cpu))", errno: errno) }
+        let rc = chp_affinity_pin(tid, Int32(cpu))
+        if rc != 0 { throw .system(call: "sched_setaffinity(cpu \(cpu))", errno: rc) }
     }
 
+    /// Sets thread `tid`'s (0: the caller) affinity mask to `cpus`.
     static func setAffinity(thread tid: Int32, cpus: [Int]) throws(HotplugError) {
         let list = cpus.map(Int32.init)
         let rc = list.withUnsafeBufferPointer { chp_affinity_set(tid, $0.baseAddress, Int32($0.count)) }
-        if rc != 0 { throw .system(call: "sched_setaffinity", errno: errno) }
+        if rc != 0 { throw .system(call: "sched_setaffinity", errno: rc) }
     }
 
-    static func currentPhysicalCPU() -> Int { Int(chp_current_cpu()) }
+    /// The physical CPU the caller runs on right now; -1 where the kernel cannot say.
+    static func currentPhysicalCPU() -> Int {
+        var cpu: Int32 = -1
+        return chp_current_cpu(&cpu) == 0 ? Int(cpu) : -1
+    }
 
     /// The process id (the main thread's tid).
     static var processID: Int32 { getpid() }
-
-    /// A small text file's contents (a /proc or /sys file), nil when it cannot be read.
-    static func readTextFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 { if errno == EINTR { continue }; return nil }
-            if count == 0 { break }
-            bytes += buffer[..<count]
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
 
     /// The size of a memory page.
     static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }

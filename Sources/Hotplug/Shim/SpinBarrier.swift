@@ -20,8 +20,10 @@ public final class SpinBarrier: @unchecked Sendable {
     /// - Parameter participants: the number of threads of each episode (at least 1; a trap otherwise).
     public init(participants: Int) {
         precondition(participants >= 1, "SpinBarrier needs at least one participant, got \(participants)")
-        guard let shared = chp_barrier_create(UInt32(participants)) else {
-            fatalError("SpinBarrier: out of memory")
+        var shared: OpaquePointer?
+        let rc = chp_barrier_create(UInt32(participants), &shared)
+        guard rc == 0, let shared else {
+            fatalError("SpinBarrier: cannot allocate the barrier: \(Shim.errnoDescription(rc))")
         }
         self.shared = shared
     }
