@@ -40,7 +40,6 @@
 // The logical CPU bound to this thread, for the signal handler. Initial-exec TLS: the access is a plain load from
 // the thread pointer, never a call into the dynamic loader, so it is async-signal-safe.
 static __thread chp_cpu_t *chp_self __attribute__((tls_model("initial-exec")));
-__thread void *chp_self_owner __attribute__((tls_model("initial-exec")));
 __thread uint64_t chp_self_machine __attribute__((tls_model("initial-exec")));
 __thread intptr_t chp_self_logical __attribute__((tls_model("initial-exec"))) = -1;
 
@@ -73,7 +72,6 @@ int chp_cpu_create(chp_cpu_t **cpu) {
 }
 
 void chp_cpu_destroy(chp_cpu_t *cpu) { free(cpu); }
-void chp_cpu_set_owner(chp_cpu_t *cpu, void *owner) { cpu->owner = owner; }
 
 // MARK: Acknowledgement (P3)
 
@@ -258,7 +256,6 @@ bool chp_sigp_is_blocked(void) {
 int chp_cpu_bind_self(chp_cpu_t *cpu) {
     atomic_store_explicit(AI32(&cpu->tid), (int32_t)chp_gettid(), memory_order_release);
     chp_self = cpu;
-    chp_self_owner = cpu->owner;
     return chp_sigp_block(false);
 }
 
@@ -270,7 +267,6 @@ void chp_cpu_set_self_identity(uint64_t machine, intptr_t logical) {
 void chp_cpu_unbind_self(void) {
     (void)chp_sigp_block(true);
     chp_self = NULL;
-    chp_self_owner = NULL;
     chp_self_machine = 0;
     chp_self_logical = -1;
 }

@@ -199,7 +199,7 @@ final class RunLog: Sendable {
         #expect(log.cpus.allSatisfy { $0 != nil }, "a tasklet ran off the machine's CPUs")
         // Without a CPU, called on a logical CPU: that CPU.
         let here = Tasklet(m) { log.record("here", m.currentCPU) }
-        try m.run(on: 2) { try here.schedule() }
+        try m.run(on: 2) { _ = try here.schedule() }
         #expect(eventually { log.count("here") == 1 })
         #expect(log.cpus.last == 2)
     }

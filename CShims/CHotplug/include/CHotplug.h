@@ -235,8 +235,7 @@ typedef struct chp_cpu {
     uint64_t stop_sp;           // stack pointer where the CPU last stopped
     uint64_t status_ip;         // status area: instruction pointer stored by STOP_AND_STORE_STATUS
     uint64_t status_sp;         // status area: stack pointer stored by STOP_AND_STORE_STATUS
-    void *owner;                // opaque back-pointer for the Swift layer (unretained), set before the thread starts
-    char pad2[CHP_CACHE_LINE - 4 * sizeof(uint32_t) - 4 * sizeof(uint64_t) - sizeof(void *)];
+    char pad2[CHP_CACHE_LINE - 4 * sizeof(uint32_t) - 4 * sizeof(uint64_t)];
 
     // Statistics (relaxed; only for reports and tests).
     _Alignas(CHP_CACHE_LINE) uint64_t signals_sent;      // tgkill calls made towards this CPU
@@ -252,9 +251,6 @@ typedef struct chp_cpu {
 int chp_cpu_create(chp_cpu_t **cpu);
 /// Frees a control block whose thread has exited. Cannot fail.
 void chp_cpu_destroy(chp_cpu_t *cpu);
-/// Sets the opaque owner pointer; only before the CPU's thread starts (chp_cpu_bind_self copies it into
-/// chp_self_owner). Cannot fail.
-void chp_cpu_set_owner(chp_cpu_t *cpu, void *owner);
 
 /// Installs the process-wide SIGP handler on `signo` (reference counted: several machines may share it).
 /// Returns 0, or an errno value: EINVAL (a signal that cannot carry SIGP), EBUSY (the application already has a
@@ -269,8 +265,8 @@ int chp_sigp_signal(void);
 int chp_sigrtmin(void);
 int chp_sigrtmax(void);
 
-/// Binds the calling thread to `cpu` for the signal handler (thread-local, initial-exec TLS), stores its tid, copies
-/// the owner pointer into chp_self_owner, and unblocks the SIGP signal for the thread.
+/// Binds the calling thread to `cpu` for the signal handler (thread-local, initial-exec TLS), stores its tid, and
+/// unblocks the SIGP signal for the thread.
 /// Returns 0, or an errno value: EINVAL (no SIGP signal is installed), or pthread_sigmask's. The thread is bound
 /// either way.
 int chp_cpu_bind_self(chp_cpu_t *cpu);
@@ -278,9 +274,6 @@ int chp_cpu_bind_self(chp_cpu_t *cpu);
 /// chp_cpu_set_self_identity set). Cannot fail.
 void chp_cpu_unbind_self(void);
 
-/// The owner pointer of the control block bound to the calling thread (NULL on any other thread). Written only by
-/// chp_cpu_bind_self / chp_cpu_unbind_self on the thread itself.
-extern __thread void *chp_self_owner __attribute__((tls_model("initial-exec")));
 /// The calling thread's identity as a logical CPU: its machine's id (never 0) and its CPU id; 0 and -1 on any other
 /// thread. Written only on the thread itself: chp_cpu_set_self_identity after binding, cleared by chp_cpu_unbind_self.
 extern __thread uint64_t chp_self_machine __attribute__((tls_model("initial-exec")));
@@ -292,10 +285,6 @@ void chp_cpu_set_self_identity(uint64_t machine, intptr_t logical);
 static inline intptr_t chp_cpu_self_logical(uint64_t machine) {
     return chp_self_machine == machine ? chp_self_logical : -1;
 }
-
-/// The owner pointer (chp_cpu_set_owner) of the control block bound to the calling thread, NULL on any other
-/// thread: one thread-local load, inlined into the caller. Cannot fail.
-static inline void *chp_cpu_self_owner(void) { return chp_self_owner; }
 
 /// Blocks (`block` true) or unblocks the SIGP signal for the calling thread ("interrupts off/on").
 /// Returns 0, or an errno value: EINVAL (no SIGP signal is installed), or pthread_sigmask's.
@@ -404,7 +393,7 @@ void chp_cpu_enter_offline(chp_cpu_t *cpu);
 
 /// Makes a control block fresh for a new thread (configure after standby): clears the mailbox, pending
 /// interruptions, the status area, check stop, the stop site and the tid, and sets the lifecycle to PARKED; keeps
-/// the run state, the signal tickets, statistics and the owner. Only while no thread uses it. Cannot fail.
+/// the run state, the signal tickets, and statistics. Only while no thread uses it. Cannot fail.
 void chp_cpu_prepare(chp_cpu_t *cpu);
 
 /// Records the caller's site as where the CPU stops, sets class QUIET and run state OFFLINE, acknowledges pending
