@@ -15,7 +15,9 @@ func eventually(timeout: Duration = .seconds(5), _ condition: () throws -> Bool)
 
 /// `Cpus_allowed_list` of a thread of this process, as the kernel reports it.
 func allowedCPUs(ofThread tid: Int32) throws -> String {
-    let status = try String(contentsOfFile: "/proc/self/task/\(tid)/status", encoding: .utf8)
+    guard let status = KernelFile.read("/proc/self/task/\(tid)/status") else {
+        throw HotplugError.invalidConfiguration("cannot read the status of thread \(tid)")
+    }
     guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }) else {
         throw HotplugError.invalidConfiguration("no Cpus_allowed_list for thread \(tid)")
     }

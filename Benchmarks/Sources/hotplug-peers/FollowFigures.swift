@@ -13,7 +13,7 @@ import Musl
 /// Every row title of the follow figure starts with this (the report's follow line looks for it).
 let followTitlePrefix = "follow ("
 
-/// The goal, from the issue ("shrinking the process affinity mask makes the runtime follow within 10 ms"): our p99
+/// The goal (docs/ARCHITECTURE.md, "Performance goals": "shrinking the process affinity mask makes the runtime follow within 10 ms"): our p99
 /// from the change to the follower's event, in ns.
 let followGoalNs: Int64 = 10_000_000
 

@@ -353,7 +353,7 @@ struct HotplugPeers: ParsableCommand {
             plan.unit = cpuShareUnit
             return [plan]
         case .partitionMove:
-            // Information: the issue asks for the move latency's p50/p99; no goal is stated. The peer is attach /
+            // Information: the move latency's p50/p99; no goal is set. The peer is attach /
             // detach's, on the same thread.
             let processors = partitionMoveProcessors(layout)
             let on = "\(processors) processors on \(layout.cpus.count) CPU\(layout.cpus.count == 1 ? "" : "s")"
