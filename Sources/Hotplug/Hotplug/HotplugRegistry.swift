@@ -63,8 +63,8 @@ final class HotplugRegistry: Sendable {
         contents.withLock { contents in
             let current = contents.current[cpu]
             return direction == .startup
-                ? contents.entries.keys.filter { $0 > current && $0 <= target }.min()
-                : contents.entries.keys.filter { $0 <= current && $0 > target }.max()
+                ? contents.entries.keys.lazy.filter { $0 > current && $0 <= target }.min()
+                : contents.entries.keys.lazy.filter { $0 <= current && $0 > target }.max()
         }
     }
 

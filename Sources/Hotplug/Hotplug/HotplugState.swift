@@ -9,20 +9,21 @@
 /// two functions" (docs/ARCHITECTURE.md, "Origin").
 ///
 /// ```
-///  state     name            placement                                     may fail
-///  0         offline         (nothing set up)
-///  1...19    PREPARE dyn.    control thread: before the CPU starts /      startup
-///  20...39   PREPARE built-in  after it is dead                           startup
-///            22 slab:prepare, 25 slab:dead, 30 tasklets:dead
-///  40        cpu:bringup     control thread: stop_machine, unpark, SIGP    startup
-///                            START; the CPU then walks STARTING up itself
-///  41        STARTING built-in  the target CPU, its SIGP signal blocked,   nothing
-///            41 tasklets:starting  every other online CPU stopped
-///  42...59   STARTING dyn.
-///  60        cpu:teardown    control thread: stop_machine; the dying CPU   teardown
-///                            walks STARTING down, leaves the online mask, parks
-///  61...99   ONLINE dyn.     the target CPU at a safe point (a cross-call) startup and teardown
-///  100       online          control thread: enters / leaves the active mask  nothing
+///  state    name                placement                                           may fail
+///  0        offline             (nothing set up)
+///  1...19   PREPARE dynamic     control thread, before the CPU starts and after     startup
+///  20...39  PREPARE built-in    it is dead ("dead" callbacks); 22 slab:prepare,
+///                               25 slab:dead, 30 tasklets:dead
+///  40       cpu:bringup         control thread: stop_machine, unpark, SIGP START;   startup
+///                               the CPU then walks STARTING up itself
+///  41       STARTING built-in   the target CPU, its SIGP signal blocked, every      nothing
+///                               other online CPU stopped; 41 tasklets:starting
+///  42...59  STARTING dynamic
+///  60       cpu:teardown        control thread: stop_machine; the dying CPU walks   teardown
+///                               STARTING down, leaves the online mask, parks
+///  61...99  ONLINE dynamic      the target CPU at a safe point (a cross-call)       startup, teardown
+///  100      online              control thread: the CPU enters (startup) or         nothing
+///                               leaves (teardown) the active mask
 /// ```
 ///
 /// The table (`HotplugTable`) is the only place that knows the layout: which slots a section has, a state's
@@ -41,10 +42,13 @@
 /// the loop on the thread its placement names:
 /// - control: inline on the control thread (PREPARE, cpu:bringup, cpu:teardown, online);
 /// - online: on the target CPU in one cross-call (no cross-call when no ONLINE state is due);
-/// - starting: never by the driver: cpu:bringup's startup makes the CPU walk the STARTING range up on its own
+/// - starting: not by the driver: cpu:bringup's startup makes the CPU walk the STARTING range up on its own
 ///   thread right after SIGP START, and cpu:teardown's teardown makes it walk the range down inside
-///   stop_machine. When the CPU retires itself (the shutdown path run on one of the machine's own CPUs) every
-///   run, STARTING included, is walked inline on that CPU.
+///   stop_machine.
+///
+/// When the CPU retires itself (the shutdown path run on one of the machine's own CPUs) the same walk goes down
+/// to offline with every run inline on that CPU: the ONLINE cross-call runs in place, and cpu:teardown blocks the
+/// signal and walks the STARTING range there.
 ///
 /// Attach: PREPARE startups on the control thread; cpu:bringup: inside stop_machine the lifecycle permits the
 /// thread to run and SIGP START wakes it; the CPU enters the online mask and walks the STARTING startups with its

@@ -40,7 +40,7 @@ struct HotplugBuiltinState: Sendable {
 /// The machine's built-in subsystems: the one list of them, built by `Machine.init` in one call, which creates
 /// every subsystem from the context and registers its states.
 ///
-/// Adding a subsystem (an executor, say) touches neither `Machine.init` nor this file's callers:
+/// Adding a subsystem (an executor, say) touches its own folder and this list, never `Machine.init`:
 /// 1. In its own folder, make it a `final class Executor: HotplugSubsystem` with `init(_ context:)` (it keeps the
 ///    cores it needs, never the machine) and declare its slots there: `extension HotplugState { static let
 ///    executorDead = HotplugState(rawValue: 35) }`, each in a free slot of a built-in region of ``HotplugTable``
@@ -50,9 +50,10 @@ struct HotplugBuiltinState: Sendable {
 /// 2. Return them from `hotplugStates`, each callback capturing the executor weakly (`[weak self]`). The order
 ///    between subsystems is the slot order: a teardown runs before every teardown of a lower slot.
 /// 3. Here: add `let executor: Executor`, create it in `init` (`executor = Executor(context)`) and list it in
-///    `all`. The machine reaches it as `subsystems.executor`.
-/// 4. Test it like the others: a state table test that its slots are listed as built-in, and an attach / detach
-///    test of its per-CPU data.
+///    `all`. The machine reaches it as `subsystems.executor` (a computed property on `Machine` if the public API
+///    needs it, as `tasklets` and `slabs` have).
+/// 4. Test it like the others: the state table test lists every built-in state by slot and name; an attach /
+///    detach test, with a failure injected at each failable state, checks its per-CPU data.
 struct BuiltinSubsystems: Sendable {
     /// Tasklet lists per CPU, the CPU side that runs them, the takeover on detach.
     let tasklets: TaskletEngine

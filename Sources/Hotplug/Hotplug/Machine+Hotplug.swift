@@ -74,7 +74,8 @@ extension Machine {
     /// control runs inline on this thread (with `cpu:bringup` and `cpu:teardown`, which make the CPU walk its
     /// STARTING run itself), ONLINE runs on the CPU in one cross-call (none when no ONLINE state is due). In
     /// ``WalkMode/operation`` a failed run is undone where it ran before the failure returns; in
-    /// ``WalkMode/retire`` (the caller is `cpu` itself) every run is walked inline and nothing fails.
+    /// ``WalkMode/retire`` (the caller is `cpu` itself) every run is walked inline, and a failure is logged and the
+    /// walk goes on.
     func walk(_ cpu: Int, to target: HotplugState, mode: WalkMode) throws(StepFailure) {
         let registry = self.registry
         let direction: HotplugDirection = registry.current(cpu) < target ? .startup : .teardown
