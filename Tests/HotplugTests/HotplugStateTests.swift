@@ -170,6 +170,167 @@ final class Recorder: Sendable {
         }
     }
 
+    /// Every state the table says may fail, in each direction it may fail, the built-in ones included: an injected
+    /// failure there returns the CPU to its start state by the same walk run backwards, so the callbacks that ran
+    /// are exactly the completed steps, then their mirror image.
+    @Test func anInjectedFailureAtEveryFailableStateOfTheTableRollsBackByTheSameWalk() throws {
+        let (m, r, states) = try setUp(cpus: 3)
+        defer { m.shutdown() }
+        let table = m.hotplug.states.map(\.state)
+        let mine = states.sorted { $0.value < $1.value }   // the recorder's states, ascending
+        var exercised: Set<String> = []
+        for direction in [HotplugDirection.startup, .teardown] {
+            for point in table where HotplugTable.mayFail(point, direction) {
+                let attach = direction == .startup
+                if attach { try m.offline(2) }
+                let start = try m.hotplug.currentState(of: 2)
+                let before = (m.online, m.active, r.live(2), try m.state(of: 2))
+                _ = r.take()
+                try m.hotplug.injectFailure(cpu: 2, at: point, direction: direction)
+                #expect {
+                    if attach { try m.online(2) } else { try m.offline(2) }
+                } throws: { error in
+                    guard case HotplugError.callbackFailed(let failure) = error else { return false }
+                    return failure.state == point && failure.direction == direction && failure.rolledBack
+                        && failure.underlying is InjectedFailure
+                }
+                let name = m.hotplug.name(of: point)
+                // The steps completed before the failing one, in walk order, then the same steps undone in reverse.
+                let completed = attach ? mine.filter { $0.value < point }.map { "+\($0.key)" }
+                                       : mine.reversed().filter { $0.value > point }.map { "-\($0.key)" }
+                let undone = completed.reversed().map { ($0.hasPrefix("+") ? "-" : "+") + $0.dropFirst() }
+                #expect(r.order(r.take()) == completed + undone, "\(direction) failing at \(name)")
+                #expect(try m.hotplug.currentState(of: 2) == start, "\(direction) failing at \(name)")
+                #expect((m.online, m.active, r.live(2), try m.state(of: 2)) == before, "\(direction) failing at \(name)")
+                if attach { try m.online(2) }   // the injection fired once
+                exercised.insert("\(name) \(direction)")
+            }
+        }
+        #expect(exercised == ["slab:prepare startup", "tasklets:dead startup", "slab:dead startup", "cpu:bringup startup",
+                              "test:p1 startup", "test:p2 startup", "test:o1 startup", "test:o2 startup",
+                              "cpu:teardown teardown", "test:o1 teardown", "test:o2 teardown"])
+    }
+
+    /// Rollback goes back to where the operation started, not to a fixed end: a CPU left part-way (ONLINE state
+    /// o1, online but not active) whose detach fails at cpu:teardown is walked forward to o1 again, and stays
+    /// inactive.
+    @Test func rollbackReturnsToTheStartStateEvenPartWay() throws {
+        let (m, r, states) = try setUp()
+        defer { m.shutdown() }
+        try m.offline(1)
+        try m.hotplug.injectFailure(cpu: 1, at: states["test:o2"]!, direction: .startup)
+        r.failTeardown.withLock { _ = $0.insert("test:o1@1") }
+        #expect(throws: HotplugError.self) { try m.online(1) }
+        r.failTeardown.withLock { $0.removeAll() }
+        #expect(try m.hotplug.currentState(of: 1) == states["test:o1"]!)
+        _ = r.take()
+        try m.hotplug.injectFailure(cpu: 1, at: .teardownCPU, direction: .teardown)
+        #expect {
+            try m.offline(1)
+        } throws: { error in
+            guard case HotplugError.callbackFailed(let failure) = error else { return false }
+            return failure.state == .teardownCPU && failure.rolledBack
+        }
+        #expect(r.order(r.take()) == ["-test:o1", "+test:o1"])
+        #expect(try m.hotplug.currentState(of: 1) == states["test:o1"]!)
+        #expect(m.online.contains(1) && !m.active.contains(1))
+        try m.offline(1)
+        #expect(try m.hotplug.currentState(of: 1) == .offline && r.live(1).isEmpty)
+    }
+
+    /// The shutdown path that retires the CPU it runs on walks the same table: every teardown of a detach, in the
+    /// same order, STARTING ones with the signal blocked, all inline on that CPU's own thread.
+    @Test func retiringTheCallingCPURunsEveryTeardownInDetachOrder() throws {
+        let (m, r, _) = try setUp()
+        defer { m.shutdown() }
+        _ = r.take()   // the registrations' startups
+        try m.offline(1)
+        let detach = r.take().filter { $0.cpu == 1 }
+        try m.online(1)
+        _ = r.take()
+        let cpuThread = try #require(try m.threadID(of: 1))
+        let call = try m.submit(on: 1) { m.shutdown() }
+        #expect(call.wait(timeout: .seconds(20)), "the shutdown did not finish on CPU 1")
+        let retire = r.take().filter { $0.cpu == 1 }
+        #expect(r.order(retire) == r.order(detach))
+        #expect(r.order(retire) == ["-test:o2", "-test:o1", "-test:s2", "-test:s1", "-test:p2", "-test:p1"])
+        for call in retire {
+            #expect(call.thread == cpuThread && call.onCPU == 1, "\(call)")
+            #expect(call.sigpBlocked == call.name.hasPrefix("test:s"), "\(call)")
+        }
+        #expect(r.live(1).isEmpty && r.live(0).isEmpty)
+        #expect(try m.hotplug.currentState(of: 1) == .offline)
+        #expect(m.online.isEmpty && m.active.isEmpty && m.present.isEmpty)
+        #expect(eventually { !threadExists(cpuThread) }, "CPU 1's thread did not exit")
+    }
+
+    /// The table's queries: neighbours, runs of one placement, what may fail, and the states it lists.
+    @Test func theStateTableKnowsTheLayout() throws {
+        // Regions: ascending, contiguous, from offline to online.
+        var next = HotplugState.offline.rawValue
+        for region in HotplugTable.regions {
+            #expect(region.slots.lowerBound == next, "a gap or overlap before \(region.slots)")
+            next = region.slots.upperBound + 1
+        }
+        #expect(next == HotplugState.online.rawValue + 1)
+        #expect(HotplugTable.state(before: .bringup) == HotplugState(rawValue: 39))
+        #expect(HotplugTable.state(before: .taskletsStarting) == .bringup)
+        #expect(HotplugTable.run(containing: .slabPrepare) == HotplugState(rawValue: 1)...HotplugState.bringup)
+        #expect(HotplugTable.run(containing: HotplugState(rawValue: 1)) == HotplugState(rawValue: 1)...HotplugState.bringup)
+        #expect(HotplugTable.run(containing: .taskletsStarting) == HotplugState.taskletsStarting...HotplugState(rawValue: 59))
+        #expect(HotplugTable.run(containing: .teardownCPU) == HotplugState.teardownCPU...HotplugState.teardownCPU)
+        #expect(HotplugTable.run(containing: HotplugState(rawValue: 77)) == HotplugState(rawValue: 61)...HotplugState(rawValue: 99))
+        #expect(HotplugTable.run(containing: .online) == HotplugState.online...HotplugState.online)
+        let online = HotplugTable.run(containing: HotplugState(rawValue: 61))
+        #expect(HotplugTable.end(of: online, toward: .online, .startup) == HotplugState(rawValue: 99))
+        #expect(HotplugTable.end(of: online, toward: .offline, .teardown) == .teardownCPU)
+        #expect(HotplugTable.end(of: online, toward: HotplugState(rawValue: 70), .startup) == HotplugState(rawValue: 70))
+        #expect(HotplugTable.startingEnd(.startup) == HotplugState(rawValue: 59))
+        #expect(HotplugTable.startingEnd(.teardown) == .bringup)
+        #expect([HotplugState.slabPrepare, .bringup, .teardownCPU, .online].allSatisfy { HotplugTable.placement(of: $0) == .control })
+        #expect(HotplugTable.placement(of: .taskletsStarting) == .starting)
+        #expect(HotplugTable.placement(of: HotplugState(rawValue: 61)) == .online)
+        #expect(HotplugState.bringup.section == .prepare && HotplugState.teardownCPU.section == .online)
+        let failable: [(HotplugState, HotplugDirection, Bool)] = [
+            (.offline, .startup, false), (.offline, .teardown, false),
+            (.slabPrepare, .startup, true), (.slabPrepare, .teardown, false),
+            (.bringup, .startup, true), (.bringup, .teardown, false),
+            (.taskletsStarting, .startup, false), (.taskletsStarting, .teardown, false),
+            (HotplugState(rawValue: 50), .startup, false), (HotplugState(rawValue: 50), .teardown, false),
+            (.teardownCPU, .startup, false), (.teardownCPU, .teardown, true),
+            (HotplugState(rawValue: 80), .startup, true), (HotplugState(rawValue: 80), .teardown, true),
+            (.online, .startup, false), (.online, .teardown, false),
+            (HotplugState(rawValue: 101), .startup, false), (HotplugState(rawValue: -1), .teardown, false),
+        ]
+        for (state, direction, expected) in failable {
+            #expect(HotplugTable.mayFail(state, direction) == expected, "\(state) \(direction)")
+        }
+        // A machine lists its own states and the subsystems' built-in ones, which declared their own slots.
+        let m = try Machine(cpus: 1)
+        defer { m.shutdown() }
+        #expect(m.hotplug.states.map { "\($0.state.rawValue) \($0.name)" } == [
+            "0 offline", "22 slab:prepare", "25 slab:dead", "30 tasklets:dead", "40 cpu:bringup",
+            "41 tasklets:starting", "60 cpu:teardown", "100 online",
+        ])
+        #expect(m.hotplug.states.allSatisfy { $0.isBuiltin })
+        #expect(m.hotplug.states.allSatisfy { HotplugTable.region(of: $0.state)?.kind != .dynamic })
+        for state in m.hotplug.states.map(\.state) {
+            #expect(throws: HotplugError.self) { try m.hotplug.unregister(state) }
+        }
+    }
+
+    @Test func aBuiltinStateOutsideABuiltinSlotOrOnATakenOneTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let m = try Machine(cpus: 1)
+            m.registry.insertBuiltin(HotplugBuiltinState(state: .taskletsDead, name: "test:twin", startup: nil, teardown: nil))
+        }
+        await #expect(processExitsWith: .failure) {
+            let m = try Machine(cpus: 1)
+            m.registry.insertBuiltin(HotplugBuiltinState(state: HotplugState(rawValue: 5), name: "test:dynamic",
+                                                         startup: nil, teardown: nil))
+        }
+    }
+
     @Test func aFailedRollbackIsReportedAndTheCPUStaysWhereItStopped() throws {
         let (m, r, states) = try setUp()
         defer { m.shutdown() }

@@ -3,7 +3,7 @@ import Synchronization
 /// One logical CPU: its control block (shared with the signal handler), its cross-call queue and its thread's
 /// main loop.
 ///
-/// The thread model (DESIGN 3.2):
+/// The thread model (docs/ARCHITECTURE.md, "Logical CPUs and their threads"):
 /// ```
 /// configure:  thread created -> binds to the control block, pins itself, blocks SIGP ("interrupts off")
 ///             -> acknowledges -> parks on its lifecycle word (run state OFFLINE)
@@ -28,9 +28,10 @@ final class CPUCore: @unchecked Sendable {
     let calls = Locked(CallQueue())
     let pollNanoseconds: Int64
     let interruptHandler: (@Sendable (Int, SIGPInterruption) -> Void)?
-    /// Runs the STARTING startups on this CPU's thread, its signal still blocked, right after SIGP START.
+    /// Walks the STARTING startups on this CPU's thread, its signal still blocked, right after SIGP START (the
+    /// second half of `cpu:bringup`).
     let startingHook: @Sendable (Int) -> Void
-    /// Runs this CPU's tasklets (set once, before the thread starts).
+    /// Runs this CPU's tasklets (set once by the tasklet subsystem, before the thread starts).
     nonisolated(unsafe) var taskletHook: (@Sendable (Int) -> Void)?
     nonisolated(unsafe) var startError: HotplugError?
 
@@ -158,9 +159,6 @@ final class CPUCore: @unchecked Sendable {
         }
         for request in batch { request.execute() }
     }
-
-    /// Orders posted after the CPU's last safe point (a RESTART, an external call, emergency signals, a STOP)
-    /// stay pending while it is offline and are taken at its first safe point when it comes back.
 
     /// Called by this CPU's own thread while it waits for another CPU: serves its own cross-calls so that two
     /// CPUs calling each other cannot deadlock.

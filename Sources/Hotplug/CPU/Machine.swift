@@ -75,13 +75,16 @@ public final class Machine: Sendable {
     let hotplugLock = ReadWriteLock()
     /// Serialises stop_machine runs.
     let stopMachineSerial = Lock()
-    /// The hotplug states and each CPU's progress through them.
+    /// The hotplug state table and each CPU's progress through it.
     let registry: HotplugRegistry
-    /// The tasklet lists of every CPU.
-    let tasklets: TaskletEngine
-    /// The slab caches of this machine (drained by `slab:dead`).
-    let slabs = SlabRegistry()
+    /// The subsystems with built-in hotplug states (tasklets, slab caches).
+    let subsystems: BuiltinSubsystems
     let id: UInt64
+
+    /// The tasklet lists of every CPU.
+    var tasklets: TaskletEngine { subsystems.tasklets }
+    /// The slab caches of this machine (drained by `slab:dead`).
+    var slabs: SlabRegistry { subsystems.slabs }
 
     private static let machineIDs = Atomic<UInt64>(0)
 
@@ -114,7 +117,7 @@ public final class Machine: Sendable {
                 cores.append(try CPUCore(id: cpu, slot: topology.cpus[cpu % topology.cpus.count], machineID: id,
                                          pollNanoseconds: configuration.pollTime.nanoseconds,
                                          interruptHandler: configuration.interruptHandler,
-                                         startingHook: { cpu in registry.runStarting(cpu: cpu, .startup) }))
+                                         startingHook: { cpu in registry.walkStarting(cpu, .startup) }))
             }
         } catch {
             Shim.uninstallSIGP(signal: signal)
@@ -125,34 +128,8 @@ public final class Machine: Sendable {
         self.signal = signal
         self.cores = cores
         self.registry = registry
-        let tasklets = TaskletEngine(cores: cores, machineID: id)
-        self.tasklets = tasklets
-        for core in cores {
-            // Weak: the engine keeps the cores; a CPU thread keeps no engine (nor machine) alive.
-            core.taskletHook = { [weak tasklets] cpu in tasklets?.run(cpu: cpu) }
-        }
-        registry.insertBuiltin(.taskletsStarting, .init(
-            name: "tasklets:starting",
-            startup: { [weak tasklets] cpu in tasklets?.cpuStarting(cpu) },
-            teardown: { [weak tasklets] cpu in tasklets?.cpuDying(cpu) },
-            isMultiInstance: false))
-        registry.insertBuiltin(.taskletsDead, .init(
-            name: "tasklets:dead",
-            startup: nil,
-            teardown: { [weak tasklets] cpu in tasklets?.takeOver(from: cpu) },
-            isMultiInstance: false))
-        let slabs = self.slabs
-        registry.insertBuiltin(.slabPrepare, .init(
-            name: "slab:prepare",
-            startup: { [weak slabs] cpu in slabs?.prepare(cpu: cpu) },
-            // slab:dead (above it) has always drained the CPU first; kept so that the pair is self-contained.
-            teardown: { [weak slabs] cpu in slabs?.drain(cpu: cpu) },
-            isMultiInstance: false))
-        registry.insertBuiltin(.slabDead, .init(
-            name: "slab:dead",
-            startup: nil,
-            teardown: { [weak slabs] cpu in slabs?.drain(cpu: cpu) },
-            isMultiInstance: false))
+        subsystems = BuiltinSubsystems(HotplugSubsystemContext(cores: cores, machineID: id, registry: registry,
+                                                               logger: logger))
         self.logger = logger
         self.responseNanoseconds = configuration.responseTimeout.nanoseconds
         self.resendNanoseconds = configuration.resendInterval.nanoseconds
@@ -362,28 +339,17 @@ public final class Machine: Sendable {
         }
     }
 
-    /// Takes down the CPU the caller runs on: its teardowns run inline on its own thread (ONLINE, then STARTING
-    /// with the signal blocked, then PREPARE), it leaves every mask, and its thread exits detached when the
-    /// current work returns to its safe point.
+    /// Takes down the CPU the caller runs on: the hotplug walk down to ``HotplugState/offline`` in its retire
+    /// mode, inline on this CPU's own thread (the ONLINE teardowns, then `cpu:teardown` blocks the signal and walks
+    /// the STARTING teardowns, then the PREPARE teardowns; a failure is logged and the walk goes on); then it
+    /// leaves every mask, and its thread exits detached when the current work returns to its safe point.
     private func retireCurrentCPU(_ cpu: Int) {
         let core = cores[cpu]
-        state.withLock { $0.active.remove(cpu) }
-        for step in registry.states(in: HotplugState.onlineDynamic).reversed() where registry.current(cpu) >= step {
-            do { try registry.invoke(step, cpu: cpu, .teardown) } catch {
-                logger.error("shutdown: teardown of \(registry.name(step)) failed on CPU \(cpu): \(error)")
-            }
+        do {
+            try walk(cpu, to: .offline, mode: .retire)
+        } catch {
+            preconditionFailure("the retire walk of CPU \(cpu) returned \(error.error); it logs its failures")
         }
-        if registry.current(cpu) >= .bringup {
-            try? Shim.blockSIGP(true)
-            registry.runStarting(cpu: cpu, .teardown)
-            try? Shim.blockSIGP(false)
-        }
-        for step in registry.states(in: 1...(HotplugState.bringup.rawValue - 1)).reversed() where registry.current(cpu) >= step {
-            do { try registry.invoke(step, cpu: cpu, .teardown) } catch {
-                logger.error("shutdown: teardown of \(registry.name(step)) failed on CPU \(cpu): \(error)")
-            }
-        }
-        registry.setCurrent(cpu, .offline)
         let thread = state.withLock { state -> pthread_t? in
             state.online.remove(cpu)
             state.present.remove(cpu)

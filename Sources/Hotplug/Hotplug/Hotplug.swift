@@ -68,26 +68,20 @@ extension Machine {
         /// - Throws: ``HotplugError/cannotInject(state:direction:reason:)``, ``HotplugError/invalidCPU(_:)``.
         public func injectFailure(cpu: Int, at state: HotplugState, direction: HotplugDirection) throws(HotplugError) {
             try machine.validate(cpu)
-            let registered = machine.registry.entry(state) != nil
-            let allowed: Bool
-            switch (state.section, direction) {
-            case _ where state == .bringup: allowed = direction == .startup
-            case _ where state == .teardownCPU: allowed = direction == .teardown
-            case (_, _) where !registered:
+            guard machine.registry.entry(state) != nil else {
                 throw .cannotInject(state: state, direction: direction, reason: "no such state is registered")
-            case (.prepare, .startup), (.online, _): allowed = true
-            default: allowed = false
             }
-            guard allowed else {
-                throw .cannotInject(state: state, direction: direction,
-                                    reason: "\(state.section) \(direction)s may not fail")
+            guard HotplugTable.mayFail(state, direction) else {
+                let what = HotplugTable.region(of: state)?.kind == .fixed ? machine.registry.name(state) : "\(state.section)"
+                throw .cannotInject(state: state, direction: direction, reason: "\(what) \(direction)s may not fail")
             }
             machine.registry.contents.withLock {
                 _ = $0.injections.insert(.init(cpu: cpu, state: state, direction: direction))
             }
         }
 
-        /// The registered states, ascending.
+        /// Every state of the table, ascending: the machine's own (`offline`, `cpu:bringup`, `cpu:teardown`,
+        /// `online`), the subsystems' built-in ones and the registered ones.
         public var states: [HotplugStateInfo] {
             machine.registry.contents.withLock { contents in
                 contents.entries.keys.sorted().map { state in
@@ -136,13 +130,7 @@ extension Machine {
         guard !name.isEmpty else { throw .invalidConfiguration("a hotplug state needs a name (\"subsys:mode\")") }
         return try withOperation { () throws(HotplugError) in
             try hotplugLock.withWriteLock { () throws(HotplugError) in
-                let range: ClosedRange<Int>
-                switch section {
-                case .prepare: range = HotplugState.prepareDynamic
-                case .starting: range = HotplugState.startingDynamic
-                case .online: range = HotplugState.onlineDynamic
-                }
-                guard let state = registry.allocate(in: range, entry: entry) else { throw .noFreeState(section: section) }
+                guard let state = registry.allocate(in: HotplugTable.dynamicSlots(section), entry: entry) else { throw .noFreeState(section: section) }
                 guard invokeOnExisting, entry.startup != nil else { return state }
                 var done: [Int] = []
                 for cpu in 0..<possibleCount where registry.current(cpu) >= state {
@@ -228,8 +216,8 @@ extension Machine {
         }
     }
 
-    /// Runs one state's callback for one CPU on the thread its section requires: PREPARE on the calling (control)
-    /// thread, STARTING on the CPU with its signal blocked, ONLINE on the CPU at a safe point.
+    /// Runs one state's callback for one CPU on the thread its placement requires: PREPARE on the calling
+    /// (control) thread, STARTING on the CPU with its signal blocked, ONLINE on the CPU at a safe point.
     private func invokeOnCPU(_ state: HotplugState, cpu: Int, _ direction: HotplugDirection, injected: Bool = true,
                              _ call: @escaping @Sendable (@Sendable () throws -> Void) throws -> Void) throws {
         let registry = self.registry
@@ -239,8 +227,8 @@ extension Machine {
             }
             try call { try registry.invoke(state, cpu: cpu, direction) }
         }
-        switch state.section {
-        case .prepare: try work()
+        switch HotplugTable.placement(of: state) {
+        case .control: try work()
         case .starting: try stopOne(cpu) { try work() }
         case .online: try run(on: cpu) { try work() }
         }

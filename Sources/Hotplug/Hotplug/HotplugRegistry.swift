@@ -1,9 +1,13 @@
 import Logging
 
-/// The registered states, each CPU's progress through them, the injected failures and the disable counter.
-/// Shared by the machine (control thread) and the CPU threads (STARTING callbacks); it never refers to the
-/// machine, so CPU threads keep no machine alive.
+/// The state table's entries (the machine's own states, the subsystems' built-in ones, the registered ones), each
+/// CPU's progress through them, the injected failures and the disable counter; and the one loop that walks a CPU
+/// through them (``invokeRange(_:to:mode:machine:)``). Shared by the machine (control thread) and the CPU threads
+/// (the STARTING walk, the ONLINE cross-calls); it never keeps the machine, so CPU threads keep no machine alive.
 final class HotplugRegistry: Sendable {
+    /// One of the machine's own steps: gets the machine as an argument instead of keeping it.
+    typealias MachineStep = @Sendable (_ machine: Machine, _ cpu: Int, _ mode: WalkMode) throws -> Void
+
     struct Entry {
         var name: String
         var startup: HotplugCallback?
@@ -13,6 +17,9 @@ final class HotplugRegistry: Sendable {
         var isMultiInstance: Bool
         var instances: [String] = []
         var isBuiltin = false
+        /// The machine's own callbacks (`cpu:bringup`, `cpu:teardown`, `online`), see ``HotplugTable/fixedEntries``.
+        var machineStartup: MachineStep?
+        var machineTeardown: MachineStep?
     }
 
     struct Injection: Hashable {
@@ -22,7 +29,7 @@ final class HotplugRegistry: Sendable {
     }
 
     struct Contents {
-        var entries: [HotplugState: Entry] = [:]
+        var entries: [HotplugState: Entry] = HotplugTable.fixedEntries
         var current: [HotplugState]
         var target: [HotplugState]
         var injections: Set<Injection> = []
@@ -45,20 +52,19 @@ final class HotplugRegistry: Sendable {
     func target(_ cpu: Int) -> HotplugState { contents.withLock { $0.target[cpu] } }
     func setTarget(_ cpu: Int, _ state: HotplugState) { contents.withLock { $0.target[cpu] = state } }
 
-    /// Registered states of `range`, ascending.
-    func states(in range: ClosedRange<Int>) -> [HotplugState] {
-        contents.withLock { $0.entries.keys.filter { range.contains($0.rawValue) }.sorted() }
-    }
-
     func entry(_ state: HotplugState) -> Entry? { contents.withLock { $0.entries[state] } }
 
-    func name(_ state: HotplugState) -> String {
-        switch state {
-        case .offline: return "offline"
-        case .bringup: return "cpu:bringup"
-        case .teardownCPU: return "cpu:teardown"
-        case .online: return "online"
-        default: return entry(state)?.name ?? "unregistered \(state.rawValue)"
+    func name(_ state: HotplugState) -> String { entry(state)?.name ?? "unregistered \(state.rawValue)" }
+
+    /// The next state `cpu` has to run on its way to `target` in `direction`: the lowest entry above its current
+    /// state and at most `target` (startup), or the highest entry at most its current state and above `target`
+    /// (teardown); nil when none is left.
+    func nextDue(_ cpu: Int, toward target: HotplugState, _ direction: HotplugDirection) -> HotplugState? {
+        contents.withLock { contents in
+            let current = contents.current[cpu]
+            return direction == .startup
+                ? contents.entries.keys.lazy.filter { $0 > current && $0 <= target }.min()
+                : contents.entries.keys.lazy.filter { $0 <= current && $0 > target }.max()
         }
     }
 
@@ -72,14 +78,21 @@ final class HotplugRegistry: Sendable {
         }
     }
 
-    /// Removes a state and the injections armed on it (a later state in the same slot starts clean).
-    /// Registers one of the runtime's own states at its fixed slot.
-    func insertBuiltin(_ state: HotplugState, _ entry: Entry) {
-        var entry = entry
-        entry.isBuiltin = true
-        contents.withLock { $0.entries[state] = entry }
+    /// Registers a subsystem's built-in state at its declared slot. Traps when the slot is not a built-in one or
+    /// is taken (two subsystems declaring the same slot is a programmer error).
+    func insertBuiltin(_ builtin: HotplugBuiltinState) {
+        precondition(HotplugTable.isBuiltinSlot(builtin.state),
+                     "\(builtin.name) declares \(builtin.state), which is not a built-in slot of the hotplug state table")
+        contents.withLock { contents in
+            if let taken = contents.entries[builtin.state] {
+                preconditionFailure("\(builtin.name) declares \(builtin.state), already taken by \(taken.name)")
+            }
+            contents.entries[builtin.state] = Entry(name: builtin.name, startup: builtin.startup,
+                                                    teardown: builtin.teardown, isMultiInstance: false, isBuiltin: true)
+        }
     }
 
+    /// Removes a state and the injections armed on it (a later state in the same slot starts clean).
     func remove(_ state: HotplugState) {
         contents.withLock { contents in
             contents.entries.removeValue(forKey: state)
@@ -95,9 +108,12 @@ final class HotplugRegistry: Sendable {
     // MARK: Invocation
 
     /// Runs the callback(s) of `state` for `cpu` in `direction` on the calling thread (the caller picks the
-    /// thread the section requires). A multi-instance state runs its callback for every instance; when instance
-    /// k fails, instances before it are undone on this CPU first. Each invocation is traced at debug level.
-    func invoke(_ state: HotplugState, cpu: Int, _ direction: HotplugDirection) throws {
+    /// thread the placement requires). An armed injected failure fires first. A multi-instance state runs its
+    /// callback for every instance; when instance k fails, instances before it are undone on this CPU first. The
+    /// machine's own steps get `machine` (nil where none can be due: the STARTING and ONLINE runs). Each
+    /// invocation is traced at debug level.
+    func invoke(_ state: HotplugState, cpu: Int, _ direction: HotplugDirection, mode: WalkMode = .operation,
+                machine: Machine? = nil) throws {
         let started = Shim.monotonicNanoseconds()
         defer {
             logger.debug("hotplug callback", metadata: [
@@ -109,7 +125,10 @@ final class HotplugRegistry: Sendable {
             throw InjectedFailure(state: state, cpu: cpu, direction: direction)
         }
         guard let entry = entry(state) else { return }
-        if entry.isMultiInstance {
+        if let step = direction == .startup ? entry.machineStartup : entry.machineTeardown {
+            guard let machine else { preconditionFailure("\(entry.name) runs on the control thread, with the machine") }
+            try step(machine, cpu, mode)
+        } else if entry.isMultiInstance {
             let callback = direction == .startup ? entry.instanceStartup : entry.instanceTeardown
             let undo = direction == .startup ? entry.instanceTeardown : entry.instanceStartup
             guard let callback else { return }
@@ -126,21 +145,81 @@ final class HotplugRegistry: Sendable {
         }
     }
 
-    /// Runs the STARTING callbacks on the target CPU's own thread (its signal blocked), ascending on attach,
-    /// descending on detach, updating the CPU's progress. STARTING callbacks may not fail.
-    func runStarting(cpu: Int, _ direction: HotplugDirection) {
-        var states = self.states(in: HotplugState.taskletsStarting.rawValue...HotplugState.startingDynamic.upperBound)
-        if direction == .teardown { states.reverse() }
-        for state in states {
-            let due = direction == .startup ? current(cpu) < state : current(cpu) >= state
-            guard due else { continue }
+    // MARK: The walk
+
+    /// The one hotplug walk (Linux's `cpuhp_invoke_callback_range`): runs, on the calling thread, every state
+    /// between `cpu`'s current state and `target`, in order: the startups ascending when `target` is above, the
+    /// teardowns descending when it is below. The caller picks the thread (see `Machine.walk`).
+    ///
+    /// Bookkeeping, as Linux keeps it: while a callback runs, the CPU's current state already counts it as done
+    /// (a startup's state, or the state before a teardown's), so that a walk nested in it (the STARTING walk of
+    /// `cpu:bringup` and `cpu:teardown`) continues from there; a failure puts it back. When no state is left, the
+    /// current state becomes `target` (unless a nested walk took it further).
+    ///
+    /// A failure: a STARTING callback traps in every mode (the other CPUs are stopped meanwhile); in
+    /// ``WalkMode/retire`` any other failure is logged and the walk goes on; otherwise a callback that the table
+    /// says may not fail traps, and one that may throws ``StepFailure`` with the CPU at the last completed state.
+    func invokeRange(_ cpu: Int, to target: HotplugState, mode: WalkMode, machine: Machine?) throws(StepFailure) {
+        let current = self.current(cpu)
+        guard current != target else { return }
+        let direction: HotplugDirection = current < target ? .startup : .teardown
+        while let state = nextDue(cpu, toward: target, direction) {
+            let before = direction == .startup ? HotplugTable.state(before: state) : state
+            let done = direction == .startup ? state : HotplugTable.state(before: state)
+            setCurrent(cpu, done)
             do {
-                try invoke(state, cpu: cpu, direction)
+                try invoke(state, cpu: cpu, direction, mode: mode, machine: machine)
             } catch {
-                preconditionFailure("STARTING callback \(name(state)) \(direction) failed on CPU \(cpu): \(error); STARTING callbacks must not fail")
+                if HotplugTable.placement(of: state) == .starting {
+                    preconditionFailure("STARTING callback \(name(state)) \(direction) failed on CPU \(cpu): \(error); STARTING callbacks must not fail")
+                }
+                if mode == .retire {
+                    logger.error("shutdown: \(direction.rawValue) of \(name(state)) failed on CPU \(cpu): \(error)")
+                    continue
+                }
+                guard HotplugTable.mayFail(state, direction) else {
+                    preconditionFailure("\(name(state)) \(direction) failed on CPU \(cpu): \(error); it may not fail")
+                }
+                if self.current(cpu) == done { setCurrent(cpu, before) }
+                throw StepFailure(state: state, direction: direction, error: error)
             }
-            setCurrent(cpu, direction == .startup ? state : HotplugState(rawValue: state.rawValue - 1))
         }
-        setCurrent(cpu, direction == .startup ? HotplugState(rawValue: HotplugState.teardownCPU.rawValue - 1) : .bringup)
+        contents.withLock { contents in
+            let reached = direction == .startup ? contents.current[cpu] >= target : contents.current[cpu] <= target
+            if !reached { contents.current[cpu] = target }
+        }
     }
+
+    /// The STARTING walk, on the target CPU's own thread with its signal blocked (right after SIGP START, or in
+    /// the stop_machine that takes it down): startups up to the last STARTING state, or teardowns down to
+    /// ``HotplugState/bringup``. It cannot fail (a STARTING failure traps).
+    func walkStarting(_ cpu: Int, _ direction: HotplugDirection, mode: WalkMode = .operation) {
+        do {
+            try invokeRange(cpu, to: HotplugTable.startingEnd(direction), mode: mode, machine: nil)
+        } catch {
+            preconditionFailure("the STARTING walk of CPU \(cpu) returned \(error.error); STARTING callbacks must not fail")
+        }
+    }
+}
+
+/// How a walk treats a failing step.
+enum WalkMode: Sendable, Equatable {
+    /// An attach or detach: a failing step stops the walk; the run it belongs to is first undone where it ran,
+    /// then the operation rolls back.
+    case operation
+    /// Going back to where a failed operation started: a failing step stops the walk where it is.
+    case rollback
+    /// The shutdown path that retires the calling CPU: every run is walked inline on that CPU, and a failure is
+    /// logged and the walk goes on (the machine is going away; nothing can stop half-way).
+    case retire
+}
+
+/// A step that failed in a walk, with the CPU left at the last completed state.
+struct StepFailure: Error {
+    let state: HotplugState
+    let direction: HotplugDirection
+    /// The callback's error, or the cross-call's when the CPU did not take it in time.
+    let error: any Error
+    /// Undoing the failed run where it ran failed in turn, at this step: the CPU stays where that stopped.
+    var undoFailure: (state: HotplugState, direction: HotplugDirection, error: any Error)?
 }

@@ -1,5 +1,5 @@
 extension Machine {
-    // MARK: Attach
+    // MARK: Attach and detach
 
     /// Walks `cpu` up to ``HotplugState/online`` (see ``HotplugState`` for the steps). Caller holds `operations`.
     func attachLocked(_ cpu: Int) throws(HotplugError) {
@@ -8,123 +8,15 @@ extension Machine {
         if registry.current(cpu) == .online { return }
         if registry.contents.withLock({ $0.disableDepth }) > 0 { throw .busy(cpu: cpu, reason: .hotplugDisabled) }
         let started = Shim.monotonicNanoseconds()
-        let start = registry.current(cpu)
         try hotplugLock.withWriteLock { () throws(HotplugError) in
             // The target changes under the write lock only (as Linux sets it under cpus_write_lock): a holder of
             // the read lock sees every CPU where it is heading.
             registry.setTarget(cpu, .online)
             defer { registry.setTarget(cpu, registry.current(cpu)) }
-            // PREPARE, on this (the control) thread.
-            for step in registry.states(in: 1...(HotplugState.bringup.rawValue - 1)) where registry.current(cpu) < step {
-                do {
-                    try registry.invoke(step, cpu: cpu, .startup)
-                    registry.setCurrent(cpu, step)
-                } catch {
-                    throw failure(step, cpu, .startup, error, rolledBack: rollBack(cpu, to: start))
-                }
-            }
-            if registry.current(cpu) < HotplugState(rawValue: HotplugState.bringup.rawValue - 1) {
-                registry.setCurrent(cpu, HotplugState(rawValue: HotplugState.bringup.rawValue - 1))
-            }
-            // Bring-up: synchronise, start the thread; it runs the STARTING startups and enters the online mask.
-            if registry.current(cpu) < .bringup {
-                do {
-                    if registry.takeInjection(cpu, .bringup, .startup) {
-                        throw InjectedFailure(state: .bringup, cpu: cpu, direction: .startup)
-                    }
-                    try bringUp(cpu)
-                } catch {
-                    throw failure(.bringup, cpu, .startup, error, rolledBack: rollBack(cpu, to: start))
-                }
-            }
-            // ONLINE, on the CPU itself at a safe point.
-            do throws(HotplugError) {
-                if let (step, error) = try walkOnline(cpu, .startup) {
-                    if error is RollbackFailed { throw failure(step, cpu, .startup, error, rolledBack: false) }
-                    throw failure(step, cpu, .startup, error, rolledBack: rollBack(cpu, to: start))
-                }
-            } catch {
-                if case .callbackFailed = error { throw error }
-                throw failure(.teardownCPU, cpu, .startup, error, rolledBack: rollBack(cpu, to: start))
-            }
-            registry.setCurrent(cpu, .online)
-            state.withLock { $0.active.insert(cpu) }
+            try operate(cpu, to: .online)
         }
         trace(cpu, "attach", started)
     }
-
-    /// Runs the ONLINE callbacks of `cpu` on its own thread, in `direction`. On a failure it undoes on that CPU the
-    /// steps it completed in this call (so the ONLINE section is back where it was) and returns the failing step.
-    private func walkOnline(_ cpu: Int, _ direction: HotplugDirection) throws(HotplugError) -> (HotplugState, any Error)? {
-        let registry = self.registry
-        let due = registry.states(in: HotplugState.onlineDynamic).contains { step in
-            direction == .startup ? registry.current(cpu) < step : registry.current(cpu) >= step
-        }
-        guard due else { return nil }   // nothing to run: no cross-call at all
-        let outcome: Result<(HotplugState, any Error)?, any Error> = Result {
-            try run(on: cpu) { () -> FailedStep? in
-                var states = registry.states(in: HotplugState.onlineDynamic)
-                if direction == .teardown { states.reverse() }
-                var done: [HotplugState] = []
-                for step in states {
-                    let due = direction == .startup ? registry.current(cpu) < step : registry.current(cpu) >= step
-                    guard due else { continue }
-                    do {
-                        try registry.invoke(step, cpu: cpu, direction)
-                        registry.setCurrent(cpu, direction == .startup ? step : HotplugState(rawValue: step.rawValue - 1))
-                        done.append(step)
-                    } catch {
-                        // Undo this call's completed steps on this CPU, in reverse.
-                        for undone in done.reversed() {
-                            let back: HotplugDirection = direction == .startup ? .teardown : .startup
-                            do {
-                                try registry.invoke(undone, cpu: cpu, back)
-                            } catch {
-                                return FailedStep(state: step, error: RollbackFailed(original: error, state: undone))
-                            }
-                            registry.setCurrent(cpu, direction == .startup ? HotplugState(rawValue: undone.rawValue - 1) : undone)
-                        }
-                        return FailedStep(state: step, error: error)
-                    }
-                }
-                return nil
-            }.map { ($0.state, $0.error) }
-        }
-        switch outcome {
-        case .success(let failed): return failed
-        case .failure(let error as HotplugError): throw error
-        case .failure(let error): return (HotplugState.online, error)
-        }
-    }
-
-    /// Synchronises every online CPU and starts `cpu` (the seed's attach): inside stop_machine the lifecycle
-    /// permits the thread to run and SIGP START wakes it; it runs the STARTING startups with its signal blocked and
-    /// acknowledges; it enters the online mask while everyone else is stopped.
-    private func bringUp(_ cpu: Int) throws {
-        let core = cores[cpu]
-        core.setAcceptingCalls(true)
-        core.ack.reset()
-        let start: @Sendable (Int) throws -> Void = { [self] _ in
-            // In the online mask before it runs anything (everyone else is stopped meanwhile).
-            state.withLock {
-                $0.cpus[cpu] = .online
-                $0.online.insert(cpu)
-            }
-            core.control.lifecycle = .online
-            let result = try core.control.sigp(.start, parameter: 0, source: nil, cpu: cpu,
-                                               resendNanoseconds: resendNanoseconds, timeoutNanoseconds: responseNanoseconds)
-            precondition(result.conditionCode == .accepted, "SIGP START to parked CPU \(cpu) answered \(result)")
-            _ = core.ack.wait()   // no user code runs before this acknowledgement but the STARTING callbacks
-            registry.setCurrent(cpu, .teardownCPU)
-        }
-        if online.isEmpty {
-            try start(cpu)   // the first CPU of a machine: nobody to synchronise
-        } else {
-            try stopMachineLocked(active: nil, timeout: nil, start)
-        }
-    }
-
-    // MARK: Detach
 
     /// Walks `cpu` down to ``HotplugState/offline``. Caller holds `operations`.
     func detachLocked(_ cpu: Int, allowLast: Bool = false) throws(HotplugError) {
@@ -141,47 +33,153 @@ extension Machine {
             throw .stoppedByOrder(cpu: cpu)
         }
         let started = Shim.monotonicNanoseconds()
-        let start = registry.current(cpu)
         try hotplugLock.withWriteLock { () throws(HotplugError) in
             // The target changes under the write lock only (as Linux sets it under cpus_write_lock): a holder of
             // the read lock sees every CPU where it is heading.
             registry.setTarget(cpu, .offline)
             defer { registry.setTarget(cpu, registry.current(cpu)) }
-            state.withLock { $0.active.remove(cpu) }   // like Linux: inactive first
-            if registry.current(cpu) > .teardownCPU {
-                do throws(HotplugError) {
-                    if let (step, error) = try walkOnline(cpu, .teardown) {
-                        if error is RollbackFailed { throw failure(step, cpu, .teardown, error, rolledBack: false) }
-                        throw failure(step, cpu, .teardown, error, rolledBack: rollForward(cpu, to: start))
-                    }
-                } catch {
-                    if case .callbackFailed = error { throw error }
-                    throw failure(.teardownCPU, cpu, .teardown, error, rolledBack: rollForward(cpu, to: start))
-                }
-                registry.setCurrent(cpu, .teardownCPU)
-            }
-            if registry.current(cpu) >= .teardownCPU {
-                do {
-                    if registry.takeInjection(cpu, .teardownCPU, .teardown) {
-                        throw InjectedFailure(state: .teardownCPU, cpu: cpu, direction: .teardown)
-                    }
-                    try takeDown(cpu)
-                } catch {
-                    throw failure(.teardownCPU, cpu, .teardown, error, rolledBack: rollForward(cpu, to: start))
-                }
-            }
-            prepareDown(cpu)
+            try operate(cpu, to: .offline)
         }
         trace(cpu, "detach", started)
     }
 
-    /// The CPU's death: stop_machine with the dying CPU active; on it, the STARTING teardowns, out of the online
-    /// mask, and the lifecycle asks it to park (it does so at its next safe point, after the stopper returns).
-    private func takeDown(_ cpu: Int) throws {
+    /// An attach or detach: walks `cpu` to `target`; on a failure, walks it back to where it started (a failed
+    /// attach rolls back, a failed detach rolls forward). Caller holds the write lock.
+    /// - Throws: ``HotplugError/callbackFailed(_:)`` naming the failed step and whether the CPU is back where it
+    ///   started; the timeout itself when the CPU did not take part in time and is back where it started.
+    private func operate(_ cpu: Int, to target: HotplugState) throws(HotplugError) {
+        let start = registry.current(cpu)
+        do {
+            try walk(cpu, to: target, mode: .operation)
+        } catch {
+            let rolledBack: Bool
+            if let undo = error.undoFailure {
+                rolledBack = reportRollbackFailure(cpu, undo.state, undo.direction, undo.error)
+            } else {
+                do {
+                    try walk(cpu, to: start, mode: .rollback)
+                    rolledBack = true
+                } catch {
+                    rolledBack = reportRollbackFailure(cpu, error.state, error.direction, error.error)
+                }
+            }
+            throw failure(error.state, cpu, error.direction, error.error, rolledBack: rolledBack)
+        }
+    }
+
+    // MARK: The walk
+
+    /// Walks `cpu` from its current state to `target` through the state table: cuts the way into runs of one
+    /// placement and has ``HotplugRegistry/invokeRange(_:to:mode:machine:)`` walk each where its placement says:
+    /// control runs inline on this thread (with `cpu:bringup` and `cpu:teardown`, which make the CPU walk its
+    /// STARTING run itself), ONLINE runs on the CPU in one cross-call (none when no ONLINE state is due). In
+    /// ``WalkMode/operation`` a failed run is undone where it ran before the failure returns; in
+    /// ``WalkMode/retire`` (the caller is `cpu` itself) every run is walked inline, and a failure is logged and the
+    /// walk goes on.
+    func walk(_ cpu: Int, to target: HotplugState, mode: WalkMode) throws(StepFailure) {
+        let registry = self.registry
+        let direction: HotplugDirection = registry.current(cpu) < target ? .startup : .teardown
+        while let next = registry.nextDue(cpu, toward: target, direction) {
+            let from = registry.current(cpu)
+            let end = HotplugTable.end(of: HotplugTable.run(containing: next), toward: target, direction)
+            switch HotplugTable.placement(of: next) {
+            case .control:
+                try Machine.walkRun(registry, cpu, from: from, to: end, mode: mode, machine: self)
+            case .online:
+                let outcome: Result<Void, StepFailure>
+                do {
+                    // Captures the registry, not the machine: a CPU thread keeps no machine alive.
+                    outcome = try run(on: cpu) { () -> Result<Void, StepFailure> in
+                        Result { () throws(StepFailure) in
+                            try Machine.walkRun(registry, cpu, from: from, to: end, mode: mode, machine: nil)
+                        }
+                    }
+                } catch {
+                    // The cross-call itself failed (the CPU did not reach a safe point in time): nothing ran.
+                    throw StepFailure(state: next, direction: direction, error: error)
+                }
+                try outcome.get()
+            case .starting:
+                // cpu:bringup and cpu:teardown have the CPU walk these itself. The walk meets them only when the
+                // calling CPU retires itself and its cpu:teardown failed (logged): they run here, signal blocked.
+                precondition(currentCPU == cpu, "STARTING states of CPU \(cpu) run only on that CPU")
+                try? Shim.blockSIGP(true)
+                defer { try? Shim.blockSIGP(false) }
+                try Machine.walkRun(registry, cpu, from: from, to: end, mode: mode, machine: nil)
+            }
+        }
+        registry.contents.withLock { contents in
+            let reached = direction == .startup ? contents.current[cpu] >= target : contents.current[cpu] <= target
+            if !reached { contents.current[cpu] = target }
+        }
+    }
+
+    /// One run of the walk, on the calling thread; in ``WalkMode/operation``, a failure is first undone here,
+    /// back to `from` (an ONLINE failure on the CPU itself, in the same cross-call).
+    private static func walkRun(_ registry: HotplugRegistry, _ cpu: Int, from: HotplugState, to end: HotplugState,
+                                mode: WalkMode, machine: Machine?) throws(StepFailure) {
+        do {
+            try registry.invokeRange(cpu, to: end, mode: mode, machine: machine)
+        } catch {
+            guard mode == .operation else { throw error }
+            var failure = error
+            do {
+                try registry.invokeRange(cpu, to: from, mode: .rollback, machine: machine)
+            } catch {
+                failure.undoFailure = (error.state, error.direction, error.error)
+            }
+            throw failure
+        }
+    }
+
+    // MARK: The machine's own states
+
+    /// `cpu:bringup` startup: synchronises every online CPU and starts `cpu`. Inside stop_machine the lifecycle
+    /// permits the thread to run and SIGP START wakes it; it enters the online mask, walks the STARTING startups
+    /// on its own thread with its signal blocked (`CPUCore.startingHook`) and acknowledges, while everyone else is
+    /// stopped.
+    func bringUp(_ cpu: Int) throws {
+        let core = cores[cpu]
+        core.setAcceptingCalls(true)
+        core.ack.reset()
+        let start: @Sendable (Int) throws -> Void = { [self] _ in
+            // In the online mask before it runs anything (everyone else is stopped meanwhile).
+            state.withLock {
+                $0.cpus[cpu] = .online
+                $0.online.insert(cpu)
+            }
+            core.control.lifecycle = .online
+            let result = try core.control.sigp(.start, parameter: 0, source: nil, cpu: cpu,
+                                               resendNanoseconds: resendNanoseconds, timeoutNanoseconds: responseNanoseconds)
+            precondition(result.conditionCode == .accepted, "SIGP START to parked CPU \(cpu) answered \(result)")
+            _ = core.ack.wait()   // no user code runs before this acknowledgement but the STARTING callbacks
+        }
+        if online.isEmpty {
+            try start(cpu)   // the first CPU of a machine: nobody to synchronise
+        } else {
+            try stopMachineLocked(active: nil, timeout: nil, start)
+        }
+    }
+
+    /// `cpu:teardown` teardown, the CPU's death: stop_machine with the dying CPU active; on it, the STARTING
+    /// teardowns, out of the online mask, and the lifecycle asks it to park (it does so at its next safe point,
+    /// after the stopper returns, finishing the cross-calls it had accepted).
+    ///
+    /// In ``WalkMode/retire`` the caller is `cpu` itself and nobody else is online: it blocks its signal, walks
+    /// the STARTING teardowns and leaves the online mask, inline; the retire path then makes its thread exit.
+    func takeDown(_ cpu: Int, _ mode: WalkMode) throws {
+        if mode == .retire {
+            precondition(currentCPU == cpu, "only CPU \(cpu) itself retires CPU \(cpu)")
+            try? Shim.blockSIGP(true)
+            registry.walkStarting(cpu, .teardown, mode: mode)
+            try? Shim.blockSIGP(false)
+            state.withLock { $0.online.remove(cpu) }
+            return
+        }
         let core = cores[cpu]
         core.ack.reset()
         try stopMachineLocked(active: [cpu], timeout: nil) { [self] _ in
-            registry.runStarting(cpu: cpu, .teardown)
+            registry.walkStarting(cpu, .teardown)
             state.withLock {
                 $0.online.remove(cpu)
                 $0.cpus[cpu] = .parked
@@ -190,60 +188,15 @@ extension Machine {
             _ = core.control.post(.lifecycle)   // taken at its own next safe point: no wake-up needed
         }
         _ = core.ack.wait()   // parked (after finishing the cross-calls it had accepted)
-        registry.setCurrent(cpu, HotplugState(rawValue: HotplugState.bringup.rawValue - 1))
     }
 
-    /// PREPARE teardowns on the control thread, descending ("dead" callbacks). They may not fail.
-    private func prepareDown(_ cpu: Int) {
-        prepareDownTo(cpu, .offline)
-        registry.setCurrent(cpu, .offline)
-    }
+    /// `online` startup: the CPU becomes active (last on attach).
+    func activate(_ cpu: Int) { state.withLock { $0.active.insert(cpu) } }
 
-    // MARK: Rollback
+    /// `online` teardown: the CPU leaves the active mask (first on detach, like Linux).
+    func deactivate(_ cpu: Int) { state.withLock { $0.active.remove(cpu) } }
 
-    /// After a failed startup: back down to `start`. Returns false (and reports loudly) when a teardown failed.
-    private func rollBack(_ cpu: Int, to start: HotplugState) -> Bool {
-        do {
-            if registry.current(cpu) > .teardownCPU, let (step, error) = try walkOnline(cpu, .teardown) {
-                return reportRollbackFailure(cpu, step, .teardown, error)
-            }
-            if registry.current(cpu) >= .teardownCPU { registry.setCurrent(cpu, .teardownCPU) }
-            if registry.current(cpu) >= .teardownCPU, start < .teardownCPU { try takeDown(cpu) }
-            if start < .bringup { prepareDownTo(cpu, start) }
-            return true
-        } catch {
-            return reportRollbackFailure(cpu, registry.current(cpu), .teardown, error)
-        }
-    }
-
-    /// PREPARE teardowns, descending, of the states above `start`.
-    private func prepareDownTo(_ cpu: Int, _ start: HotplugState) {
-        for step in registry.states(in: 1...(HotplugState.bringup.rawValue - 1)).reversed()
-        where registry.current(cpu) >= step && step > start {
-            do {
-                try registry.invoke(step, cpu: cpu, .teardown)
-            } catch {
-                preconditionFailure("PREPARE teardown \(registry.name(step)) failed on CPU \(cpu): \(error); it may not fail")
-            }
-            registry.setCurrent(cpu, HotplugState(rawValue: step.rawValue - 1))
-        }
-        if registry.current(cpu) > start && registry.current(cpu) < .bringup { registry.setCurrent(cpu, start) }
-    }
-
-    /// After a failed teardown: back up to `start`. Returns false (and reports loudly) when a startup failed.
-    private func rollForward(_ cpu: Int, to start: HotplugState) -> Bool {
-        do {
-            if registry.current(cpu) >= .teardownCPU, start > .teardownCPU,
-               let (step, error) = try walkOnline(cpu, .startup) {   // runs nothing when nothing was torn down
-                return reportRollbackFailure(cpu, step, .startup, error)
-            }
-            if start == .online, registry.current(cpu) >= .teardownCPU { registry.setCurrent(cpu, .online) }
-            if registry.current(cpu) == .online { state.withLock { $0.active.insert(cpu) } }
-            return true
-        } catch {
-            return reportRollbackFailure(cpu, registry.current(cpu), .startup, error)
-        }
-    }
+    // MARK: Failures
 
     private func reportRollbackFailure(_ cpu: Int, _ step: HotplugState, _ direction: HotplugDirection,
                                        _ error: any Error) -> Bool {
@@ -257,25 +210,7 @@ extension Machine {
     private func failure(_ step: HotplugState, _ cpu: Int, _ direction: HotplugDirection, _ error: any Error,
                          rolledBack: Bool) -> HotplugError {
         if let hotplug = error as? HotplugError, case .timeout = hotplug, rolledBack { return hotplug }
-        var underlying = error
-        var rolled = rolledBack
-        if let nested = error as? RollbackFailed {
-            underlying = nested.original
-            rolled = false
-        }
         return .callbackFailed(HotplugCallbackFailure(state: step, name: registry.name(step), cpu: cpu,
-                                                      direction: direction, underlying: underlying, rolledBack: rolled))
+                                                      direction: direction, underlying: error, rolledBack: rolledBack))
     }
-}
-
-/// A step that failed inside a CPU's ONLINE walk.
-struct FailedStep: Sendable {
-    let state: HotplugState
-    let error: any Error
-}
-
-/// The ONLINE walk's own undo failed: the CPU stays where it stopped.
-struct RollbackFailed: Error {
-    let original: any Error
-    let state: HotplugState
 }

@@ -17,9 +17,17 @@ final class TaskletQueue: @unchecked Sendable {
     nonisolated(unsafe) var deferredNormal: [UInt] = []
 }
 
+extension HotplugState {
+    /// Built-in: the CPU takes tasklets (startup) / stops taking them (teardown), while everyone else is stopped.
+    static let taskletsStarting = HotplugState(rawValue: 41)
+    /// Built-in: the tasklet takeover (teardown after the CPU is dead). Above the slab drain's slot, so it runs
+    /// first on detach.
+    static let taskletsDead = HotplugState(rawValue: 30)
+}
+
 /// The tasklet subsystem of a machine: per-CPU lists, the CPU side that runs them, the takeover on detach.
 /// It keeps the CPU cores, not the machine, so CPU threads keep no machine alive.
-final class TaskletEngine: Sendable {
+final class TaskletEngine: HotplugSubsystem {
     /// The head value of a dead CPU's stacks: producers seeing it go elsewhere.
     static let closed: UInt = 1
 
@@ -29,10 +37,25 @@ final class TaskletEngine: Sendable {
     /// Runs still pending when the last CPU went down at shutdown (reported by the machine's log).
     let droppedAtShutdown = Atomic<Int>(0)
 
-    init(cores: [CPUCore], machineID: UInt64) {
-        self.cores = cores
-        self.machineID = machineID
+    /// Creates the lists (closed until each CPU's `tasklets:starting`) and sets each core's tasklet hook.
+    init(_ context: HotplugSubsystemContext) {
+        cores = context.cores
+        machineID = context.machineID
         queues = cores.map { _ in TaskletQueue() }
+        for core in cores {
+            // Weak: the engine keeps the cores; a CPU thread keeps no engine (nor machine) alive.
+            core.taskletHook = { [weak self] cpu in self?.run(cpu: cpu) }
+        }
+    }
+
+    /// `tasklets:starting` (STARTING) and `tasklets:dead` (PREPARE, teardown only).
+    var hotplugStates: [HotplugBuiltinState] {
+        [HotplugBuiltinState(state: .taskletsStarting, name: "tasklets:starting",
+                             startup: { [weak self] cpu in self?.cpuStarting(cpu) },
+                             teardown: { [weak self] cpu in self?.cpuDying(cpu) }),
+         HotplugBuiltinState(state: .taskletsDead, name: "tasklets:dead",
+                             startup: nil,
+                             teardown: { [weak self] cpu in self?.takeOver(from: cpu) })]
     }
 
     /// The logical CPU of this machine the caller runs on.
