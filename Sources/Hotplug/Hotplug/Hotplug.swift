@@ -5,8 +5,8 @@ extension Machine {
     /// Runs `body` with the online mask held stable (Linux's `cpus_read_lock`): no attach or detach completes
     /// meanwhile. Do not call it from a hotplug callback, nor on a logical CPU around work that waits for
     /// stop_machine (an attach waiting for the write lock would wait for that CPU: it then fails with a timeout).
-    public func withCPUsReadLocked<T>(_ body: () throws -> T) rethrows -> T {
-        try hotplugLock.withReadLock { () throws -> T in try body() }
+    public func withCPUsReadLocked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        try hotplugLock.withReadLock(body)
     }
 
     /// The hotplug state machine (see ``HotplugState`` for sections, threads, order and rollback).
