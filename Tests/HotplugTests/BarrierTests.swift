@@ -30,6 +30,7 @@ import Testing
         for index in 0..<threads {
             spawned.append(try Shim.spawnThread {
                 body(index)
+                // Relaxed: a count only; the completion (signal / wait) and the joins order what the body wrote.
                 if finished.add(1, ordering: .relaxed).newValue == threads { done.signal() }
             })
         }

@@ -22,7 +22,8 @@ import Testing
 
     /// Every logical CPU's node is the node the kernel gives its physical CPU. The kernel's answer is read here from
     /// sysfs (`/sys/devices/system/node/nodeN/cpulist`), not through libnuma as the library reads it, so a wrong
-    /// mapping (a node shifted, every CPU on node 0 of a two-node machine, a logical CPU's slot mixed up) fails.
+    /// mapping fails wherever it differs from the kernel's: a node id shifted, and on a NUMA machine every CPU put
+    /// on node 0, or a CPU given another CPU's node.
     @Test func everyLogicalCPUsNodeIsTheKernelsNodeOfItsPhysicalCPU() throws {
         let machine = try Machine(configuration: .init(initiallyOnline: 1))
         defer { machine.shutdown() }
