@@ -1,9 +1,10 @@
-# swift-hotplug: the two quick-start targets are `make` (install what is missing, run the torture test) and `make test`.
+# swift-hotplug: the two quick-start targets are `make` (install what is missing, run the torture test) and `make test`;
+# `make quick-start` runs the README's Usage code (Examples/quick-start) and checks the README's copy of it.
 SWIFT   ?= swift
 SECONDS ?= 10
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps run demo test tsan bench vm clean
+.PHONY: all deps run demo quick-start test tsan bench vm clean
 
 all: run
 
@@ -22,6 +23,11 @@ run: deps
 # The SIGP demo: every modelled order against CPUs in every lifecycle state, checked.
 demo: deps
 	$(SWIFT) run -c release sigp-demo --seconds $(SECONDS)
+
+# The README's Usage code as a program, and the check that the README shows exactly that file.
+quick-start: deps
+	bash Scripts/check-readme-example
+	$(SWIFT) run -c release quick-start
 
 test: deps
 	$(SWIFT) test

@@ -33,6 +33,12 @@ let package = Package(
             ],
             path: "Sources/Hotplug"
         ),
+        // The README's Usage section as a program: the first example to read and run.
+        .executableTarget(
+            name: "quick-start",
+            dependencies: ["Hotplug"],
+            path: "Examples/quick-start"
+        ),
         // Helpers shared by the examples (seeded RNG, /proc probes, output, watchdog); not a product.
         .target(
             name: "ExampleSupport",

@@ -14,8 +14,8 @@ final class Counter: Sendable {
     var load: Int { value.load(ordering: .relaxed) }
 }
 
-/// The invariants the torture run checks, in the order the summary lists them. The first five are the ones the
-/// design names (DESIGN 5); the others check the rest of what the workload touches.
+/// The invariants the torture run checks, in the order the summary lists them. The first five are those of
+/// docs/ARCHITECTURE.md, "Invariants"; the others check the rest of what the workload touches.
 enum Invariant: Int, CaseIterable, Sendable {
     case tasklets, slab, offlineCaches, parkedCPUTime, pinning
     case taskletPlacement, rollback, callbacks, crossCalls, sigp, stopMachine, progress, follow

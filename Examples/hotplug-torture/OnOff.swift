@@ -53,11 +53,11 @@ final class OnOffStats: Sendable {
 /// any lock: the checks of offline caches, callback balances, pinning, parked CPU time and the slab's quiescent
 /// ledger all run here.
 ///
-/// Fault injection points (where the design lets a failure happen, DESIGN 3.6): on attach, the bring-up, the
-/// built-in `slab:prepare` startup, and the startups of `torture:prepare` (PREPARE) and `torture:online`
-/// (ONLINE); on detach, the teardown of the CPU (it refuses to die) and the teardown of `torture:online`. An
-/// operation with an injected failure must throw `callbackFailed` at exactly that state with `rolledBack: true`
-/// and leave the CPU where it was; an operation without one must succeed.
+/// Fault injection points (where the hotplug walk lets a failure happen, docs/ARCHITECTURE.md, "The hotplug walk"): on
+/// attach, the bring-up, the built-in `slab:prepare` startup, and the startups of `torture:prepare` (PREPARE) and
+/// `torture:online` (ONLINE); on detach, the teardown of the CPU (it refuses to die) and the teardown of
+/// `torture:online`. An operation with an injected failure must throw `callbackFailed` at exactly that state with
+/// `rolledBack: true` and leave the CPU where it was; an operation without one must succeed.
 final class OnOffDriver: Sendable {
     let machine: Machine
     let checks: Checks

@@ -6,10 +6,10 @@ import Synchronization
 /// the interruptions they leave.
 ///
 /// Only orders that leave a CPU running are sent: SENSE, SENSE_RUNNING, EXTERNAL_CALL, EMERGENCY_SIGNAL and
-/// CONDITIONAL_EMERGENCY_SIGNAL (a STOP would hold a CPU, and every hotplug operation with it, until a START).
-/// Every answer must be one the design documents for a CPU that is online, parked or changing between the two
-/// (DESIGN 3.3): never busy (nothing here leaves a STOP or RESTART pending), never not-operational (no CPU is in
-/// standby), never check-stop (every CPU answers its signals in time).
+/// CONDITIONAL_EMERGENCY_SIGNAL (a STOP would hold a CPU, and every hotplug operation with it, until a START). Every
+/// answer must be one that docs/ARCHITECTURE.md, "SIGP orders", documents for a CPU that is online, parked or
+/// changing between the two: never busy (nothing here leaves a STOP or RESTART pending), never not-operational (no
+/// CPU is in standby), never check-stop (every CPU answers its signals in time).
 ///
 /// Each accepted external call and emergency signal must reach the interrupt handler exactly once: at once on an
 /// online CPU, when it comes back on a parked one. The ledger is kept like the tasklets': the credit is raised
@@ -82,7 +82,7 @@ final class SIGPLoad: Sendable {
                             "SIGP \(order) to logical CPU \(cpu) answered \(result)")
     }
 
-    /// The answers the design allows for a CPU that is online, parked (stopped), or on its way between the two.
+    /// The documented answers for a CPU that is online, parked (stopped), or on its way between the two.
     static func isDocumented(_ result: SIGPResult, for order: SIGPOrder) -> Bool {
         switch (order, result.conditionCode) {
         case (_, .accepted): return result.status.isEmpty

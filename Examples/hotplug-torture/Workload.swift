@@ -8,7 +8,7 @@ import Musl
 #endif
 
 /// The worker threads (`--workers`): each draws actions from its own seeded stream and drives the logical CPUs
-/// with them, concurrently with the on/off thread. Every action tolerates what the design documents for a CPU that
+/// with them, concurrently with the on/off thread. Every action tolerates what the library documents for a CPU that
 /// just went offline (a cross-call's `notOnline`, an order's "stopped" status); anything else is a violation.
 /// A CPU that does not reach a safe point within the response bound (a timeout) is a livelock symptom, and a
 /// violation of the progress invariant.

@@ -2,15 +2,15 @@
 // run tasklet storms, slab churn, cross-calls, SIGP orders and stop_machine calls while an on/off thread attaches
 // and detaches random CPUs and injects failures into the hotplug state machine. Invariants are checked while the
 // run goes on and at its end. Exits 0 when every invariant held; otherwise prints a line starting with `FAILED`
-// that names the first broken invariant and the seed that reproduces the run, and exits 1.
+// that names the first broken invariant and the `--seed` value that reproduces the run, and exits 1.
 //
 // What runs (all of it at once, on real threads):
 // - the on/off thread (OnOff.swift): every `--onoff-interval` ms (jittered) it picks a random logical CPU and
 //   detaches it if online (never the last one), attaches it if parked. With probability `--fail-rate` it first
-//   injects a one-shot failure at a random point where the design allows one: on attach the bring-up, the built-in
-//   `slab:prepare` startup, or the startups of this run's own PREPARE and ONLINE states; on detach the CPU's
-//   teardown (it refuses to die) or the ONLINE state's teardown. It measures the wall time of every successful
-//   attach and detach;
+//   injects a one-shot failure at a random point where the hotplug walk lets one happen (docs/ARCHITECTURE.md, "The
+//   hotplug walk"): on attach the bring-up, the built-in `slab:prepare` startup, or the startups of this run's own
+//   PREPARE and ONLINE states; on detach the CPU's teardown (it refuses to die) or the ONLINE state's teardown. It
+//   measures the wall time of every successful attach and detach;
 // - `--workers` worker threads (Workload.swift), each drawing actions from its own seeded stream: tasklet storms
 //   (from the worker, and from logical CPUs in cross-calls), tasklets held disabled on a CPU while it may be
 //   detached, slab churn (on the worker, on a CPU, on every CPU at once), cross-calls (`run(on:)`, `submit(on:)`,
@@ -28,7 +28,8 @@
 // `follow-event` line with its latency, must complete within `--follow-deadline`, and every invariant below is checked
 // as before, with the online mask held still by the hotplug read lock while a check runs.
 //
-// The invariants (DESIGN 5 names the first five; the summary lists checks and violations for each):
+// The invariants (the first five are those of docs/ARCHITECTURE.md, "Invariants"; the summary lists checks and
+// violations for each):
 // - tasklets ran exactly once per schedule: every `schedule(on:)` that returned true is followed by exactly one
 //   run (a schedule of a tasklet already queued coalesces and returns false). During the run a tasklet never finds
 //   more runs than schedules; at the end, after a bounded drain, runs == schedules per tasklet (lost = shortfall,
@@ -40,21 +41,22 @@
 // - no per-CPU cache of an offline CPU holds anything: `cachedPerCPU` is 0 for every CPU that is not online,
 //   after every operation, and at the end;
 // - a parked CPU's thread burns no CPU time: from when a detached CPU's thread has stayed asleep in the kernel for
-//   1 ms until it is attached again, its CPU time (schedstat) grows by at most 0.1% of the window (DESIGN 4) plus
-//   50 us of slack and the clock source's resolution (/proc's utime + stime fallback counts whole clock ticks).
-//   The window does not start at the first sight of state S: the kernel shows S while the thread is still on its
-//   way into the wait, and the CPU time it used since the last tick reaches schedstat only when it is off its
-//   CPU. A thread that does not stay asleep within 2 s of its detach is a violation too. The total growth is
-//   reported as `parked_cpu_time_growth_us`;
+//   1 ms until it is attached again, its CPU time (schedstat) grows by at most 0.1% of the window
+//   (docs/ARCHITECTURE.md, "Performance goals") plus 50 us of slack and the clock source's resolution (/proc's
+//   utime + stime fallback counts whole clock ticks). The window does not start at the first sight of state S: the
+//   kernel shows S while the thread is still on its way into the wait, and the CPU time it used since the last tick
+//   reaches schedstat only when it is off its CPU. A thread that does not stay asleep within 2 s of its detach is a
+//   violation too. The total growth is reported as `parked_cpu_time_growth_us`;
 // - every CPU's thread is pinned: `Cpus_allowed_list` of every present CPU's thread is exactly its physical CPU;
 // - and: tasklets run only on online CPUs and never concurrently with themselves; an injected failure fails its
 //   operation at exactly that state with `rolledBack: true` and leaves the CPU, its masks and its hotplug state
 //   where they were, and an operation without one succeeds; this run's hotplug callbacks balance (one startup per
-//   teardown, per CPU and state) and run on the thread their section names; cross-calls run on their target;
-//   SIGP orders answer as the design documents and every accepted interruption reaches the handler exactly once;
-//   stop_machine runs its body where asked with the online mask stable; nothing times out or stops progressing.
+//   teardown, per CPU and state) and run on the thread their section names; cross-calls run on their target; SIGP
+//   orders answer as docs/ARCHITECTURE.md, "SIGP orders", says and every accepted interruption reaches the handler
+//   exactly once; stop_machine runs its body where asked with the online mask stable; nothing times out or stops
+//   progressing.
 //
-// The seed: every random choice (which CPU, which operation, which failure, which work, every worker's and every
+// Random choices: every one (which CPU, which operation, which failure, which work, every worker's and every
 // tasklet's stream) comes from a SplitMix64 stream derived from `--seed`, so `--seed N` repeats the same plan.
 // Thread interleavings are the kernel's: a rerun repeats the plan, not the timing, as with rcutorture. A run that
 // failed should be rerun with its seed (and `--log-level debug` for the library's hotplug transitions).
@@ -71,7 +73,7 @@ struct HotplugTorture: ParsableCommand {
             Tasklet storms, slab churn, cross-calls, SIGP orders and stop_machine calls run on the logical CPUs \
             while an on/off thread attaches and detaches random CPUs and injects failures. Exits 0 when every \
             invariant held; otherwise prints a line starting with FAILED that names the broken invariant and the \
-            seed; run again with --seed to repeat the same choices.
+            random seed; run again with that --seed to repeat the same choices.
             """
     )
 

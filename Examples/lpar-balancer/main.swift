@@ -1,6 +1,6 @@
 // lpar-balancer: partitions of one processor pool, whose load shifts over time, and a balancer that moves processors
-// towards the loaded one while everything runs (the seed's S/390 scenario: processors taken from one partition and
-// given to another under load, nothing restarted).
+// towards the loaded one while everything runs (the S/390 scenario of docs/ARCHITECTURE.md, "Origin": processors
+// taken from one partition and given to another under load, nothing restarted).
 //
 // What runs:
 // - a CPUPool of --processors processors (processor p on physical CPU slot p % n: oversubscribed where there are
@@ -9,7 +9,7 @@
 //   is loaded; the load moves to the next partition every --phase-seconds;
 // - a Balancer (HysteresisPolicy) sampling every --interval-ms and moving processors from idle to loaded partitions.
 //
-// Checked, during the run and at the end (exit 0 only when all held, else a FAILED line with the seed):
+// Checked, during the run and at the end (exit 0 only when all held, else a FAILED line with the `--seed` value):
 // - no processor is owned by two partitions, every partition keeps one, and every online CPU's thread is pinned to
 //   exactly its processor's physical CPU (read from /proc/self/task/TID/status);
 // - no tasklet is lost: every run scheduled ran exactly once (the workloads' own counts);

@@ -1,9 +1,9 @@
 // numa-placement: proves, on whatever NUMA topology it runs on, that the slab allocator puts an object's memory on the
-// node of the logical CPU that allocated it, and that an object freed on another node's CPU goes home to its own
-// node and comes back out only there (DESIGN 3.8). Made for a qemu guest with two real NUMA nodes (CPUs 0-1 on node
-// 0, CPUs 2-3 on node 1), where it runs as `numa-placement --require-nodes 2`; on an ordinary one-node host it
-// checks the same things where they apply and says what it cannot stage. Exits 0 when every check held; otherwise
-// the last line starts with `FAILED` and names the first broken check, and the exit code is 1.
+// node of the logical CPU that allocated it, and that an object freed on another node's CPU goes home to its own node
+// and comes back out only there (docs/ARCHITECTURE.md, "The slab allocator"). Made for a qemu guest with two real NUMA
+// nodes (CPUs 0-1 on node 0, CPUs 2-3 on node 1), where it runs as `numa-placement --require-nodes 2`; on an ordinary
+// one-node host it checks the same things where they apply and says what it cannot stage. Exits 0 when every check
+// held; otherwise the last line starts with `FAILED` and names the first broken check, and the exit code is 1.
 //
 // How: one logical CPU per physical CPU of the affinity mask (`Topology.current()`, each pinned to its CPU), and
 // one SlabCache per run: first with the default options, then with one-page slabs and tiny magazines and depots, so
