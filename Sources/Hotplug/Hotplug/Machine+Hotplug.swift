@@ -7,15 +7,7 @@ extension Machine {
         if lifecycle == .standby { throw .notPresent(cpu: cpu) }
         if registry.current(cpu) == .online { return }
         if registry.contents.withLock({ $0.disableDepth }) > 0 { throw .busy(cpu: cpu, reason: .hotplugDisabled) }
-        let started = Shim.monotonicNanoseconds()
-        try hotplugLock.withWriteLock { () throws(HotplugError) in
-            // The target changes under the write lock only (as Linux sets it under cpus_write_lock): a holder of
-            // the read lock sees every CPU where it is heading.
-            registry.setTarget(cpu, .online)
-            defer { registry.setTarget(cpu, registry.current(cpu)) }
-            try operate(cpu, to: .online)
-        }
-        trace(cpu, "attach", started)
+        try operate(cpu, to: .online)
     }
 
     /// Walks `cpu` down to ``HotplugState/offline``. Caller holds `operations`.
@@ -32,22 +24,26 @@ extension Machine {
         if cores[cpu].isStoppedByOrder {
             throw .stoppedByOrder(cpu: cpu)
         }
+        try operate(cpu, to: .offline)
+    }
+
+    /// An attach or detach, under the hotplug write lock: walks `cpu` to `target`; on a failure, walks it back to
+    /// where it started (a failed attach rolls back, a failed detach rolls forward). Caller holds `operations`.
+    /// - Throws: ``HotplugError/callbackFailed(_:)`` naming the failed step and whether the CPU is back where it
+    ///   started; the timeout itself when the CPU did not take part in time and is back where it started.
+    private func operate(_ cpu: Int, to target: HotplugState) throws(HotplugError) {
         let started = Shim.monotonicNanoseconds()
         try hotplugLock.withWriteLock { () throws(HotplugError) in
             // The target changes under the write lock only (as Linux sets it under cpus_write_lock): a holder of
             // the read lock sees every CPU where it is heading.
-            registry.setTarget(cpu, .offline)
+            registry.setTarget(cpu, target)
             defer { registry.setTarget(cpu, registry.current(cpu)) }
-            try operate(cpu, to: .offline)
+            try walkOrRollBack(cpu, to: target)
         }
-        trace(cpu, "detach", started)
+        trace(cpu, target == .online ? "attach" : "detach", started)
     }
 
-    /// An attach or detach: walks `cpu` to `target`; on a failure, walks it back to where it started (a failed
-    /// attach rolls back, a failed detach rolls forward). Caller holds the write lock.
-    /// - Throws: ``HotplugError/callbackFailed(_:)`` naming the failed step and whether the CPU is back where it
-    ///   started; the timeout itself when the CPU did not take part in time and is back where it started.
-    private func operate(_ cpu: Int, to target: HotplugState) throws(HotplugError) {
+    private func walkOrRollBack(_ cpu: Int, to target: HotplugState) throws(HotplugError) {
         let start = registry.current(cpu)
         do {
             try walk(cpu, to: target, mode: .operation)
