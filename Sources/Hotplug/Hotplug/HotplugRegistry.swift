@@ -22,6 +22,16 @@ final class HotplugRegistry: Sendable {
         var machineTeardown: MachineStep?
     }
 
+    /// A registered state and its entry as they were when the walk took them.
+    final class Step: Sendable {
+        let state: HotplugState
+        let entry: Entry
+        init(state: HotplugState, entry: Entry) {
+            self.state = state
+            self.entry = entry
+        }
+    }
+
     struct Injection: Hashable {
         let cpu: Int
         let state: HotplugState
@@ -29,7 +39,16 @@ final class HotplugRegistry: Sendable {
     }
 
     struct Contents {
-        var entries: [HotplugState: Entry] = HotplugTable.fixedEntries
+        var entries: [HotplugState: Entry] = HotplugTable.fixedEntries {
+            didSet { ordered = Contents.order(entries) }   // registration is rare; the walk reads `ordered`
+        }
+        /// `entries` ascending, each an immutable snapshot: the walk finds its next state here without hashing and
+        /// takes its entry with one retain instead of copying every callback out.
+        var ordered: [Step] = Contents.order(HotplugTable.fixedEntries)
+
+        static func order(_ entries: [HotplugState: Entry]) -> [Step] {
+            entries.keys.sorted().map { Step(state: $0, entry: entries[$0]!) }
+        }
         var current: [HotplugState]
         var target: [HotplugState]
         var injections: Set<Injection> = []
@@ -60,12 +79,7 @@ final class HotplugRegistry: Sendable {
     /// state and at most `target` (startup), or the highest entry at most its current state and above `target`
     /// (teardown); nil when none is left.
     func nextDue(_ cpu: Int, toward target: HotplugState, _ direction: HotplugDirection) -> HotplugState? {
-        contents.withLock { contents in
-            let current = contents.current[cpu]
-            return direction == .startup
-                ? contents.entries.keys.lazy.filter { $0 > current && $0 <= target }.min()
-                : contents.entries.keys.lazy.filter { $0 <= current && $0 > target }.max()
-        }
+        contents.withLock { $0.nextDue(cpu, toward: target, direction)?.state }
     }
 
     /// Allocates the first free slot of `range`.
@@ -102,7 +116,7 @@ final class HotplugRegistry: Sendable {
 
     /// Consumes an injected failure for this callback, if one is armed.
     func takeInjection(_ cpu: Int, _ state: HotplugState, _ direction: HotplugDirection) -> Bool {
-        contents.withLock { $0.injections.remove(Injection(cpu: cpu, state: state, direction: direction)) != nil }
+        contents.withLock { $0.takeInjection(cpu, state, direction) }
     }
 
     // MARK: Invocation
@@ -115,16 +129,16 @@ final class HotplugRegistry: Sendable {
     func invoke(_ state: HotplugState, cpu: Int, _ direction: HotplugDirection, mode: WalkMode = .operation,
                 machine: Machine? = nil) throws {
         let started = Shim.monotonicNanoseconds()
-        defer {
-            logger.debug("hotplug callback", metadata: [
-                "state": "\(name(state))", "cpu": "\(cpu)", "direction": "\(direction.rawValue)",
-                "duration_us": "\(Double(Shim.monotonicNanoseconds() - started) / 1000)",
-            ])
-        }
-        if takeInjection(cpu, state, direction) {
-            throw InjectedFailure(state: state, cpu: cpu, direction: direction)
-        }
-        guard let entry = entry(state) else { return }
+        defer { trace(state, cpu, direction, started) }
+        let (entry, injected) = contents.withLock { ($0.entries[state], $0.takeInjection(cpu, state, direction)) }
+        if injected { throw InjectedFailure(state: state, cpu: cpu, direction: direction) }
+        guard let entry else { return }
+        try run(entry, state, cpu: cpu, direction, mode: mode, machine: machine)
+    }
+
+    /// Runs an entry's callback(s) (see ``invoke(_:cpu:_:mode:machine:)``).
+    private func run(_ entry: Entry, _ state: HotplugState, cpu: Int, _ direction: HotplugDirection, mode: WalkMode,
+                     machine: Machine?) throws {
         if let step = direction == .startup ? entry.machineStartup : entry.machineTeardown {
             guard let machine else { preconditionFailure("\(entry.name) runs on the control thread, with the machine") }
             try step(machine, cpu, mode)
@@ -145,6 +159,14 @@ final class HotplugRegistry: Sendable {
         }
     }
 
+    /// Traces one invocation at debug level (the metadata is built only when debug logging is on).
+    private func trace(_ state: HotplugState, _ cpu: Int, _ direction: HotplugDirection, _ started: Int64) {
+        logger.debug("hotplug callback", metadata: [
+            "state": "\(name(state))", "cpu": "\(cpu)", "direction": "\(direction.rawValue)",
+            "duration_us": "\(Double(Shim.monotonicNanoseconds() - started) / 1000)",
+        ])
+    }
+
     // MARK: The walk
 
     /// The one hotplug walk (Linux's `cpuhp_invoke_callback_range`): runs, on the calling thread, every state
@@ -163,13 +185,24 @@ final class HotplugRegistry: Sendable {
         let current = self.current(cpu)
         guard current != target else { return }
         let direction: HotplugDirection = current < target ? .startup : .teardown
-        while let state = nextDue(cpu, toward: target, direction) {
+        while true {
+            // One lock per step: find the next due state, count it as done, take its entry and any armed failure.
+            let claimed = contents.withLock { contents -> (Step, Bool)? in
+                guard let step = contents.nextDue(cpu, toward: target, direction) else { return nil }
+                contents.current[cpu] = direction == .startup ? step.state : HotplugTable.state(before: step.state)
+                return (step, contents.takeInjection(cpu, step.state, direction))
+            }
+            guard let (step, injected) = claimed else { break }
+            let state = step.state
             let before = direction == .startup ? HotplugTable.state(before: state) : state
             let done = direction == .startup ? state : HotplugTable.state(before: state)
-            setCurrent(cpu, done)
+            let started = Shim.monotonicNanoseconds()
             do {
-                try invoke(state, cpu: cpu, direction, mode: mode, machine: machine)
+                if injected { throw InjectedFailure(state: state, cpu: cpu, direction: direction) }
+                try run(step.entry, state, cpu: cpu, direction, mode: mode, machine: machine)
+                trace(state, cpu, direction, started)
             } catch {
+                trace(state, cpu, direction, started)
                 if HotplugTable.placement(of: state) == .starting {
                     preconditionFailure("STARTING callback \(name(state)) \(direction) failed on CPU \(cpu): \(error); STARTING callbacks must not fail")
                 }
@@ -222,4 +255,20 @@ struct StepFailure: Error {
     let error: any Error
     /// Undoing the failed run where it ran failed in turn, at this step: the CPU stays where that stopped.
     var undoFailure: (state: HotplugState, direction: HotplugDirection, error: any Error)?
+}
+
+extension HotplugRegistry.Contents {
+    /// See ``HotplugRegistry/nextDue(_:toward:_:)``; a scan of the few ordered keys, no hashing.
+    func nextDue(_ cpu: Int, toward target: HotplugState, _ direction: HotplugDirection) -> HotplugRegistry.Step? {
+        let current = self.current[cpu]
+        return direction == .startup
+            ? ordered.first { $0.state > current && $0.state <= target }
+            : ordered.last { $0.state <= current && $0.state > target }
+    }
+
+    /// Consumes an armed injected failure; no hashing when none is armed (the common case).
+    mutating func takeInjection(_ cpu: Int, _ state: HotplugState, _ direction: HotplugDirection) -> Bool {
+        guard !injections.isEmpty else { return false }
+        return injections.remove(.init(cpu: cpu, state: state, direction: direction)) != nil
+    }
 }
