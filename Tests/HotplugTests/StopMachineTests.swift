@@ -23,7 +23,8 @@ func expectTimeout(_ error: HotplugError, cpu: Int, operation: HotplugOperation,
         #expect(nanoseconds >= waited.nanoseconds, "\(error)", sourceLocation: sourceLocation)
     case .invalidCPU, .notPresent, .notOnline, .incorrectState, .stoppedByOrder, .busy, .notResponding,
          .invalidSignal, .signalInUse, .shutDown, .invalidConfiguration, .system, .callbackFailed, .noFreeState,
-         .cannotInject, .unknownState, .taskletKillsItself:
+         .cannotInject, .unknownState, .taskletKillsItself,
+         .wouldDeadlock:
         Issue.record("expected a \(operation) timeout on CPU \(cpu), got: \(error)", sourceLocation: sourceLocation)
     }
 }

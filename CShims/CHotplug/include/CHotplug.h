@@ -423,6 +423,32 @@ typedef struct chp_cpu_stats {
 /// Reads the statistics counters (relaxed).
 void chp_cpu_statistics(const chp_cpu_t *cpu, chp_cpu_stats_t *out);
 
+// ---------------------------------------------------------------------------------------------------------------
+// MARK: Thread context (context.c)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// What the calling thread runs inside, for one machine: `machine` is that machine's id (0: none) and `flags` its
+/// context bits (a hotplug callback, a stop_machine body; their meaning is Swift's). Written only by the thread
+/// itself, around the callbacks and bodies the runtime runs for the caller (cold paths); read where a call has to
+/// know whether it would wait for itself. One machine at a time: entering another machine's context replaces it
+/// until the matching restore.
+typedef struct chp_context {
+    uint64_t machine;
+    uint32_t flags;
+} chp_context_t;
+
+extern __thread chp_context_t chp_thread_context __attribute__((tls_model("initial-exec")));
+
+/// The calling thread's context bits for machine `machine`, 0 when it is inside nothing of that machine: two
+/// thread-local loads, inlined. Cannot fail.
+static inline uint32_t chp_context_flags(uint64_t machine) {
+    return chp_thread_context.machine == machine ? chp_thread_context.flags : 0;
+}
+/// The calling thread's whole context (to restore it later). Cannot fail.
+static inline chp_context_t chp_context_get(void) { return chp_thread_context; }
+/// Replaces the calling thread's context. Cannot fail.
+static inline void chp_context_set(chp_context_t context) { chp_thread_context = context; }
+
 #ifdef __cplusplus
 }
 #endif

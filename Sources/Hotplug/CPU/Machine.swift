@@ -110,7 +110,7 @@ public final class Machine: Sendable {
         let signal = configuration.signal ?? (Shim.realtimeSignalRange.lowerBound + 6)
         try Shim.installSIGP(signal: signal)
         let id = Machine.machineIDs.add(1, ordering: .relaxed).newValue
-        let registry = HotplugRegistry(possible: possible, logger: logger)
+        let registry = HotplugRegistry(possible: possible, machineID: id, logger: logger)
         var cores: [CPUCore] = []
         do {
             for cpu in 0..<possible {
@@ -223,9 +223,12 @@ public final class Machine: Sendable {
 
     /// standby -> parked: creates the CPU's thread, pinned to its physical CPU and blocked in the kernel.
     /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/incorrectState(cpu:state:operation:)`` when the
-    ///   CPU is already configured, ``HotplugError/shutDown``, or a system error (thread creation, pinning).
+    ///   CPU is already configured, ``HotplugError/shutDown``, or a system error (thread creation, pinning);
+    ///   ``HotplugError/wouldDeadlock(operation:reason:)`` when called from a hotplug callback, a stop_machine body
+    ///   or a CPU going offline (docs/ARCHITECTURE.md, "Rules for callbacks and bodies").
     public func configure(_ cpu: Int) throws(HotplugError) {
         try validate(cpu)
+        try refuseReentry(.configure)
         try withOperation { () throws(HotplugError) in
             let current = state.withLock { $0.cpus[cpu] }
             guard current == .standby else {
@@ -257,31 +260,45 @@ public final class Machine: Sendable {
     /// - Throws: ``HotplugError/notPresent(cpu:)``, ``HotplugError/busy(cpu:reason:)`` (hotplug disabled),
     ///   ``HotplugError/callbackFailed(_:)`` (rolled back, or not: see its `rolledBack`),
     ///   ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``, ``HotplugError/invalidCPU(_:)``,
-    ///   ``HotplugError/shutDown``.
+    ///   ``HotplugError/shutDown``; ``HotplugError/wouldDeadlock(operation:reason:)`` when called from a hotplug
+    ///   callback, a stop_machine body or a CPU going offline (docs/ARCHITECTURE.md, "Rules for callbacks and
+    ///   bodies").
     public func online(_ cpu: Int) throws(HotplugError) {
         try validate(cpu)
+        try refuseReentry(.online)
         try withOperation { () throws(HotplugError) in try attachLocked(cpu) }
     }
 
     /// Detaches an online CPU: walks it down (ONLINE teardowns on the CPU; stop_machine, STARTING teardowns on
     /// the dying CPU, out of the online mask, its thread parks after finishing the cross-calls it accepted;
     /// PREPARE teardowns on this thread). A no-op for a parked CPU.
+    ///
+    /// A CPU cannot take itself offline: the detach waits until the CPU parks, which it does only at its next safe
+    /// point, after the caller's code returns. Called on `cpu` itself (a cross-call or tasklet on it) it fails at
+    /// once; hand it to another CPU instead (``submit(on:_:)``), which returns at once and detaches `cpu` after the
+    /// caller's code has returned.
     /// - Throws: ``HotplugError/busy(cpu:reason:)`` for the last online CPU or while hotplug is disabled;
     ///   ``HotplugError/stoppedByOrder(cpu:)`` for a CPU stopped by a SIGP order (START it first);
     ///   ``HotplugError/callbackFailed(_:)`` (rolled forward, or not);
     ///   ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` when a CPU does not reach a safe point in time
     ///   (nothing changed then); ``HotplugError/notPresent(cpu:)``, ``HotplugError/invalidCPU(_:)``,
-    ///   ``HotplugError/shutDown``.
+    ///   ``HotplugError/shutDown``; ``HotplugError/wouldDeadlock(operation:reason:)`` when called on `cpu` itself,
+    ///   from a hotplug callback, a stop_machine body or a CPU going offline (docs/ARCHITECTURE.md, "Rules for
+    ///   callbacks and bodies").
     public func offline(_ cpu: Int) throws(HotplugError) {
         try validate(cpu)
+        try refuseReentry(.offline, target: cpu)
         try withOperation { () throws(HotplugError) in try detachLocked(cpu) }
     }
 
     /// parked -> standby: the CPU's thread exits and is joined. A no-op in standby.
     /// - Throws: ``HotplugError/incorrectState(cpu:state:operation:)`` for an online CPU (offline it first),
-    ///   ``HotplugError/invalidCPU(_:)``, ``HotplugError/shutDown``.
+    ///   ``HotplugError/invalidCPU(_:)``, ``HotplugError/shutDown``; ``HotplugError/wouldDeadlock(operation:reason:)``
+    ///   when called on `cpu` itself (its thread cannot join itself), from a hotplug callback, a stop_machine body
+    ///   or a CPU going offline (docs/ARCHITECTURE.md, "Rules for callbacks and bodies").
     public func deconfigure(_ cpu: Int) throws(HotplugError) {
         try validate(cpu)
+        try refuseReentry(.deconfigure, target: cpu)
         try withOperation { () throws(HotplugError) in
             try deconfigureLocked(cpu)
         }
@@ -360,6 +377,28 @@ public final class Machine: Sendable {
         if let thread { Shim.detach(thread) }
         core.control.lifecycle = .exit
         _ = core.control.post(.lifecycle)   // taken at its next safe point: it goes offline, then exits
+    }
+
+    /// Where the calling thread runs inside this machine such that a hotplug operation, a registration or a
+    /// stop_machine would wait for the caller itself: inside a hotplug callback or a stop_machine body (the
+    /// thread's ``ThreadContext``), or on a CPU on its way offline (it runs the cross-calls it accepted, and the
+    /// detach taking it down waits for it to park). nil elsewhere, including on foreign threads while another
+    /// thread's operation runs: they simply wait for the lock. Cold: lifecycle calls only.
+    func reentry() -> DeadlockReason? {
+        let context = ThreadContext.current(machineID: id)
+        if context.contains(.hotplugCallback) { return .insideHotplugCallback }
+        if context.contains(.stopMachineBody) { return .insideStopMachine }
+        // A CPU thread running code is online, unless it runs what it accepted before going offline: its state
+        // says parked from the moment the stop_machine of `cpu:teardown` took it out of the online mask.
+        if let me = currentCPU, state.withLock({ $0.cpus[me] }) != .online { return .callerGoingOffline }
+        return nil
+    }
+
+    /// Throws ``HotplugError/wouldDeadlock(operation:reason:)`` when `operation` would wait for the calling thread
+    /// (see ``reentry()``), or would take down `target` while running on it.
+    func refuseReentry(_ operation: HotplugOperation, target: Int? = nil) throws(HotplugError) {
+        if let reason = reentry() { throw .wouldDeadlock(operation: operation, reason: reason) }
+        if let target, currentCPU == target { throw .wouldDeadlock(operation: operation, reason: .calledOnTargetCPU) }
     }
 
     func withOperation<T>(_ body: () throws(HotplugError) -> T) throws(HotplugError) -> T {

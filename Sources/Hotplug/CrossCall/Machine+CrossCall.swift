@@ -8,9 +8,17 @@ public struct CrossCall: Sendable {
 
     /// Waits until the call has run. Returns false when it did not start within `timeout` and was cancelled
     /// (it will then never run). A logical CPU of the same machine keeps serving its own cross-calls meanwhile.
+    ///
+    /// In a stop_machine body (or a STARTING callback), a call to another CPU cannot start before the stop_machine
+    /// ends, which waits for the caller: it is cancelled at once and `wait` returns false (docs/ARCHITECTURE.md,
+    /// "Rules for callbacks and bodies").
     public func wait(timeout: Duration? = nil) -> Bool {
-        CrossCall.wait(for: request, timeoutNanoseconds: timeout?.nanoseconds ?? -1,
-                       serving: CPUCore.current(in: cores, machineID: machineID))
+        let me = CPUCore.currentID(machineID: machineID)
+        if me != target, ThreadContext.current(machineID: machineID).contains(.stopMachineBody), request.cancel() {
+            return false
+        }
+        return CrossCall.wait(for: request, timeoutNanoseconds: timeout?.nanoseconds ?? -1,
+                              serving: me.map { cores[$0] })
     }
 
     /// Waits for `request` until `timeoutNanoseconds` (negative: no limit) has passed, then cancels it; a call
@@ -29,6 +37,10 @@ extension Machine {
     /// Queues `body` on a logical CPU without waiting (like `smp_call_function_single` with `wait = 0`). It runs
     /// at the CPU's next safe point, delivered with the cheapest sufficient wake-up (see ``sigp(_:_:parameter:)``).
     /// Calls accepted before the CPU goes offline still run, on that CPU, before it parks.
+    ///
+    /// From a stop_machine body the call is posted without a signal (every other CPU waits in the barrier with its
+    /// signal blocked and would not acknowledge one): it runs at the target's first safe point after the
+    /// stop_machine.
     /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/notOnline(cpu:)``,
     ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``.
     @discardableResult
@@ -37,15 +49,24 @@ extension Machine {
         let request = CrossCallRequest(body)
         let core = cores[cpu]
         guard core.enqueue(request) else { throw .notOnline(cpu: cpu) }
-        let delivery = core.control.post(.call)
-        try core.control.deliver(delivery, order: .emergencySignal, cpu: cpu, resendNanoseconds: resendNanoseconds,
-                                 timeoutNanoseconds: responseNanoseconds)
+        if ThreadContext.current(machineID: id).contains(.stopMachineBody) {
+            core.control.postAndWakeIfIdle(.call)   // taken at its safe point after the barrier
+        } else {
+            let delivery = core.control.post(.call)
+            try core.control.deliver(delivery, order: .emergencySignal, cpu: cpu, resendNanoseconds: resendNanoseconds,
+                                     timeoutNanoseconds: responseNanoseconds)
+        }
         return CrossCall(request: request, target: cpu, cores: cores, machineID: id)
     }
 
     /// Runs `body` on a logical CPU's thread and returns its result (like `smp_call_function_single` with
     /// `wait = 1`). Called on that CPU itself, it runs inline. While the caller waits, a caller that is one of this
     /// machine's CPUs keeps serving its own cross-calls.
+    ///
+    /// Called from a hotplug callback, `body` runs in the callback's context: the operation in progress waits for
+    /// it too, so what `body` calls is refused as it would be in the callback. Called from a stop_machine body for
+    /// another CPU, it fails at once: that CPU is stopped until the body returns (docs/ARCHITECTURE.md, "Rules for
+    /// callbacks and bodies").
     /// - Parameters:
     ///   - cpu: the target logical CPU.
     ///   - timeout: how long the call may wait to start; nil: ``Configuration/responseTimeout``. Once started,
@@ -53,14 +74,18 @@ extension Machine {
     ///   - body: the work; it cannot throw (see the form with a throwing body).
     /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/notOnline(cpu:)``,
     ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``, ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``
-    ///   with ``HotplugOperation/crossCall`` (the call was cancelled and never runs).
+    ///   with ``HotplugOperation/crossCall`` (the call was cancelled and never runs);
+    ///   ``HotplugError/wouldDeadlock(operation:reason:)`` with ``DeadlockReason/insideStopMachine`` for another CPU
+    ///   from a stop_machine body.
     public func run<T: Sendable>(on cpu: Int, timeout: Duration? = nil,
                                  _ body: @escaping @Sendable () -> T) throws(HotplugError) -> T {
         try validate(cpu)
         if currentCPU == cpu { return body() }
+        let context = ThreadContext.current(machineID: id)
+        if context.contains(.stopMachineBody) { throw .wouldDeadlock(operation: .crossCall, reason: .insideStopMachine) }
         let box = ResultBox<T>()
         let started = Shim.monotonicNanoseconds()
-        let call = try submit(on: cpu) { box.value = body() }
+        let call = try submit(on: cpu, inContext(context) { box.value = body() })
         let limit = timeout?.nanoseconds ?? responseNanoseconds
         guard CrossCall.wait(for: call.request, timeoutNanoseconds: limit, serving: currentCore) else {
             throw .timeout(cpu: cpu, operation: .crossCall, waitedNanoseconds: Shim.monotonicNanoseconds() - started)
@@ -77,18 +102,23 @@ extension Machine {
 
     /// Runs `body` on every online CPU (each on its own thread, concurrently) and returns the results by CPU id.
     /// CPUs that go offline before the call reaches them are skipped. Called on a logical CPU, that CPU's own
-    /// share runs inline.
+    /// share runs inline. From a hotplug callback, each share runs in the callback's context (see
+    /// ``run(on:timeout:_:)``).
     /// - Throws: ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` with ``HotplugOperation/crossCall``
     ///   when a CPU did not start its call in time (the others still ran theirs);
-    ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``.
+    ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``;
+    ///   ``HotplugError/wouldDeadlock(operation:reason:)`` with ``DeadlockReason/insideStopMachine`` from a
+    ///   stop_machine body (nothing ran).
     public func runOnEach<T: Sendable>(timeout: Duration? = nil,
                                        _ body: @escaping @Sendable (_ cpu: Int) -> T) throws(HotplugError) -> [Int: T] {
         let me = currentCPU
+        let context = ThreadContext.current(machineID: id)
+        if context.contains(.stopMachineBody) { throw .wouldDeadlock(operation: .crossCall, reason: .insideStopMachine) }
         var pending: [(cpu: Int, call: CrossCall, box: ResultBox<T>)] = []
         for cpu in online where cpu != me {
             let box = ResultBox<T>()
             do throws(HotplugError) {
-                pending.append((cpu, try submit(on: cpu) { box.value = body(cpu) }, box))
+                pending.append((cpu, try submit(on: cpu, inContext(context) { box.value = body(cpu) }), box))
             } catch .notOnline {
                 continue   // it went offline since the snapshot
             }
@@ -123,6 +153,17 @@ extension Machine {
         var values: [Int: T] = [:]
         for cpu in results.keys.sorted() { values[cpu] = try results[cpu]!.get() }
         return values
+    }
+}
+
+extension Machine {
+    /// `work` as a cross-call body that runs in `context` (the caller's, which waits for it: a hotplug callback's);
+    /// `work` itself when the context is empty, so that ordinary cross-calls run exactly as before.
+    private func inContext(_ context: ThreadContext,
+                           _ work: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
+        if context.isEmpty { return work }
+        let machineID = id
+        return { context.enter(machineID: machineID) { () -> Void in work() } }
     }
 }
 

@@ -3,10 +3,16 @@ extension Machine {
     public var hotplug: Hotplug { Hotplug(machine: self) }
 
     /// Runs `body` with the online mask held stable (Linux's `cpus_read_lock`): no attach or detach completes
-    /// meanwhile. Do not call it from a hotplug callback, nor on a logical CPU around work that waits for
-    /// stop_machine (an attach waiting for the write lock would wait for that CPU: it then fails with a timeout).
+    /// meanwhile. Do not call it on a logical CPU around work that waits for stop_machine (an attach waiting for
+    /// the write lock would wait for that CPU: it then fails with a timeout), and do not nest it.
+    ///
+    /// Called from a hotplug callback, a stop_machine body or a CPU going offline, it runs `body` at once without
+    /// taking the lock: the operation or stop_machine the caller runs inside already holds the hotplug lock (the
+    /// write lock, or the read lock of a stop_machine) and waits for the caller, so taking it again would wait
+    /// for the caller itself. The mask is then stable but for the operation in progress, which waits for `body`.
     public func withCPUsReadLocked<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        try hotplugLock.withReadLock(body)
+        if reentry() != nil { return try body() }
+        return try hotplugLock.withReadLock(body)
     }
 
     /// The hotplug state machine (see ``HotplugState`` for sections, threads, order and rollback).
@@ -24,7 +30,11 @@ extension Machine {
         ///   - teardown: runs on detach (descending order); nil for none.
         /// - Returns: the state.
         /// - Throws: ``HotplugError/noFreeState(section:)`` when the section's range is full;
-        ///   ``HotplugError/callbackFailed(_:)`` when an invoked startup failed; ``HotplugError/shutDown``.
+        ///   ``HotplugError/callbackFailed(_:)`` when an invoked startup failed; ``HotplugError/shutDown``;
+        ///   ``HotplugError/wouldDeadlock(operation:reason:)`` with ``HotplugOperation/registration`` when called
+        ///   from a hotplug callback, a stop_machine body or a CPU going offline (the state table changes only
+        ///   between operations: register from outside, before or after). The same holds for every change of the
+        ///   table below.
         @discardableResult
         public func register(_ name: String, section: HotplugSection, invokeOnExisting: Bool = true,
                              startup: HotplugCallback?, teardown: HotplugCallback?) throws(HotplugError) -> HotplugState {
@@ -109,8 +119,14 @@ extension Machine {
         public func name(of state: HotplugState) -> String { machine.registry.name(state) }
 
         /// Disables hotplug operations (nesting): until the matching ``enable()``, attach and detach fail with
-        /// ``HotplugError/busy(cpu:reason:)``.
+        /// ``HotplugError/busy(cpu:reason:)``. An operation in progress is waited for; called from inside one (a
+        /// hotplug callback, a stop_machine body, a CPU going offline), it does not wait for it (it waits for the
+        /// caller): that operation completes, and the ones after it are refused.
         public func disable() {
+            if machine.reentry() != nil {
+                machine.registry.contents.withLock { $0.disableDepth += 1 }
+                return
+            }
             machine.operations.withLock { machine.registry.contents.withLock { $0.disableDepth += 1 } }
         }
 
@@ -128,6 +144,7 @@ extension Machine {
     func registerState(_ name: String, section: HotplugSection, invokeOnExisting: Bool,
                        entry: HotplugRegistry.Entry) throws(HotplugError) -> HotplugState {
         guard !name.isEmpty else { throw .invalidConfiguration("a hotplug state needs a name (\"subsys:mode\")") }
+        try refuseReentry(.registration)
         return try withOperation { () throws(HotplugError) in
             try hotplugLock.withWriteLock { () throws(HotplugError) in
                 guard let state = registry.allocate(in: HotplugTable.dynamicSlots(section), entry: entry) else { throw .noFreeState(section: section) }
@@ -150,6 +167,7 @@ extension Machine {
     }
 
     func unregisterState(_ state: HotplugState, invokeTeardown: Bool) throws(HotplugError) {
+        try refuseReentry(.registration)
         try withOperation { () throws(HotplugError) in
             try hotplugLock.withWriteLock { () throws(HotplugError) in
                 guard let entry = registry.entry(state) else { throw .unknownState(state) }
@@ -171,6 +189,7 @@ extension Machine {
     }
 
     func addInstance(_ instance: String, to state: HotplugState, invoke: Bool) throws(HotplugError) {
+        try refuseReentry(.registration)
         try withOperation { () throws(HotplugError) in
             try hotplugLock.withWriteLock { () throws(HotplugError) in
                 guard let entry = registry.entry(state), entry.isMultiInstance else { throw .unknownState(state) }
@@ -200,6 +219,7 @@ extension Machine {
     }
 
     func removeInstance(_ instance: String, from state: HotplugState, invoke: Bool) throws(HotplugError) {
+        try refuseReentry(.registration)
         try withOperation { () throws(HotplugError) in
             try hotplugLock.withWriteLock { () throws(HotplugError) in
                 guard let entry = registry.entry(state), entry.isMultiInstance, entry.instances.contains(instance) else {
@@ -217,15 +237,19 @@ extension Machine {
     }
 
     /// Runs one state's callback for one CPU on the thread its placement requires: PREPARE on the calling
-    /// (control) thread, STARTING on the CPU with its signal blocked, ONLINE on the CPU at a safe point.
+    /// (control) thread, STARTING on the CPU with its signal blocked, ONLINE on the CPU at a safe point; in the
+    /// thread's hotplug-callback context, as in a walk.
     private func invokeOnCPU(_ state: HotplugState, cpu: Int, _ direction: HotplugDirection, injected: Bool = true,
                              _ call: @escaping @Sendable (@Sendable () throws -> Void) throws -> Void) throws {
         let registry = self.registry
+        let machineID = id
         let work: @Sendable () throws -> Void = {
             if injected, registry.takeInjection(cpu, state, direction) {
                 throw InjectedFailure(state: state, cpu: cpu, direction: direction)
             }
-            try call { try registry.invoke(state, cpu: cpu, direction) }
+            try ThreadContext.hotplugCallback.enter(machineID: machineID) { () throws in
+                try call { try registry.invoke(state, cpu: cpu, direction) }
+            }
         }
         switch HotplugTable.placement(of: state) {
         case .control: try work()

@@ -57,10 +57,13 @@ final class HotplugRegistry: Sendable {
 
     let contents: Locked<Contents>
     let logger: Logger
+    /// The machine's id, for the thread context its callbacks run in (``ThreadContext``).
+    let machineID: UInt64
 
-    init(possible: Int, logger: Logger) {
+    init(possible: Int, machineID: UInt64, logger: Logger) {
         contents = Locked(Contents(current: Array(repeating: .offline, count: possible),
                                    target: Array(repeating: .offline, count: possible)))
+        self.machineID = machineID
         self.logger = logger
     }
 
@@ -136,13 +139,25 @@ final class HotplugRegistry: Sendable {
         try run(entry, state, cpu: cpu, direction, mode: mode, machine: machine)
     }
 
-    /// Runs an entry's callback(s) (see ``invoke(_:cpu:_:mode:machine:)``).
+    /// Runs an entry's callback(s) (see ``invoke(_:cpu:_:mode:machine:)``). The callbacks of the subsystems and
+    /// of registered states run in the thread's hotplug-callback context, so that an operation, a registration or a
+    /// stop_machine they call fails at once instead of waiting for the walk that waits for them; the machine's own
+    /// steps do not (they drive stop_machine themselves).
     private func run(_ entry: Entry, _ state: HotplugState, cpu: Int, _ direction: HotplugDirection, mode: WalkMode,
                      machine: Machine?) throws {
         if let step = direction == .startup ? entry.machineStartup : entry.machineTeardown {
             guard let machine else { preconditionFailure("\(entry.name) runs on the control thread, with the machine") }
             try step(machine, cpu, mode)
-        } else if entry.isMultiInstance {
+        } else {
+            try ThreadContext.hotplugCallback.enter(machineID: machineID) { () throws in
+                try runCallbacks(entry, cpu: cpu, direction)
+            }
+        }
+    }
+
+    /// Runs the callback(s) of a subsystem's or a registered state's entry.
+    private func runCallbacks(_ entry: Entry, cpu: Int, _ direction: HotplugDirection) throws {
+        if entry.isMultiInstance {
             let callback = direction == .startup ? entry.instanceStartup : entry.instanceTeardown
             let undo = direction == .startup ? entry.instanceTeardown : entry.instanceStartup
             guard let callback else { return }
@@ -225,10 +240,16 @@ final class HotplugRegistry: Sendable {
 
     /// The STARTING walk, on the target CPU's own thread with its signal blocked (right after SIGP START, or in
     /// the stop_machine that takes it down): startups up to the last STARTING state, or teardowns down to
-    /// ``HotplugState/bringup``. It cannot fail (a STARTING failure traps).
+    /// ``HotplugState/bringup``. It cannot fail (a STARTING failure traps). Every other online CPU waits in
+    /// stop_machine's barrier meanwhile (on attach too, while the control thread's stop_machine body waits for this
+    /// CPU), so the walk runs in the stop_machine context as well: a cross-call to another CPU fails at once. In
+    /// ``WalkMode/retire`` nobody else is online and there is no stop_machine.
     func walkStarting(_ cpu: Int, _ direction: HotplugDirection, mode: WalkMode = .operation) {
+        let context: ThreadContext = mode == .retire ? [] : .stopMachineBody
         do {
-            try invokeRange(cpu, to: HotplugTable.startingEnd(direction), mode: mode, machine: nil)
+            try context.enter(machineID: machineID) { () throws(StepFailure) in
+                try invokeRange(cpu, to: HotplugTable.startingEnd(direction), mode: mode, machine: nil)
+            }
         } catch {
             preconditionFailure("the STARTING walk of CPU \(cpu) returned \(error.error); STARTING callbacks must not fail")
         }

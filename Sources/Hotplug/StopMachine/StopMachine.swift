@@ -16,6 +16,8 @@ final class StopMachineRun: Sendable {
     let expected: Int
     let activeCPUs: CPUSet
     let body: @Sendable (Int) -> Void
+    /// The machine's id: the body runs in the thread's stop_machine context (``ThreadContext``).
+    let machineID: UInt64
     let arrivals = Locked(CPUSet())
     let allArrived = Completion()
     let decision = Atomic<Int>(0)   // 0 pending, 1 go, 2 abort
@@ -23,10 +25,11 @@ final class StopMachineRun: Sendable {
     let finished = Atomic<Int>(0)
     let allFinished = Completion()
 
-    init(participants: CPUSet, active: CPUSet, body: @escaping @Sendable (Int) -> Void) {
+    init(participants: CPUSet, active: CPUSet, machineID: UInt64, body: @escaping @Sendable (Int) -> Void) {
         expected = participants.count
         barrier = SpinBarrier(participants: max(1, participants.count))
         activeCPUs = active
+        self.machineID = machineID
         self.body = body
     }
 
@@ -49,7 +52,10 @@ final class StopMachineRun: Sendable {
             switch step {
             case .prepare: break
             case .disableInterrupts: try? Shim.blockSIGP(true)   // interrupts off: cannot fail for a valid signal
-            case .run: if activeCPUs.contains(cpu) { body(cpu) }
+            case .run:
+                // In the stop_machine context: what would wait for a stopped CPU (a hotplug operation, another
+                // stop_machine, a cross-call to another CPU) fails at once instead (two thread-local stores).
+                if activeCPUs.contains(cpu) { ThreadContext.stopMachineBody.enter(machineID: machineID) { body(cpu) } }
             case .exit: try? Shim.blockSIGP(false)
             }
             barrier.wait(&me)
@@ -70,6 +76,13 @@ extension Machine {
     /// changed, and ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` names a CPU that did not arrive.
     ///
     /// Called on a logical CPU, that CPU takes part inline.
+    ///
+    /// What the body may call (docs/ARCHITECTURE.md, "Rules for callbacks and bodies"): code that does not wait
+    /// for another CPU, ``run(on:timeout:_:)`` on its own CPU, ``submit(on:_:)`` (the call runs after the
+    /// stop_machine), ``Tasklet/schedule(on:)``, ``sigp(_:_:parameter:)``, ``withCPUsReadLocked(_:)`` (the mask is
+    /// already stable: it runs at once). A hotplug operation, a registration, a nested stop_machine, and a
+    /// cross-call it would wait for on another CPU (every other CPU is stopped) throw
+    /// ``HotplugError/wouldDeadlock(operation:reason:)`` with ``DeadlockReason/insideStopMachine`` at once.
     /// - Parameters:
     ///   - active: the CPUs that run `body`; nil: the first online CPU. CPUs not online are ignored.
     ///   - timeout: how long the CPUs may take to arrive; nil: ``Configuration/responseTimeout``.
@@ -77,9 +90,12 @@ extension Machine {
     ///     with a throwing body).
     /// - Throws: ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` with ``HotplugOperation/stopMachine``
     ///   (the body ran nowhere); ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)`` when the first
-    ///   online CPU, which coordinates a run called from outside the machine's CPUs, was not reached.
+    ///   online CPU, which coordinates a run called from outside the machine's CPUs, was not reached;
+    ///   ``HotplugError/wouldDeadlock(operation:reason:)`` with ``HotplugOperation/stopMachine`` when called from a
+    ///   stop_machine body, a hotplug callback or a CPU going offline (the body ran nowhere).
     public func stopMachine(active: CPUSet? = nil, timeout: Duration? = nil,
                             _ body: @escaping @Sendable (_ cpu: Int) -> Void) throws(HotplugError) {
+        try refuseReentry(.stopMachine)
         try hotplugLock.withReadLock { () throws(HotplugError) in
             try stopMachineLocked(active: active, timeout: timeout, body)
         }
@@ -91,6 +107,7 @@ extension Machine {
     /// - Throws: the body's error; the ``HotplugError``s of the form with a body that cannot throw.
     public func stopMachine(active: CPUSet? = nil, timeout: Duration? = nil,
                             _ body: @escaping @Sendable (_ cpu: Int) throws -> Void) throws {
+        try refuseReentry(.stopMachine)
         try hotplugLock.withReadLock { () throws in
             try stopMachineLocked(active: active, timeout: timeout, body)
         }
@@ -140,7 +157,7 @@ extension Machine {
         let participants = online
         guard let first = participants.first(where: { _ in true }) else { return }
         let runners = active.map { CPUSet($0.filter { participants.contains($0) }) } ?? [first]
-        let run = StopMachineRun(participants: participants, active: runners, body: body)
+        let run = StopMachineRun(participants: participants, active: runners, machineID: id, body: body)
         let me = currentCPU.flatMap { participants.contains($0) ? $0 : nil }
         let waiter = currentCore
         let started = Shim.monotonicNanoseconds()

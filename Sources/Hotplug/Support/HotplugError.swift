@@ -54,6 +54,13 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
     /// ``Tasklet/kill()`` was called from inside the tasklet itself (it would wait for itself forever).
     case taskletKillsItself
 
+    // MARK: Calls from where they would wait for themselves
+    /// `operation` was called from where it would wait for the caller itself (on the CPU it would take offline,
+    /// inside a hotplug callback, inside a stop_machine body, on a CPU on its way offline), so it did nothing and
+    /// failed at once instead of deadlocking. docs/ARCHITECTURE.md, "Rules for callbacks and bodies", says what
+    /// may be called where.
+    case wouldDeadlock(operation: HotplugOperation, reason: DeadlockReason)
+
     public var description: String {
         switch self {
         case .invalidCPU(let cpu): return "invalid logical CPU id \(cpu)"
@@ -81,6 +88,8 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
             return "cannot inject a \(direction) failure at \(state): \(reason)"
         case .unknownState(let state): return "no such hotplug state (or instance): \(state)"
         case .taskletKillsItself: return "a tasklet cannot kill itself: kill() would wait for its own run to end"
+        case .wouldDeadlock(let operation, let reason):
+            return "\(operation) would deadlock: \(reason); nothing was done"
         }
     }
 }
@@ -101,6 +110,12 @@ public enum HotplugOperation: String, Sendable, CaseIterable, CustomStringConver
     case crossCall = "cross-call"
     /// ``Machine/stopMachine(active:timeout:_:)``, and the attach and detach steps that run inside one.
     case stopMachine = "stop_machine"
+    /// ``Machine/Hotplug-swift.struct/register(_:section:invokeOnExisting:startup:teardown:)`` and the other
+    /// changes of the state table: ``Machine/Hotplug-swift.struct/registerMultiInstance(_:section:startup:teardown:)``,
+    /// ``Machine/Hotplug-swift.struct/unregister(_:invokeTeardown:)``,
+    /// ``Machine/Hotplug-swift.struct/addInstance(_:to:invoke:)``,
+    /// ``Machine/Hotplug-swift.struct/removeInstance(_:from:invoke:)``.
+    case registration
 
     public var description: String { rawValue }
 }
@@ -114,6 +129,25 @@ public enum BusyReason: String, Sendable, CaseIterable, CustomStringConvertible 
     case lastOnlineCPU = "it is the last online CPU"
     /// The thread the call would start already runs (``Balancer/start(interval:onOutcome:)``).
     case alreadyRunning = "it already runs"
+
+    public var description: String { rawValue }
+}
+
+/// Why a call would have waited for its caller (``HotplugError/wouldDeadlock(operation:reason:)``).
+public enum DeadlockReason: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Called on the logical CPU it would take offline or deconfigure: the operation waits until that CPU parks,
+    /// which it can do only once the caller's code has returned. Call it from another CPU or thread (for example
+    /// with ``Machine/submit(on:_:)`` to another CPU).
+    case calledOnTargetCPU = "it runs on the CPU it would take down"
+    /// Called from a hotplug callback (or from a cross-call that a callback waits for): the operation in progress
+    /// holds the operations lock and the hotplug write lock, and waits for the callback.
+    case insideHotplugCallback = "it runs inside a hotplug callback"
+    /// Called from a stop_machine body (or a STARTING callback of an attach, which runs inside one): every other
+    /// online CPU waits in the barrier with its signal blocked until the body returns.
+    case insideStopMachine = "it runs inside a stop_machine body"
+    /// Called on a CPU on its way offline (running the cross-calls it accepted before it parks): the detach taking
+    /// it down holds the locks and waits for it to park.
+    case callerGoingOffline = "it runs on a CPU that is going offline"
 
     public var description: String { rawValue }
 }
