@@ -11,7 +11,7 @@ import Testing
 /// with status 3 after `childLimit`, so the test fails within seconds instead of hanging the run.
 @Suite struct ReentrancyTests {
     @Test func aCPUCannotTakeItselfDownFromACrossCallOrATasklet() async throws {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             startWatchdog()
             let m = try Machine(cpus: 3, configuration: .init(responseTimeout: .seconds(2)))
             defer { m.shutdown() }
@@ -57,11 +57,10 @@ import Testing
             try m.deconfigure(1)
             childExpect(m.present == [0, 2], "deconfigure(1) from outside: \(m.present)")
         }
-        printStandardError(result)
     }
 
     @Test func aStopMachineBodyCannotOfflineNestOrWaitForAnotherCPU() async throws {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             startWatchdog()
             let m = try Machine(cpus: 3, configuration: .init(responseTimeout: .seconds(2)))
             defer { m.shutdown() }
@@ -115,28 +114,25 @@ import Testing
             try m.offline(1)
             childExpect(m.online == [0, 2], "offline(1) afterwards: \(m.online)")
         }
-        printStandardError(result)
     }
 
     @Test func hotplugCallsFromAPrepareCallbackAreRefused() async throws {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             startWatchdog()
             try callsFromACallback(section: .prepare)
         }
-        printStandardError(result)
     }
 
     @Test func hotplugCallsFromAnOnlineCallbackAreRefused() async throws {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             startWatchdog()
             try callsFromACallback(section: .online)
         }
-        printStandardError(result)
     }
 
     /// A STARTING callback runs inside stop_machine: a stop_machine or a cross-call to another CPU is refused.
     @Test func callsFromAStartingCallbackAreRefused() async throws {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             startWatchdog()
             let m = try Machine(cpus: 3, configuration: .init(initiallyOnline: 2, responseTimeout: .seconds(2)))
             defer { m.shutdown() }
@@ -155,13 +151,12 @@ import Testing
             childExpect(seen["offline"] == .wouldDeadlock(operation: .offline, reason: .insideHotplugCallback), "offline: \(String(describing: seen["offline"]))")
             childExpect(m.online == [0, 1, 2], "the attach completed: \(m.online)")
         }
-        printStandardError(result)
     }
 
     /// A cross-call accepted by a CPU just before it goes offline runs on the way down, while the detach waits for
     /// that CPU to park: a hotplug operation from it is refused.
     @Test func aCrossCallRunOnTheWayOfflineCannotStartAnOperation() async throws {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             startWatchdog()
             let m = try Machine(cpus: 3, configuration: .init(responseTimeout: .seconds(2)))
             defer { m.shutdown() }
@@ -180,12 +175,11 @@ import Testing
             childExpect(seen == .wouldDeadlock(operation: .offline, reason: .callerGoingOffline), "offline(2) on the way down: \(String(describing: seen))")
             childExpect(m.online == [0, 2], "\(m.online)")
         }
-        printStandardError(result)
     }
 
     /// A SIGP STOP a CPU sends itself stops it right there, as on S/390, until another CPU STARTs it.
     @Test func aCPUThatStopsItselfWaitsForAStart() async throws {
-        let result = await #expect(processExitsWith: .success, observing: [\.standardErrorContent]) {
+        await #expect(processExitsWith: .success) {
             startWatchdog()
             let m = try Machine(cpus: 2, configuration: .init(responseTimeout: .seconds(2)))
             defer { m.shutdown() }
@@ -199,7 +193,6 @@ import Testing
             childExpect(try m.sigp(1, .start).conditionCode == .accepted, "START")
             childExpect(call.wait(timeout: .seconds(5)) && resumed.load(ordering: .acquiring), "CPU 1 did not resume")
         }
-        printStandardError(result)
     }
 }
 
@@ -260,17 +253,11 @@ private func callsFromACallback(section: HotplugSection) throws {
 /// deadlocks; a response timeout (2 s in these machines) may pass once or twice before a deadlock shows.
 private let childLimit: Duration = .seconds(10)
 
-/// Prints what a child process wrote to standard error (why it failed).
-private func printStandardError(_ result: ExitTest.Result?) {
-    guard let result, !result.standardErrorContent.isEmpty else { return }
-    print(String(decoding: result.standardErrorContent, as: UTF8.self), terminator: "")
-}
-
-/// Starts the watchdog of a child process: it exits with status 3 after `childLimit`.
+/// Starts the watchdog of a child process: after `childLimit` it records the deadlock and exits with status 3.
 private func startWatchdog() {
     Thread.detachNewThread {
         Thread.sleep(forTimeInterval: Double(childLimit.components.seconds))
-        FileHandle.standardError.write(Data("deadlock: the child did not finish within \(childLimit)\n".utf8))
+        Issue.record("deadlock: the child did not finish within \(childLimit)")
         _exit(3)
     }
 }
@@ -281,10 +268,12 @@ private func asHotplugError(_ error: any Error) -> HotplugError {
     (error as? HotplugError) ?? .invalidConfiguration("not a HotplugError: \(error)")
 }
 
-/// A check inside a child process: on failure, says why on standard error and exits with status 1.
-private func childExpect(_ condition: Bool, _ message: @autoclosure () -> String) {
+/// A check inside a child process: on failure, records the issue (the parent reports it) and exits with status 1
+/// (what comes after a failed check might deadlock).
+private func childExpect(_ condition: Bool, _ message: @autoclosure () -> String,
+                         sourceLocation: SourceLocation = #_sourceLocation) {
     if !condition {
-        FileHandle.standardError.write(Data("check failed: \(message())\n".utf8))
+        Issue.record("\(message())", sourceLocation: sourceLocation)
         exit(1)
     }
 }
