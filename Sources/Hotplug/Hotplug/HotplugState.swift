@@ -76,8 +76,10 @@
 /// die). An armed failure fires at the next run of that callback, in an operation or in a rollback.
 ///
 /// Locks: lifecycle operations and registrations are serialised; an attach or detach holds the hotplug write lock
-/// for its whole walk, so ``Machine/withCPUsReadLocked(_:)`` sees a stable online mask. Callbacks must not take
-/// the read lock (they run under the write lock) and must not start hotplug operations.
+/// for its whole walk, so ``Machine/withCPUsReadLocked(_:)`` sees a stable online mask. A callback runs inside
+/// that operation: an attach, detach, registration or stop_machine it calls throws
+/// ``HotplugError/wouldDeadlock(operation:reason:)`` at once, and ``Machine/withCPUsReadLocked(_:)`` runs its body
+/// without taking the lock again (docs/ARCHITECTURE.md, "Rules for callbacks and bodies").
 public struct HotplugState: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
     public let rawValue: Int
     public init(rawValue: Int) { self.rawValue = rawValue }
