@@ -10,6 +10,13 @@ extension Machine {
     /// pending, for every order but the resets); 3 not operational (no such CPU id, or the CPU is in standby).
     /// Orders that are not modelled answer cc 1 with ``SIGPStatus/invalidOrder``.
     ///
+    /// An order a CPU sends itself never waits for its own acknowledgement: a STOP stops it on the spot, as on
+    /// S/390, until another CPU or thread sends START (a hotplug operation waiting for that CPU waits meanwhile);
+    /// with its signal blocked (a stop_machine body, a STARTING callback) the order waits for its next safe point.
+    /// From there, an order to another CPU that needs its signal waits out the response bound and throws
+    /// ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``: every other CPU has its signal blocked until
+    /// the stop_machine ends (docs/ARCHITECTURE.md, "Rules for callbacks and bodies").
+    ///
     /// - Parameters:
     ///   - cpu: the target logical CPU. An id outside `0..<possible` answers cc 3, as on S/390.
     ///   - order: the order code.
