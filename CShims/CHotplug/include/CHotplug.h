@@ -286,6 +286,42 @@ static inline intptr_t chp_cpu_self_logical(uint64_t machine) {
     return chp_self_machine == machine ? chp_self_logical : -1;
 }
 
+/// Runtime lock sections ("no-stop" sections): SIGP actions wait for the next safe point while a logical CPU is
+/// inside one. A STOP (or STOP_AND_STORE_STATUS) whose signal reaches a CPU thread inside such a section does not
+/// stop it there: the handler acknowledges the signal, leaves the order pending and sets `chp_nostop_deferred`;
+/// the outermost chp_nostop_leave then sends the signal to the thread again, and the handler stops it there, with
+/// no runtime lock held (or at the point where the thread unblocks the signal, or at its next safe point, whichever
+/// comes first). The runtime's own locks (Lock, Locked, ReadWriteLock in Sources/Hotplug/Shim/Lock.swift) enter a
+/// section before they lock and leave it after they unlock, on every thread: a plain thread-local increment and
+/// decrement, no system call. RESTART and the other orders already run only at safe points.
+///
+/// The depth is written only by its own thread; the handler (same thread) only reads it. `chp_nostop_deferred` is
+/// set by the handler and cleared by chp_nostop_resume_stop, on the same thread. Compiler signal fences order the
+/// accesses against the handler (a signal handler runs on the interrupted thread: no hardware fence is needed).
+extern __thread uint32_t chp_nostop_depth __attribute__((tls_model("initial-exec")));
+extern __thread volatile uint32_t chp_nostop_deferred __attribute__((tls_model("initial-exec")));
+/// The slow path of chp_nostop_leave: clears `chp_nostop_deferred` and sends the SIGP signal to the calling thread
+/// again (a logical CPU with an installed signal; otherwise it only clears the flag). Cannot fail: a failed tgkill
+/// leaves the STOP pending in the mailbox for the CPU's next safe point.
+void chp_nostop_resume_stop(void);
+/// Enters a runtime lock section (nests). Cannot fail.
+static inline void chp_nostop_enter(void) {
+    chp_nostop_depth += 1;
+    // The handler must see the new depth before the lock is taken (compiler barrier only: same thread).
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+/// Leaves a runtime lock section; the outermost leave lets a STOP deferred inside it take effect. Cannot fail.
+static inline void chp_nostop_leave(void) {
+    // The lock is released before the depth drops (compiler barrier only: same thread).
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    uint32_t depth = chp_nostop_depth - 1;
+    chp_nostop_depth = depth;
+    // Read the flag after the depth dropped: a handler running from here on sees depth 0 and stops at once, one
+    // that ran before set the flag, which this load sees.
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (__builtin_expect(chp_nostop_deferred != 0, 0) && depth == 0) chp_nostop_resume_stop();
+}
+
 /// Blocks (`block` true) or unblocks the SIGP signal for the calling thread ("interrupts off/on").
 /// Returns 0, or an errno value: EINVAL (no SIGP signal is installed), or pthread_sigmask's.
 int chp_sigp_block(bool block);
