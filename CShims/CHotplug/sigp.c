@@ -48,6 +48,11 @@ __thread volatile uint32_t chp_nostop_deferred __attribute__((tls_model("initial
 
 static _Atomic int chp_installed_signal;
 static _Atomic int chp_install_refs;
+// Threads bound as logical CPUs (chp_cpu_bind_self .. chp_cpu_unbind_self), under the install lock. The handler
+// stays installed while any is bound, even after the last machine dropped its reference: a CPU thread that shutdown
+// left running (busy in a long cross-call or tasklet) may still have a SIGP signal pending, and the default action
+// of a real-time signal kills the process.
+static int chp_bound_threads;
 static _Atomic int chp_install_lock;   // a tiny spin lock: installation is rare and never on a hot path
 
 static void install_lock(void) {
@@ -225,22 +230,33 @@ int chp_sigp_install(int signo) {
     return 0;
 }
 
+// Restores the default disposition once no machine references the signal and no logical CPU thread is left.
+// Caller holds the install lock.
+static int restore_default_if_unused(void) {
+    int signo = atomic_load_explicit(&chp_installed_signal, memory_order_relaxed);
+    if (signo == 0 || atomic_load_explicit(&chp_install_refs, memory_order_relaxed) != 0 || chp_bound_threads != 0) {
+        return 0;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    int rc = sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
+    atomic_store_explicit(&chp_installed_signal, 0, memory_order_relaxed);
+    return rc;
+}
+
 int chp_sigp_uninstall(int signo) {
     install_lock();
     int current = atomic_load_explicit(&chp_installed_signal, memory_order_relaxed);
-    if (current != signo || current == 0) { install_unlock(); return EINVAL; }
-    if (atomic_fetch_sub_explicit(&chp_install_refs, 1, memory_order_relaxed) == 1) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = SIG_DFL;
-        sigemptyset(&sa.sa_mask);
-        int rc = sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
-        atomic_store_explicit(&chp_installed_signal, 0, memory_order_relaxed);
+    if (current != signo || current == 0 || atomic_load_explicit(&chp_install_refs, memory_order_relaxed) == 0) {
         install_unlock();
-        return rc;
+        return EINVAL;
     }
+    atomic_fetch_sub_explicit(&chp_install_refs, 1, memory_order_relaxed);
+    int rc = restore_default_if_unused();   // else the last thread to unbind restores it
     install_unlock();
-    return 0;
+    return rc;
 }
 
 int chp_sigp_signal(void) { return atomic_load_explicit(&chp_installed_signal, memory_order_relaxed); }
@@ -285,6 +301,9 @@ bool chp_sigp_is_blocked(void) {
 
 int chp_cpu_bind_self(chp_cpu_t *cpu) {
     atomic_store_explicit(AI32(&cpu->tid), (int32_t)chp_gettid(), memory_order_release);
+    install_lock();
+    chp_bound_threads++;
+    install_unlock();
     chp_self = cpu;
     return chp_sigp_block(false);
 }
@@ -296,9 +315,16 @@ void chp_cpu_set_self_identity(uint64_t machine, intptr_t logical) {
 
 void chp_cpu_unbind_self(void) {
     (void)chp_sigp_block(true);
+    bool bound = chp_self != NULL;
     chp_self = NULL;
     chp_self_machine = 0;
     chp_self_logical = -1;
+    if (!bound) return;
+    // The signal is blocked for good on this thread (a pending one dies with it): it no longer needs the handler.
+    install_lock();
+    chp_bound_threads--;
+    (void)restore_default_if_unused();
+    install_unlock();
 }
 
 // MARK: Posting internal bits

@@ -256,8 +256,11 @@ void chp_cpu_destroy(chp_cpu_t *cpu);
 /// Returns 0, or an errno value: EINVAL (a signal that cannot carry SIGP), EBUSY (the application already has a
 /// handler there), EEXIST (SIGP already uses another signal in this process).
 int chp_sigp_install(int signo);
-/// Drops one reference; the last one restores the default disposition. Returns 0, or an errno value: EINVAL
-/// (`signo` is not the installed SIGP signal), or sigaction's.
+/// Drops one reference. The default disposition comes back when no reference is left and no thread is bound as a
+/// logical CPU (chp_cpu_bind_self); until then the handler stays (it ignores the signal on unbound threads), and the
+/// last thread to unbind restores it. So a CPU thread left running by a shutdown never meets the signal's default
+/// action. Returns 0, or an errno value: EINVAL (`signo` is not the installed SIGP signal, or has no reference), or
+/// sigaction's.
 int chp_sigp_uninstall(int signo);
 /// The signal installed, or 0. Cannot fail.
 int chp_sigp_signal(void);
@@ -271,7 +274,8 @@ int chp_sigrtmax(void);
 /// either way.
 int chp_cpu_bind_self(chp_cpu_t *cpu);
 /// Blocks the SIGP signal for the calling thread and unbinds it (clears what chp_cpu_bind_self and
-/// chp_cpu_set_self_identity set). Cannot fail.
+/// chp_cpu_set_self_identity set); the last thread to unbind after the last chp_sigp_uninstall restores the signal's
+/// default disposition. Cannot fail (a failed sigaction there leaves the ignoring handler installed).
 void chp_cpu_unbind_self(void);
 
 /// The calling thread's identity as a logical CPU: its machine's id (never 0) and its CPU id; 0 and -1 on any other
