@@ -1,7 +1,8 @@
 // The SIGP mechanism: control blocks, the mailbox, wake-up delivery, the signal handler, stopping "wherever it
-// is", and the CPU-side safe point, poll, idle and offline park. Which condition code and status an order
-// answers, and which bits it posts, is the S/390 order policy in sigp_orders.c; the helpers both files use
-// (ticket, post, status store) are inline in internal.h.
+// is" (outside the runtime's lock sections: see chp_nostop_enter in CHotplug.h), and the CPU-side safe point,
+// poll, idle and offline park. Which condition code and status an order answers, and which bits it posts, is the
+// S/390 order policy in sigp_orders.c; the helpers both files use (ticket, post, status store) are inline in
+// internal.h.
 //
 // Memory-ordering map, for sigp.c, sigp_orders.c and internal.h (every pair names its partner):
 // - P1 mailbox: senders post with a release RMW (chp_post, or an order's CAS in chp_sigp_post); the CPU takes
@@ -42,9 +43,16 @@
 static __thread chp_cpu_t *chp_self __attribute__((tls_model("initial-exec")));
 __thread uint64_t chp_self_machine __attribute__((tls_model("initial-exec")));
 __thread intptr_t chp_self_logical __attribute__((tls_model("initial-exec"))) = -1;
+__thread uint32_t chp_nostop_depth __attribute__((tls_model("initial-exec")));
+__thread volatile uint32_t chp_nostop_deferred __attribute__((tls_model("initial-exec")));
 
 static _Atomic int chp_installed_signal;
 static _Atomic int chp_install_refs;
+// Threads bound as logical CPUs (chp_cpu_bind_self .. chp_cpu_unbind_self), under the install lock. The handler
+// stays installed while any is bound, even after the last machine dropped its reference: a CPU thread that shutdown
+// left running (busy in a long cross-call or tasklet) may still have a SIGP signal pending, and the default action
+// of a real-time signal kills the process.
+static int chp_bound_threads;
 static _Atomic int chp_install_lock;   // a tiny spin lock: installation is rare and never on a hot path
 
 static void install_lock(void) {
@@ -140,6 +148,17 @@ static void sigp_handler(int signo, siginfo_t *info, void *context) {
         return;
     }
     atomic_fetch_add_explicit(A64(&cpu->signals_received), 1, memory_order_relaxed);
+    // Inside a runtime lock section (chp_nostop_enter): a thread stopped here would park holding the lock, and
+    // every thread that needs it (a cross-call to another CPU, a hotplug operation, stop_machine) would wait for
+    // its START. Leave the STOP pending and answer; the outermost chp_nostop_leave raises the signal again.
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (chp_nostop_depth != 0) {
+        // Acquire: P1 (reads the order bits the sender posted before its signal).
+        if (atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire) & CHP_MB_STOP) chp_nostop_deferred = 1;
+        acknowledge(cpu);
+        errno = saved_errno;
+        return;
+    }
     uint32_t consumed = consume_stop(cpu);
     if (consumed != 0) {
         // Stop wherever it is: record the interrupted instruction and stack pointer from the ucontext.
@@ -211,27 +230,54 @@ int chp_sigp_install(int signo) {
     return 0;
 }
 
+// Restores the default disposition once no machine references the signal and no logical CPU thread is left.
+// Caller holds the install lock.
+static int restore_default_if_unused(void) {
+    int signo = atomic_load_explicit(&chp_installed_signal, memory_order_relaxed);
+    if (signo == 0 || atomic_load_explicit(&chp_install_refs, memory_order_relaxed) != 0 || chp_bound_threads != 0) {
+        return 0;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    int rc = sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
+    atomic_store_explicit(&chp_installed_signal, 0, memory_order_relaxed);
+    return rc;
+}
+
 int chp_sigp_uninstall(int signo) {
     install_lock();
     int current = atomic_load_explicit(&chp_installed_signal, memory_order_relaxed);
-    if (current != signo || current == 0) { install_unlock(); return EINVAL; }
-    if (atomic_fetch_sub_explicit(&chp_install_refs, 1, memory_order_relaxed) == 1) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = SIG_DFL;
-        sigemptyset(&sa.sa_mask);
-        int rc = sigaction(signo, &sa, NULL) == 0 ? 0 : errno;
-        atomic_store_explicit(&chp_installed_signal, 0, memory_order_relaxed);
+    if (current != signo || current == 0 || atomic_load_explicit(&chp_install_refs, memory_order_relaxed) == 0) {
         install_unlock();
-        return rc;
+        return EINVAL;
     }
+    atomic_fetch_sub_explicit(&chp_install_refs, 1, memory_order_relaxed);
+    int rc = restore_default_if_unused();   // else the last thread to unbind restores it
     install_unlock();
-    return 0;
+    return rc;
 }
 
 int chp_sigp_signal(void) { return atomic_load_explicit(&chp_installed_signal, memory_order_relaxed); }
 int chp_sigrtmin(void) { return SIGRTMIN; }
 int chp_sigrtmax(void) { return SIGRTMAX; }
+
+// MARK: Runtime lock sections
+
+void chp_nostop_resume_stop(void) {
+    chp_nostop_deferred = 0;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    chp_cpu_t *cpu = chp_self;
+    int signo = chp_sigp_signal();
+    if (cpu == NULL || signo == 0) return;
+    // The handler stops the thread right after tgkill returns (signal unblocked), or when the thread unblocks it;
+    // a STOP taken meanwhile at a safe point, or absorbed by going offline, makes it a plain acknowledgement.
+    pid_t tid = (pid_t)atomic_load_explicit(AI32(&cpu->tid), memory_order_relaxed);   // our own: no pairing
+    if (syscall(SYS_tgkill, getpid(), tid, signo) == 0) {
+        atomic_fetch_add_explicit(A64(&cpu->signals_sent), 1, memory_order_relaxed);
+    }
+}
 
 // MARK: Binding a thread, blocking the signal
 
@@ -255,6 +301,9 @@ bool chp_sigp_is_blocked(void) {
 
 int chp_cpu_bind_self(chp_cpu_t *cpu) {
     atomic_store_explicit(AI32(&cpu->tid), (int32_t)chp_gettid(), memory_order_release);
+    install_lock();
+    chp_bound_threads++;
+    install_unlock();
     chp_self = cpu;
     return chp_sigp_block(false);
 }
@@ -266,9 +315,16 @@ void chp_cpu_set_self_identity(uint64_t machine, intptr_t logical) {
 
 void chp_cpu_unbind_self(void) {
     (void)chp_sigp_block(true);
+    bool bound = chp_self != NULL;
     chp_self = NULL;
     chp_self_machine = 0;
     chp_self_logical = -1;
+    if (!bound) return;
+    // The signal is blocked for good on this thread (a pending one dies with it): it no longer needs the handler.
+    install_lock();
+    chp_bound_threads--;
+    (void)restore_default_if_unused();
+    install_unlock();
 }
 
 // MARK: Posting internal bits

@@ -83,6 +83,63 @@ private final class EventLog: Sendable {
         #expect(m.online == m.possible)
     }
 
+    /// `stop()` from the follower's own event handler returns; the follower makes no change after the handler,
+    /// and its thread ends. Bounded: a stop that never returns fails the test (the follower is leaked then).
+    @Test func aFollowerStoppedFromItsOwnHandlerStops() throws {
+        let m = try Machine(cpus: 2)
+        defer { m.shutdown() }
+        try #require(m.topology.physicalCPUs.count >= 2, "needs two CPUs to break a pinning")
+        let reference = ReferenceThread()
+        defer { reference.finish() }
+        let follower = Locked<Follower?>(nil)
+        let handled = Locked<(events: Int, returned: Int, thread: Int32)>((0, 0, 0))
+        let made = try m.follow(.init(affinityThread: reference.tid, followCgroup: false, followKernel: false)) { _ in
+            handled.withLock { $0.events += 1; $0.thread = Shim.currentThreadID }
+            follower.withLock { $0 }?.stop()
+            handled.withLock { $0.returned += 1 }
+        }
+        follower.withLock { $0 = made }
+        let tid = try #require(try m.threadID(of: 0))
+        try Shim.setAffinity(thread: tid, cpus: m.topology.physicalCPUs)   // the follower repins it: one event
+        guard eventually(timeout: .seconds(5), { handled.withLock { $0.returned } == 1 }) else {
+            Issue.record("stop() from the event handler did not return")
+            return
+        }
+        let thread = handled.withLock { $0.thread }
+        #expect(eventually { !threadExists(thread) }, "the follower's thread did not end")
+        try Shim.setAffinity(thread: tid, cpus: m.topology.physicalCPUs)   // no follower to repin it now
+        usleep(20_000)
+        #expect(handled.withLock { $0.events } == 1)
+        #expect(try allowedCPUs(ofThread: tid) != "\(try m.physicalCPU(of: 0))")
+        made.stop()   // idempotent, from another thread
+    }
+
+    /// A follower dropped without `stop()` ends its thread and no longer keeps the machine alive.
+    @Test func aDroppedFollowerEndsItsThreadAndReleasesTheMachine() throws {
+        let reference = ReferenceThread()
+        defer { reference.finish() }
+        weak var weakMachine: Machine?
+        let thread = Locked<Int32>(0)
+        do {
+            let m = try Machine(cpus: 2)
+            weakMachine = m
+            try #require(m.topology.physicalCPUs.count >= 2, "needs two CPUs to break a pinning")
+            var follower: Follower? = try m.follow(.init(affinityThread: reference.tid, followCgroup: false,
+                                                         followKernel: false)) { _ in
+                thread.withLock { $0 = Shim.currentThreadID }
+            }
+            // One event tells which thread is the follower's.
+            try Shim.setAffinity(thread: try #require(try m.threadID(of: 0)), cpus: m.topology.physicalCPUs)
+            #expect(eventually { thread.withLock { $0 } != 0 })
+            #expect(follower != nil)
+            follower = nil
+        }
+        let tid = thread.withLock { $0 }
+        #expect(eventually { !threadExists(tid) }, "the dropped follower's thread still runs")
+        #expect(eventually { weakMachine == nil }, "the dropped follower keeps the machine alive")
+        weakMachine?.shutdown()   // only when the test failed: the machine was leaked
+    }
+
     @Test func theLastOnlineCPUStaysAndItsFailedDetachIsReportedOnce() throws {
         let m = try Machine(cpus: 2)
         defer { m.shutdown() }

@@ -328,4 +328,79 @@ import Testing
         #expect(eventually { calls(8) == 1 })
         #expect(try m.sigp(1, .sense).conditionCode == .accepted)   // not check-stopped
     }
+
+    /// A STOP that reaches a CPU while it holds a runtime lock (here: another CPU's cross-call queue lock) takes
+    /// effect after the lock is released: a cross-call with a 5 ms timeout to that other CPU returns within its
+    /// bound while the CPU is stopped, and a stop_machine that times out names the stopped CPU. Every wait is
+    /// bounded: a watchdog STARTs the stopped CPU after 600 ms, so a stop inside the lock shows as a late call.
+    @Test func aStopNeverParksACPUInsideARuntimeLock() throws {
+        let m = try Machine(cpus: 3, configuration: .init(responseTimeout: .seconds(2), resendInterval: .milliseconds(5)))
+        defer { m.shutdown() }
+        let queueOfTwo = m.cores[2].calls
+        final class Flags: Sendable {
+            let done = Atomic<Bool>(false)
+            let inLoop = Atomic<Bool>(false)
+            let round = Atomic<Int>(0)
+        }
+        let flags = Flags()
+        // CPU 1: spends most of its time inside CPU 2's cross-call queue lock, and makes real cross-calls to CPU 2.
+        let busy = try m.submit(on: 1) {
+            flags.inLoop.store(true, ordering: .releasing)
+            var i = 0
+            while !flags.done.load(ordering: .acquiring) {
+                queueOfTwo.withLock { _ in
+                    let end = Shim.monotonicNanoseconds() + 50_000
+                    while Shim.monotonicNanoseconds() < end {}
+                }
+                i += 1
+                if i % 16 == 0 { _ = try? m.run(on: 2, timeout: .milliseconds(50)) {} }
+            }
+        }
+        #expect(eventually { flags.inLoop.load(ordering: .acquiring) })
+        /// STARTs CPU 1 after 600 ms unless round `r` is over by then.
+        func watchdog(_ r: Int) {
+            DispatchQueue.global().asyncAfter(deadline: .now() + 0.6) {
+                if flags.round.load(ordering: .acquiring) == r { _ = try? m.sigp(1, .start) }
+            }
+        }
+        var worst = Duration.zero
+        for r in 1...8 {
+            flags.round.store(r, ordering: .releasing)
+            #expect(try m.sigp(1, .stop).conditionCode == .accepted)
+            #expect(eventually(timeout: .seconds(2)) { (try? m.runState(of: 1)) == .stopped })
+            watchdog(r)
+            let started = ContinuousClock.now
+            do throws(HotplugError) {
+                try m.run(on: 2, timeout: .milliseconds(5)) {}
+            } catch {
+                // CPU 2 may be slow to start it (it shares a core): a timeout in time is a pass.
+                guard case .timeout(cpu: 2, operation: .crossCall, _) = error else { throw error }
+            }
+            worst = max(worst, ContinuousClock.now - started)
+            flags.round.store(0, ordering: .releasing)
+            #expect(try m.sigp(1, .start).conditionCode == .accepted)
+            usleep(2_000)
+        }
+        #expect(worst < .milliseconds(205), "a call with a 5 ms timeout took \(worst) while CPU 1 was stopped")
+        // A stop_machine that times out names the CPU that is stopped, not one held up behind it.
+        flags.round.store(100, ordering: .releasing)
+        #expect(try m.sigp(1, .stop).conditionCode == .accepted)
+        #expect(eventually(timeout: .seconds(2)) { (try? m.runState(of: 1)) == .stopped })
+        watchdog(100)
+        let started = ContinuousClock.now
+        var named: Int?
+        do throws(HotplugError) {
+            try m.stopMachine(timeout: .milliseconds(100)) { (_: Int) -> Void in }
+        } catch {
+            guard case .timeout(let cpu, operation: .stopMachine, _) = error else { throw error }
+            named = cpu
+        }
+        let took = ContinuousClock.now - started
+        flags.round.store(0, ordering: .releasing)
+        #expect(named == 1)
+        #expect(took < .milliseconds(400), "stop_machine with a 100 ms timeout took \(took)")
+        flags.done.store(true, ordering: .releasing)
+        #expect(try m.sigp(1, .start).conditionCode == .accepted)
+        #expect(busy.wait(timeout: .seconds(5)))
+    }
 }

@@ -256,8 +256,11 @@ void chp_cpu_destroy(chp_cpu_t *cpu);
 /// Returns 0, or an errno value: EINVAL (a signal that cannot carry SIGP), EBUSY (the application already has a
 /// handler there), EEXIST (SIGP already uses another signal in this process).
 int chp_sigp_install(int signo);
-/// Drops one reference; the last one restores the default disposition. Returns 0, or an errno value: EINVAL
-/// (`signo` is not the installed SIGP signal), or sigaction's.
+/// Drops one reference. The default disposition comes back when no reference is left and no thread is bound as a
+/// logical CPU (chp_cpu_bind_self); until then the handler stays (it ignores the signal on unbound threads), and the
+/// last thread to unbind restores it. So a CPU thread left running by a shutdown never meets the signal's default
+/// action. Returns 0, or an errno value: EINVAL (`signo` is not the installed SIGP signal, or has no reference), or
+/// sigaction's.
 int chp_sigp_uninstall(int signo);
 /// The signal installed, or 0. Cannot fail.
 int chp_sigp_signal(void);
@@ -271,7 +274,8 @@ int chp_sigrtmax(void);
 /// either way.
 int chp_cpu_bind_self(chp_cpu_t *cpu);
 /// Blocks the SIGP signal for the calling thread and unbinds it (clears what chp_cpu_bind_self and
-/// chp_cpu_set_self_identity set). Cannot fail.
+/// chp_cpu_set_self_identity set); the last thread to unbind after the last chp_sigp_uninstall restores the signal's
+/// default disposition. Cannot fail (a failed sigaction there leaves the ignoring handler installed).
 void chp_cpu_unbind_self(void);
 
 /// The calling thread's identity as a logical CPU: its machine's id (never 0) and its CPU id; 0 and -1 on any other
@@ -284,6 +288,42 @@ void chp_cpu_set_self_identity(uint64_t machine, intptr_t logical);
 /// inlined into the caller (the slab allocator's fast paths). Cannot fail.
 static inline intptr_t chp_cpu_self_logical(uint64_t machine) {
     return chp_self_machine == machine ? chp_self_logical : -1;
+}
+
+/// Runtime lock sections ("no-stop" sections): SIGP actions wait for the next safe point while a logical CPU is
+/// inside one. A STOP (or STOP_AND_STORE_STATUS) whose signal reaches a CPU thread inside such a section does not
+/// stop it there: the handler acknowledges the signal, leaves the order pending and sets `chp_nostop_deferred`;
+/// the outermost chp_nostop_leave then sends the signal to the thread again, and the handler stops it there, with
+/// no runtime lock held (or at the point where the thread unblocks the signal, or at its next safe point, whichever
+/// comes first). The runtime's own locks (Lock, Locked, ReadWriteLock in Sources/Hotplug/Shim/Lock.swift) enter a
+/// section before they lock and leave it after they unlock, on every thread: a plain thread-local increment and
+/// decrement, no system call. RESTART and the other orders already run only at safe points.
+///
+/// The depth is written only by its own thread; the handler (same thread) only reads it. `chp_nostop_deferred` is
+/// set by the handler and cleared by chp_nostop_resume_stop, on the same thread. Compiler signal fences order the
+/// accesses against the handler (a signal handler runs on the interrupted thread: no hardware fence is needed).
+extern __thread uint32_t chp_nostop_depth __attribute__((tls_model("initial-exec")));
+extern __thread volatile uint32_t chp_nostop_deferred __attribute__((tls_model("initial-exec")));
+/// The slow path of chp_nostop_leave: clears `chp_nostop_deferred` and sends the SIGP signal to the calling thread
+/// again (a logical CPU with an installed signal; otherwise it only clears the flag). Cannot fail: a failed tgkill
+/// leaves the STOP pending in the mailbox for the CPU's next safe point.
+void chp_nostop_resume_stop(void);
+/// Enters a runtime lock section (nests). Cannot fail.
+static inline void chp_nostop_enter(void) {
+    chp_nostop_depth += 1;
+    // The handler must see the new depth before the lock is taken (compiler barrier only: same thread).
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+/// Leaves a runtime lock section; the outermost leave lets a STOP deferred inside it take effect. Cannot fail.
+static inline void chp_nostop_leave(void) {
+    // The lock is released before the depth drops (compiler barrier only: same thread).
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    uint32_t depth = chp_nostop_depth - 1;
+    chp_nostop_depth = depth;
+    // Read the flag after the depth dropped: a handler running from here on sees depth 0 and stops at once, one
+    // that ran before set the flag, which this load sees.
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (__builtin_expect(chp_nostop_deferred != 0, 0) && depth == 0) chp_nostop_resume_stop();
 }
 
 /// Blocks (`block` true) or unblocks the SIGP signal for the calling thread ("interrupts off/on").

@@ -325,11 +325,23 @@ public final class Machine: Sendable {
     }
 
     /// Takes every CPU offline (starting those stopped by orders), joins every thread and releases the signal.
-    /// Idempotent; later operations throw ``HotplugError/shutDown``. A CPU that cannot be brought to a safe
-    /// point (stuck in user code) is logged and its thread left running: its memory is never freed under it.
-    public func shutdown() {
-        operations.withLock {
-            guard !state.withLock({ $0.isShutDown }) else { return }
+    /// Idempotent; later operations throw ``HotplugError/shutDown``.
+    ///
+    /// A CPU that does not reach a safe point within ``Configuration/responseTimeout`` (busy in a long cross-call or
+    /// tasklet, stuck in user code) is left running, and only that one: it is logged, it leaves the masks (so that
+    /// the stop_machine runs taking the other CPUs down no longer wait for it), its queue refuses new cross-calls,
+    /// and its thread exits by itself when its current work returns to its safe point; its memory is never freed
+    /// under it. The SIGP handler stays installed until the last such thread has exited, so a signal still pending
+    /// on it never meets the signal's default action (which would kill the process).
+    ///
+    /// Called on one of this machine's CPUs (its last reference dropped there), that CPU is retired last, inline:
+    /// its thread exits when the current work returns to its safe point.
+    /// - Returns: the CPUs left running, in the state described above; empty when every CPU went down, and on every
+    ///   call after the first.
+    @discardableResult
+    public func shutdown() -> CPUSet {
+        operations.withLock { () -> CPUSet in
+            guard !state.withLock({ $0.isShutDown }) else { return [] }
             // Release every CPU stopped by an order first (and drop STOPs not taken yet): a stopped CPU cannot
             // reach the safe point that every stop_machine below needs from it.
             for core in cores where core.isStoppedByOrder {
@@ -337,14 +349,28 @@ public final class Machine: Sendable {
                 core.control.wakeMailbox()
             }
             // Highest first, so that the lowest CPU (usually the first one attached) goes last. A shutdown running
-            // on one of this machine's own CPUs (its last reference dropped there) retires that CPU last, inline.
+            // on one of this machine's own CPUs retires that CPU last, inline.
             let me = currentCPU
-            for cpu in (0..<possibleCount).reversed() where cpu != me && state.withLock({ $0.cpus[cpu] }) != .standby {
-                do {
-                    try detachLocked(cpu, allowLast: true)
-                    try deconfigureLocked(cpu)
-                } catch {
-                    logger.error("shutdown: logical CPU \(cpu) did not go down: \(error); its thread is left running")
+            var leftRunning = CPUSet()
+            for cpu in (0..<possibleCount).reversed() where cpu != me {
+                // Each retry leaves one more CPU behind, so this ends within `possibleCount` tries.
+                while !leftRunning.contains(cpu) && state.withLock({ $0.cpus[cpu] }) != .standby {
+                    do throws(HotplugError) {
+                        try detachLocked(cpu, allowLast: true)
+                        try deconfigureLocked(cpu)
+                    } catch {
+                        // A timeout names the CPU that did not reach a safe point (this one, or one that held up
+                        // the stop_machine taking this one down): leave that one running and go on without it.
+                        if let stuck = Machine.unresponsiveCPU(in: error), stuck != me, !leftRunning.contains(stuck),
+                           state.withLock({ $0.cpus[stuck] }) == .online {
+                            logger.error("shutdown: logical CPU \(stuck) did not reach a safe point (\(error)); its thread is left running and exits at its next safe point")
+                            abandonForShutdown(stuck)
+                            leftRunning.insert(stuck)
+                        } else {
+                            logger.error("shutdown: logical CPU \(cpu) did not go down: \(error); its thread is left running")
+                            leftRunning.insert(cpu)
+                        }
+                    }
                 }
             }
             if let me { retireCurrentCPU(me) }
@@ -352,8 +378,40 @@ public final class Machine: Sendable {
             if dropped > 0 { logger.warning("shutdown: \(dropped) scheduled tasklet run(s) had no CPU left and did not run") }
             state.withLock { $0.isShutDown = true }
             slabs.close()
-            Shim.uninstallSIGP(signal: signal)
+            Shim.uninstallSIGP(signal: signal)   // the handler stays while a CPU thread is left (see Shim)
+            return leftRunning
         }
+    }
+
+    /// The CPU a hotplug error says did not reach a safe point in time, if it says so (directly, or as the cause of
+    /// a failed callback step).
+    private static func unresponsiveCPU(in error: HotplugError) -> Int? {
+        switch error {
+        case .timeout(let cpu, _, _), .notResponding(let cpu, _, _): return cpu
+        case .callbackFailed(let failure):
+            return (failure.underlying as? HotplugError).flatMap { unresponsiveCPU(in: $0) }
+        default: return nil
+        }
+    }
+
+    /// Leaves a CPU that cannot reach a safe point behind at shutdown: it refuses new cross-calls, leaves every
+    /// mask (later stop_machine runs go on without it), and its lifecycle asks it to exit: at its next safe point
+    /// it runs the calls it had accepted, parks and its thread exits, detached (it retains its core, not the
+    /// machine).
+    private func abandonForShutdown(_ cpu: Int) {
+        let core = cores[cpu]
+        core.setAcceptingCalls(false)
+        let thread = state.withLock { state -> pthread_t? in
+            state.active.remove(cpu)
+            state.online.remove(cpu)
+            state.present.remove(cpu)
+            state.cpus[cpu] = .standby
+            defer { state.threads[cpu] = nil }
+            return state.threads[cpu]
+        }
+        if let thread { Shim.detach(thread) }
+        core.control.lifecycle = .exit
+        _ = core.control.post(.lifecycle)   // taken at its next safe point: it goes offline, then exits
     }
 
     /// Takes down the CPU the caller runs on: the hotplug walk down to ``HotplugState/offline`` in its retire

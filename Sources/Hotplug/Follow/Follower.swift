@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Follow mode: the machine follows the CPUs the process may really use.
 ///
 /// A follower polls, every ``Machine/FollowOptions/interval`` (1 ms by default), the three sources that decide
@@ -19,6 +21,11 @@
 /// Latency: a change is seen within one interval. Each event reports the time from the last poll that still saw the
 /// CPU in its old condition to the end of the operation: the change happened after that poll, so the figure bounds
 /// the delay from the change to the runtime having followed it.
+///
+/// Lifetime: the follower's thread holds the follower weakly. A follower dropped without ``stop()`` stops its
+/// thread (from its `deinit`, after the current poll) and then no longer keeps the machine alive; while it
+/// exists, it keeps its machine alive. ``stop()`` may be called from `onEvent` (on the follower's own thread): it
+/// returns at once, and the follower makes no change after the handler returns.
 ///
 /// What a follower does not do: it does not pick up CPUs that were not in the machine's topology when the machine
 /// was created (a hot-added CPU the process never had; the topology is the machine's "possible" mask), and it does
@@ -56,6 +63,8 @@ public final class Follower: Sendable {
     private let options: Machine.FollowOptions
     private let onEvent: @Sendable (Event) -> Void
     private let loop = Locked<PeriodicThread?>(nil)
+    /// Set by ``stop()``: the poll in progress makes no further change (it may be the one calling `onEvent`).
+    private let stopped = Atomic<Bool>(false)
     private let state = Locked(PollState())
     private let mounts: CgroupMounts
     /// The machine's physical CPUs (its topology does not change).
@@ -82,17 +91,32 @@ public final class Follower: Sendable {
     }
 
     func start() throws(HotplugError) {
+        // Weak: the thread must not keep a dropped follower (and through it, the machine) alive.
         let thread = try PeriodicThread(interval: max(options.interval, .microseconds(100)),
-                                        realtimePriority: options.realtimePriority) { [self] in poll() }
+                                        realtimePriority: options.realtimePriority) { [weak self] in
+            guard let self, !stopped.load(ordering: .acquiring) else { return false }
+            poll()
+            return true
+        }
         loop.withLock { $0 = thread }
     }
 
+    /// A follower dropped without ``stop()``: its thread ends after the current poll (this may run on that thread,
+    /// at the end of a poll, which then does not wait for itself).
+    deinit { stop() }
+
     /// Stops following and waits for the follower's thread. Idempotent. CPUs it detached stay detached.
+    ///
+    /// Called from `onEvent` (the follower's own thread) it returns at once: the poll that called the handler makes
+    /// no further change, and the thread ends when the handler returns.
     public func stop() {
-        loop.withLock { loop in
-            loop?.stop()
-            loop = nil
+        // Release: partner of the acquire loads in the poll loop.
+        stopped.store(true, ordering: .releasing)
+        let thread = loop.withLock { loop -> PeriodicThread? in
+            defer { loop = nil }
+            return loop
         }
+        thread?.stop()   // outside the lock: waiting for the thread must not hold it
     }
 
     /// The logical CPUs this follower detached and has not attached again.
@@ -133,6 +157,8 @@ public final class Follower: Sendable {
         let seen = ContinuousClock.now
         let (usable, excludedBy) = usable()
         for cpu in 0..<machine.possibleCount {
+            // Acquire: partner of the release store in stop() (called from `onEvent` during this poll).
+            if stopped.load(ordering: .acquiring) { return }
             guard let physical = try? machine.physicalCPU(of: cpu), let cpuState = try? machine.state(of: cpu) else { continue }
             let isUsable = usable.contains(physical)
             if cpuState == .online && !isUsable {

@@ -143,27 +143,37 @@ public final class Balancer: @unchecked Sendable {
         }
     }
 
-    /// Runs ``step()`` every `interval` on a thread of its own, reporting each outcome but `.stayed`.
+    /// Runs ``step()`` every `interval` on a thread of its own, reporting each outcome but `.stayed`. The thread
+    /// holds the balancer weakly: dropping the balancer stops it.
     /// - Throws: ``HotplugError/busy(cpu:reason:)`` with ``BusyReason/alreadyRunning`` (and no CPU) when it already
     ///   runs; ``HotplugError/system(call:errno:)`` when the thread cannot start.
     public func start(interval: Duration = .milliseconds(20),
                       onOutcome: @escaping @Sendable (Outcome) -> Void = { _ in }) throws(HotplugError) {
         try loop.withLock { (loop) throws(HotplugError) in
             guard loop == nil else { throw .busy(cpu: nil, reason: .alreadyRunning) }
-            loop = try PeriodicThread(interval: interval) { [self] in
+            // Weak: the thread must not keep a dropped balancer (its pool, its machines) alive.
+            loop = try PeriodicThread(interval: interval) { [weak self] in
+                guard let self else { return false }
                 let outcome = step()
                 if case .stayed = outcome {} else { onOutcome(outcome) }
+                return true
             }
         }
     }
 
-    /// Stops the thread of ``start(interval:onOutcome:)`` and waits for it.
+    /// Stops the thread of ``start(interval:onOutcome:)`` and waits for it. Called from `onOutcome` (the
+    /// balancer's own thread) it returns at once, and the thread ends when the handler returns.
     public func stop() {
-        loop.withLock { loop in
-            loop?.stop()
-            loop = nil
+        let thread = loop.withLock { loop -> PeriodicThread? in
+            defer { loop = nil }
+            return loop
         }
+        thread?.stop()   // outside the lock: waiting for the thread must not hold it
     }
+
+    /// A balancer dropped without ``stop()``: its thread ends after the current step (the thread holds the
+    /// balancer weakly).
+    deinit { stop() }
 }
 
 extension Duration {

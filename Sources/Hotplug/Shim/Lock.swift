@@ -1,8 +1,25 @@
+import CHotplug
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+
+// Every lock here is a runtime lock section (`chp_nostop_enter` / `chp_nostop_leave` in CHotplug.h): on a logical
+// CPU, a SIGP STOP that arrives while the thread waits for or holds one of these locks takes effect only after the
+// outermost one is released (docs/ARCHITECTURE.md, "SIGP orders"). A thread stopped while holding a lock would keep
+// every other thread that needs it (a cross-call queued to any CPU, the hotplug lock, a slab node) waiting until
+// somebody STARTs it, past every timeout. The section is entered before locking, so a thread waiting for a lock is
+// not stopped there either, and left after unlocking. Cost: a thread-local increment and decrement and one
+// predictable branch per lock (no system call).
+
+/// Runs `body` inside a runtime lock section.
+@inline(__always)
+private func inNoStopSection<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+    chp_nostop_enter()
+    defer { chp_nostop_leave() }
+    return try body()
+}
 
 /// A value guarded by a `pthread_mutex_t`, for the runtime's cold paths (lifecycle bookkeeping, cross-call
 /// queues).
@@ -18,7 +35,7 @@ final class Locked<Value>: @unchecked Sendable {
 
     init(_ value: Value) { self.value = value }
 
-    /// Runs `body` with exclusive access to the value.
+    /// Runs `body` with exclusive access to the value, in a runtime lock section (see ``Lock/withLock(_:)``).
     func withLock<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
         try lock.withLock { () throws(E) -> T in try body(&value) }
     }
@@ -46,16 +63,22 @@ final class ReadWriteLock: @unchecked Sendable {
         lock.deallocate()
     }
 
+    /// Runs `body` holding the lock for reading, in a runtime lock section (no SIGP STOP takes effect inside).
     func withReadLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_rwlock_rdlock(lock)
-        defer { pthread_rwlock_unlock(lock) }
-        return try body()
+        try inNoStopSection { () throws(E) -> T in
+            pthread_rwlock_rdlock(lock)
+            defer { pthread_rwlock_unlock(lock) }
+            return try body()
+        }
     }
 
+    /// Runs `body` holding the lock for writing, in a runtime lock section (no SIGP STOP takes effect inside).
     func withWriteLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_rwlock_wrlock(lock)
-        defer { pthread_rwlock_unlock(lock) }
-        return try body()
+        try inNoStopSection { () throws(E) -> T in
+            pthread_rwlock_wrlock(lock)
+            defer { pthread_rwlock_unlock(lock) }
+            return try body()
+        }
     }
 }
 
@@ -76,9 +99,12 @@ final class Lock: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// Runs `body` holding the lock, in a runtime lock section (no SIGP STOP takes effect inside).
     func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
+        try inNoStopSection { () throws(E) -> T in
+            pthread_mutex_lock(mutex)
+            defer { pthread_mutex_unlock(mutex) }
+            return try body()
+        }
     }
 }

@@ -85,7 +85,17 @@ enum Shim {
         }
     }
 
+    /// Drops this machine's reference to the SIGP signal. The default disposition comes back only once no machine
+    /// uses the signal and every logical CPU thread has exited (the last one restores it): a thread that a shutdown
+    /// left running may still receive a pending SIGP signal, whose default action would kill the process.
     static func uninstallSIGP(signal: Int32) { _ = chp_sigp_uninstall(signal) }
+
+    /// The handler installed for `signal` right now (SIG_DFL, SIG_IGN, or a function): nil when sigaction fails.
+    static func signalDisposition(_ signal: Int32) -> UnsafeMutableRawPointer? {
+        var current = sigaction()
+        guard sigaction(signal, nil, &current) == 0 else { return nil }
+        return unsafeBitCast(current.__sigaction_handler.sa_handler, to: UnsafeMutableRawPointer?.self)
+    }
 
     /// Blocks or unblocks the SIGP signal on the calling thread ("interrupts off / on").
     static func blockSIGP(_ block: Bool) throws(HotplugError) {
