@@ -72,14 +72,17 @@ extension Machine {
     /// Called on a logical CPU, that CPU takes part inline.
     /// - Parameters:
     ///   - active: the CPUs that run `body`; nil: the first online CPU. CPUs not online are ignored.
-    ///   - timeout: how long the CPUs may take to arrive; nil: ``Configuration/responseTimeout``.
+    ///   - timeout: how long the CPUs may take to arrive; nil: ``Configuration/responseTimeout``; zero or
+    ///     negative: every CPU must have arrived at the first look; `Duration.noTimeout`: no limit.
     ///   - body: runs with every online CPU stopped; receives the CPU it runs on. It cannot throw (see the form
     ///     with a throwing body).
     /// - Throws: ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` with ``HotplugOperation/stopMachine``
     ///   (the body ran nowhere); ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)`` when the first
-    ///   online CPU, which coordinates a run called from outside the machine's CPUs, was not reached.
+    ///   online CPU, which coordinates a run called from outside the machine's CPUs, was not reached;
+    ///   ``HotplugError/shutDown`` (the body ran nowhere).
     public func stopMachine(active: CPUSet? = nil, timeout: Duration? = nil,
                             _ body: @escaping @Sendable (_ cpu: Int) -> Void) throws(HotplugError) {
+        try ensureNotShutDown()
         try hotplugLock.withReadLock { () throws(HotplugError) in
             try stopMachineLocked(active: active, timeout: timeout, body)
         }
@@ -91,6 +94,7 @@ extension Machine {
     /// - Throws: the body's error; the ``HotplugError``s of the form with a body that cannot throw.
     public func stopMachine(active: CPUSet? = nil, timeout: Duration? = nil,
                             _ body: @escaping @Sendable (_ cpu: Int) throws -> Void) throws {
+        try ensureNotShutDown()
         try hotplugLock.withReadLock { () throws in
             try stopMachineLocked(active: active, timeout: timeout, body)
         }
@@ -144,7 +148,7 @@ extension Machine {
         let me = currentCPU.flatMap { participants.contains($0) ? $0 : nil }
         let waiter = currentCore
         let started = Shim.monotonicNanoseconds()
-        let limit = timeout?.nanoseconds ?? responseNanoseconds
+        let limit = Timeout.nanoseconds(timeout, default: responseNanoseconds)
         var calls: [CrossCall] = []
         var refused: Int?
         for cpu in participants where cpu != me {
@@ -156,7 +160,8 @@ extension Machine {
             }
         }
         if let me { run.arrive(me) }
-        let arrived = refused == nil && ServingWait.wait(for: run.allArrived, until: started + limit, serving: waiter)
+        let deadline = Timeout.deadline(after: limit, from: started)
+        let arrived = refused == nil && ServingWait.wait(for: run.allArrived, until: deadline, serving: waiter)
         run.decision.store(arrived ? 1 : 2, ordering: .releasing)   // release: partner of participate's acquire
         run.decided.signal()
         guard arrived else {
@@ -170,7 +175,9 @@ extension Machine {
     }
 
     /// Runs `body` on one CPU with its SIGP signal blocked, the others undisturbed (Linux's `stop_one_cpu`).
-    /// - Parameter body: the work; it cannot throw (see the form with a throwing body).
+    /// - Parameters:
+    ///   - timeout: how long the call may wait to start, as for ``run(on:timeout:_:)``.
+    ///   - body: the work; it cannot throw (see the form with a throwing body).
     /// - Throws: the errors of ``run(on:timeout:_:)``: a timeout names ``HotplugOperation/crossCall``.
     public func stopOne<T: Sendable>(_ cpu: Int, timeout: Duration? = nil,
                                      _ body: @escaping @Sendable () -> T) throws(HotplugError) -> T {

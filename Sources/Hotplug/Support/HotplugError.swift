@@ -54,6 +54,14 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
     /// ``Tasklet/kill()`` was called from inside the tasklet itself (it would wait for itself forever).
     case taskletKillsItself
 
+    // MARK: Argument validation
+    /// A number passed to a public entry point is out of range: `name` is the parameter (or configuration
+    /// field), `value` what was passed, `valid` the accepted range.
+    case invalidArgument(name: String, value: String, valid: String)
+    /// A hotplug state of this name is already registered (as `existing`): names identify states in logs and
+    /// errors, so each is registered once.
+    case duplicateStateName(String, existing: HotplugState)
+
     public var description: String {
         switch self {
         case .invalidCPU(let cpu): return "invalid logical CPU id \(cpu)"
@@ -81,6 +89,9 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
             return "cannot inject a \(direction) failure at \(state): \(reason)"
         case .unknownState(let state): return "no such hotplug state (or instance): \(state)"
         case .taskletKillsItself: return "a tasklet cannot kill itself: kill() would wait for its own run to end"
+        case .invalidArgument(let name, let value, let valid): return "invalid \(name) \(value): valid is \(valid)"
+        case .duplicateStateName(let name, let existing):
+            return "a hotplug state named \"\(name)\" is already registered (\(existing))"
         }
     }
 }
