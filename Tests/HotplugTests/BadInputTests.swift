@@ -91,8 +91,11 @@ import Testing
 }
 
 /// Exits 0 when `body` throws `expected`, 1 otherwise (for an exit test whose body crashed before the check
-/// existed: a crash, a wrong error and no error all fail it).
+/// existed: a crash, a wrong error and no error all fail it). The child's address space is capped at 4 GiB first,
+/// so that a huge allocation fails at once instead of filling the machine's memory.
 func exitZero(ifItThrows expected: HotplugError, _ body: () throws -> Void) -> Never {
+    var limit = rlimit(rlim_cur: 4 << 30, rlim_max: 4 << 30)
+    guard setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &limit) == 0 else { exit(2) }
     do {
         try body()
     } catch let error as HotplugError where error == expected {
@@ -221,7 +224,7 @@ func exitZero(ifItThrows expected: HotplugError, _ body: () throws -> Void) -> N
             }
         }
         #expect(throws: HotplugError.invalidArgument(name: "cpus", value: "4097", valid: "1...4096")) {
-            try Machine(cpus: 4_097)
+            try Machine(cpus: 4_097, configuration: .init(initiallyOnline: 1))
         }
         #expect(throws: HotplugError.invalidArgument(name: "processors", value: "\(Int.max)", valid: "1...4096")) {
             try CPUPool(processors: Int.max)
