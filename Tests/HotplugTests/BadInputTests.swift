@@ -131,7 +131,8 @@ func exitZero(ifItThrows expected: HotplugError, _ body: () throws -> Void) -> N
             try m.hotplug.register("test:late", section: .online, startup: nil, teardown: nil)
         }
         #expect(throws: HotplugError.shutDown) { try m.online(1) }
-        // Introspection and a dead CPU's slot stay readable.
+        // Introspection and a dead CPU's slot stay readable; SIGP answers "not operational", as for standby.
+        #expect(try m.sigp(1, .sense) == SIGPResult(conditionCode: .notOperational))
         #expect(try m.state(of: 1) == .standby)
         #expect(try counters.withSlot(of: 1) { $0 } == 0)
     }
