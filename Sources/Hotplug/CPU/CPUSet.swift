@@ -1,14 +1,39 @@
 /// A set of logical CPU ids, like the kernel's `cpumask`: a bitmap, iterated in ascending order.
+///
+/// Ids are in `0...65535` (``largestID``): far above any kernel's CPU count (and ``Machine/maximumCPUs``), low
+/// enough that a set never takes more than 8 KiB. ``init(validating:)`` and ``init(parsing:)`` refuse other ids;
+/// ``insert(_:)``, ``init(_:)`` and an array literal trap on them (a programmer error), with a message naming the id
+/// and the range. Queries (``contains(_:)``, ``remove(_:)``) accept any id.
 public struct CPUSet: Sendable, Hashable, Sequence, CustomStringConvertible, ExpressibleByArrayLiteral {
     private var words: [UInt64] = []
 
+    /// The empty set.
     public init() {}
+    /// The set of `cpus`.
+    /// - Precondition: every id is in `0...65535` (``largestID``); ``init(validating:)`` throws instead.
     public init<S: Sequence>(_ cpus: S) where S.Element == Int { for cpu in cpus { insert(cpu) } }
+    /// The set of the listed ids.
+    /// - Precondition: every id is in `0...65535` (``largestID``).
     public init(arrayLiteral cpus: Int...) { self.init(cpus) }
 
-    /// The largest CPU id ``init(parsing:)`` accepts: far above any kernel's CPU count, low enough that a
-    /// malformed list cannot make the set allocate more than 8 KiB.
-    public static let largestParsedID = 65_535
+    /// The set of `cpus`, checked.
+    /// - Throws: ``HotplugError/invalidArgument(name:value:valid:)`` naming the first id outside
+    ///   `0...65535` (``largestID``).
+    public init<S: Sequence>(validating cpus: S) throws(HotplugError) where S.Element == Int {
+        self.init()
+        for cpu in cpus {
+            guard (0...CPUSet.largestID).contains(cpu) else {
+                throw .invalidArgument(name: "CPU id", value: "\(cpu)", valid: "0...\(CPUSet.largestID)")
+            }
+            insert(cpu)
+        }
+    }
+
+    /// The largest id a set holds.
+    public static let largestID = 65_535
+
+    /// The largest CPU id ``init(parsing:)`` accepts: ``largestID``.
+    public static let largestParsedID = largestID
 
     /// The set a kernel CPU list describes: `0-3,8,10-11`, the format of `/sys/devices/system/cpu/online`, of
     /// cpuset files and of `Cpus_allowed_list`. For a non-empty set it is the inverse of ``description``.
@@ -64,17 +89,22 @@ public struct CPUSet: Sendable, Hashable, Sequence, CustomStringConvertible, Exp
         }
     }
 
+    /// Whether `cpu` is in the set (false for any id outside `0...65535`).
     public func contains(_ cpu: Int) -> Bool {
         guard cpu >= 0, cpu / 64 < words.count else { return false }
         return words[cpu / 64] & (1 << UInt64(cpu % 64)) != 0
     }
 
+    /// Adds `cpu`.
+    /// - Precondition: `cpu` is in `0...65535` (``largestID``); otherwise it traps with a message naming `cpu`
+    ///   and the range.
     public mutating func insert(_ cpu: Int) {
-        precondition(cpu >= 0, "CPU ids are not negative: \(cpu)")
+        precondition((0...CPUSet.largestID).contains(cpu), "CPUSet: CPU id \(cpu) is outside 0...\(CPUSet.largestID)")
         while words.count <= cpu / 64 { words.append(0) }
         words[cpu / 64] |= 1 << UInt64(cpu % 64)
     }
 
+    /// Removes `cpu` (nothing for an id that is not in the set, whatever its value).
     public mutating func remove(_ cpu: Int) {
         guard cpu >= 0, cpu / 64 < words.count else { return }
         words[cpu / 64] &= ~(1 << UInt64(cpu % 64))

@@ -27,12 +27,14 @@ public final class Machine: Sendable {
         public var signal: Int32?
         /// Logical CPUs configured and brought online at creation (ids `0..<n`). nil: all of them.
         public var initiallyOnline: Int?
-        /// How long an idle CPU polls its mailbox before it parks in the kernel.
+        /// How long an idle CPU polls its mailbox before it parks in the kernel; zero or negative: it parks at
+        /// once; `Duration.noTimeout`: it never parks.
         public var pollTime: Duration
         /// How long a sender waits for a running CPU to acknowledge an order's signal (``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``),
-        /// and a lifecycle operation for the CPU to reach a safe point (``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``).
+        /// and a lifecycle operation for the CPU to reach a safe point (``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``);
+        /// the default of every `timeout: nil`. Zero or negative: no wait, one try; `Duration.noTimeout`: no limit.
         public var responseTimeout: Duration
-        /// How long a sender waits for an acknowledgement before it sends the signal again.
+        /// How long a sender waits for an acknowledgement before it sends the signal again. Must be positive.
         public var resendInterval: Duration
         /// Receives what SIGP orders leave for a CPU's safe point (external calls, emergency signals, restarts),
         /// on that CPU's own thread.
@@ -95,14 +97,18 @@ public final class Machine: Sendable {
     ///   - configuration: signal, polling and time bounds, interrupt handler.
     ///   - logger: receives lifecycle transitions at debug level.
     /// - Throws: ``HotplugError/signalInUse(_:)`` when the application already handles the signal,
-    ///   ``HotplugError/invalidSignal(_:)``, ``HotplugError/invalidConfiguration(_:)``, or a system error.
+    ///   ``HotplugError/invalidSignal(_:)``, ``HotplugError/invalidConfiguration(_:)`` (no CPU, `initiallyOnline`
+    ///   out of `1...cpus`), ``HotplugError/invalidArgument(name:value:valid:)`` (more than ``maximumCPUs`` CPUs,
+    ///   a `resendInterval` that is not positive), or a system error. `responseTimeout` and `pollTime` follow
+    ///   the timeout rule: zero or negative is one try, `Duration.noTimeout` no limit
+    ///   (`docs/ARCHITECTURE.md`, "Layers", "Timeouts").
     public init(topology: Topology? = nil, cpus: Int? = nil, configuration: Configuration = Configuration(),
                 logger: Logger = Logger(label: "hotplug")) throws(HotplugError) {
         var resolved: Topology
         if let topology { resolved = topology } else { resolved = try Topology.current() }
         let topology = resolved
         let possible = cpus ?? topology.cpus.count
-        guard possible >= 1 else { throw .invalidConfiguration("a machine needs at least one possible CPU") }
+        try Machine.validate(cpus: possible, configuration: configuration)
         let initial = configuration.initiallyOnline ?? possible
         guard (1...possible).contains(initial) else {
             throw .invalidConfiguration("initiallyOnline must be in 1...\(possible), got \(initial)")
@@ -115,7 +121,7 @@ public final class Machine: Sendable {
         do {
             for cpu in 0..<possible {
                 cores.append(try CPUCore(id: cpu, slot: topology.cpus[cpu % topology.cpus.count], machineID: id,
-                                         pollNanoseconds: configuration.pollTime.nanoseconds,
+                                         pollNanoseconds: configuration.pollTime.pollNanoseconds,
                                          interruptHandler: configuration.interruptHandler,
                                          startingHook: { cpu in registry.walkStarting(cpu, .startup) }))
             }
@@ -131,8 +137,8 @@ public final class Machine: Sendable {
         subsystems = BuiltinSubsystems(HotplugSubsystemContext(cores: cores, machineID: id, registry: registry,
                                                                logger: logger))
         self.logger = logger
-        self.responseNanoseconds = configuration.responseTimeout.nanoseconds
-        self.resendNanoseconds = configuration.resendInterval.nanoseconds
+        self.responseNanoseconds = configuration.responseTimeout.timeoutNanoseconds
+        self.resendNanoseconds = configuration.resendInterval.timeoutNanoseconds
         self.id = id
         self.state = Locked(State(cpus: Array(repeating: .standby, count: possible),
                                  threads: Array(repeating: nil, count: possible)))
@@ -472,12 +478,5 @@ public final class Machine: Sendable {
             "cpu": "\(cpu)", "operation": "\(operation)",
             "duration_us": "\(Double(Shim.monotonicNanoseconds() - started) / 1000)",
         ])
-    }
-}
-
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }

@@ -5,9 +5,14 @@ public struct CrossCall: Sendable {
     /// The machine's CPUs and id, so that a waiter that is one of them serves its own calls.
     let cores: [CPUCore]
     let machineID: UInt64
+    /// The machine's response timeout, the default of ``wait(timeout:)``.
+    let defaultTimeout: Int64
 
     /// Waits until the call has run. Returns false when it did not start within `timeout` and was cancelled
     /// (it will then never run). A logical CPU of the same machine keeps serving its own cross-calls meanwhile.
+    /// - Parameter timeout: how long the call may wait to start: nil: the machine's
+    ///   ``Machine/Configuration/responseTimeout``; zero or negative: it must have started already (one look);
+    ///   `Duration.noTimeout`: no limit. Once started, it is waited for to its end.
     ///
     /// In a stop_machine body (or a STARTING callback), a call to another CPU cannot start before the stop_machine
     /// ends, which waits for the caller: it is cancelled at once and `wait` returns false (docs/ARCHITECTURE.md,
@@ -17,15 +22,15 @@ public struct CrossCall: Sendable {
         if me != target, ThreadContext.current(machineID: machineID).contains(.stopMachineBody), request.cancel() {
             return false
         }
-        return CrossCall.wait(for: request, timeoutNanoseconds: timeout?.nanoseconds ?? -1,
+        return CrossCall.wait(for: request, timeoutNanoseconds: Timeout.nanoseconds(timeout, default: defaultTimeout),
                               serving: me.map { cores[$0] })
     }
 
-    /// Waits for `request` until `timeoutNanoseconds` (negative: no limit) has passed, then cancels it; a call
-    /// that started by then is waited for to the end. False when it was cancelled (it never runs).
+    /// Waits for `request` until `timeoutNanoseconds` (`Int64.max`: no limit; zero or negative: one look) has
+    /// passed, then cancels it; a call that started by then is waited for to the end. False when it was cancelled
+    /// (it never runs).
     static func wait(for request: CrossCallRequest, timeoutNanoseconds: Int64, serving core: CPUCore?) -> Bool {
-        let (sum, overflow) = Shim.monotonicNanoseconds().addingReportingOverflow(timeoutNanoseconds)
-        let deadline = timeoutNanoseconds < 0 || overflow ? Int64.max : sum
+        let deadline = Timeout.deadline(after: timeoutNanoseconds, from: Shim.monotonicNanoseconds())
         if ServingWait.wait(for: request.done, until: deadline, serving: core) { return true }
         if request.cancel() { return false }
         // It started: it will finish; wait for it.
@@ -42,13 +47,14 @@ extension Machine {
     /// signal blocked and would not acknowledge one): it runs at the target's first safe point after the
     /// stop_machine.
     /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/notOnline(cpu:)``,
-    ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``.
+    ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``, ``HotplugError/shutDown``.
     @discardableResult
     public func submit(on cpu: Int, _ body: @escaping @Sendable () -> Void) throws(HotplugError) -> CrossCall {
         try validate(cpu)
         let request = CrossCallRequest(body)
         let core = cores[cpu]
-        guard core.enqueue(request) else { throw .notOnline(cpu: cpu) }
+        // Shut down is looked at only when the call is refused: the accepted path takes no lock for it.
+        guard core.enqueue(request) else { throw isShutDown ? .shutDown : .notOnline(cpu: cpu) }
         if ThreadContext.current(machineID: id).contains(.stopMachineBody) {
             core.control.postAndWakeIfIdle(.call)   // taken at its safe point after the barrier
         } else {
@@ -56,7 +62,7 @@ extension Machine {
             try core.control.deliver(delivery, order: .emergencySignal, cpu: cpu, resendNanoseconds: resendNanoseconds,
                                      timeoutNanoseconds: responseNanoseconds)
         }
-        return CrossCall(request: request, target: cpu, cores: cores, machineID: id)
+        return CrossCall(request: request, target: cpu, cores: cores, machineID: id, defaultTimeout: responseNanoseconds)
     }
 
     /// Runs `body` on a logical CPU's thread and returns its result (like `smp_call_function_single` with
@@ -69,12 +75,13 @@ extension Machine {
     /// callbacks and bodies").
     /// - Parameters:
     ///   - cpu: the target logical CPU.
-    ///   - timeout: how long the call may wait to start; nil: ``Configuration/responseTimeout``. Once started,
-    ///     it runs to completion.
+    ///   - timeout: how long the call may wait to start; nil: ``Configuration/responseTimeout``; zero or
+    ///     negative: it must start at the first look; `Duration.noTimeout`: no limit. Once started, it runs to
+    ///     completion.
     ///   - body: the work; it cannot throw (see the form with a throwing body).
     /// - Throws: ``HotplugError/invalidCPU(_:)``, ``HotplugError/notOnline(cpu:)``,
     ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``, ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)``
-    ///   with ``HotplugOperation/crossCall`` (the call was cancelled and never runs);
+    ///   with ``HotplugOperation/crossCall`` (the call was cancelled and never runs), ``HotplugError/shutDown``;
     ///   ``HotplugError/wouldDeadlock(operation:reason:)`` with ``DeadlockReason/insideStopMachine`` for another CPU
     ///   from a stop_machine body.
     public func run<T: Sendable>(on cpu: Int, timeout: Duration? = nil,
@@ -86,7 +93,7 @@ extension Machine {
         let box = ResultBox<T>()
         let started = Shim.monotonicNanoseconds()
         let call = try submit(on: cpu, inContext(context) { box.value = body() })
-        let limit = timeout?.nanoseconds ?? responseNanoseconds
+        let limit = Timeout.nanoseconds(timeout, default: responseNanoseconds)
         guard CrossCall.wait(for: call.request, timeoutNanoseconds: limit, serving: currentCore) else {
             throw .timeout(cpu: cpu, operation: .crossCall, waitedNanoseconds: Shim.monotonicNanoseconds() - started)
         }
@@ -104,18 +111,21 @@ extension Machine {
     /// CPUs that go offline before the call reaches them are skipped. Called on a logical CPU, that CPU's own
     /// share runs inline. From a hotplug callback, each share runs in the callback's context (see
     /// ``run(on:timeout:_:)``).
+    /// - Parameter timeout: the time all the calls together may wait to start, as for ``run(on:timeout:_:)``.
     /// - Throws: ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` with ``HotplugOperation/crossCall``
     ///   when a CPU did not start its call in time (the others still ran theirs);
-    ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``;
+    ///   ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)``; ``HotplugError/shutDown``;
     ///   ``HotplugError/wouldDeadlock(operation:reason:)`` with ``DeadlockReason/insideStopMachine`` from a
     ///   stop_machine body (nothing ran).
     public func runOnEach<T: Sendable>(timeout: Duration? = nil,
                                        _ body: @escaping @Sendable (_ cpu: Int) -> T) throws(HotplugError) -> [Int: T] {
+        let (targets, down) = state.withLock { ($0.online, $0.isShutDown) }
+        if down { throw .shutDown }
         let me = currentCPU
         let context = ThreadContext.current(machineID: id)
         if context.contains(.stopMachineBody) { throw .wouldDeadlock(operation: .crossCall, reason: .insideStopMachine) }
         var pending: [(cpu: Int, call: CrossCall, box: ResultBox<T>)] = []
-        for cpu in online where cpu != me {
+        for cpu in targets where cpu != me {
             let box = ResultBox<T>()
             do throws(HotplugError) {
                 pending.append((cpu, try submit(on: cpu, inContext(context) { box.value = body(cpu) }), box))
@@ -126,11 +136,11 @@ extension Machine {
         var results: [Int: T] = [:]
         if let me { results[me] = body(me) }
         let started = Shim.monotonicNanoseconds()
-        let limit = timeout?.nanoseconds ?? responseNanoseconds
+        let limit = Timeout.nanoseconds(timeout, default: responseNanoseconds)
         let waiter = currentCore
         var timedOut: Int?
         for entry in pending {
-            let left = max(0, limit - (Shim.monotonicNanoseconds() - started))
+            let left = limit == .max ? .max : max(0, limit - (Shim.monotonicNanoseconds() - started))
             if CrossCall.wait(for: entry.call.request, timeoutNanoseconds: left, serving: waiter) {
                 results[entry.cpu] = entry.box.value!
             } else if timedOut == nil {

@@ -323,7 +323,7 @@ struct CgroupMounts: Sendable {
 extension Machine {
     /// How a ``Follower`` watches the machine it runs on.
     public struct FollowOptions: Sendable {
-        /// How often the sources are read.
+        /// How often the sources are read: positive, at most `UInt32.max` microseconds.
         public var interval: Duration
         /// The thread whose affinity mask is "the process's"; nil: the main thread (what `taskset -p` changes).
         public var affinityThread: Int32?
@@ -350,9 +350,16 @@ extension Machine {
 
     /// Starts following the CPUs the process may use (see ``Follower``); `onEvent` runs on the follower's thread.
     /// - Throws: a system error when the follower's thread cannot start, or when the kernel refuses its
-    ///   ``FollowOptions/realtimePriority``.
+    ///   ``FollowOptions/realtimePriority``; ``HotplugError/invalidArgument(name:value:valid:)`` for an
+    ///   ``FollowOptions/interval`` out of range or a ``FollowOptions/realtimePriority`` outside 1...99;
+    ///   ``HotplugError/shutDown``.
     public func follow(_ options: FollowOptions = FollowOptions(),
                        onEvent: @escaping @Sendable (Follower.Event) -> Void = { _ in }) throws(HotplugError) -> Follower {
+        try ensureNotShutDown()
+        try validateInterval(options.interval)
+        if let priority = options.realtimePriority, !(1...99).contains(priority) {
+            throw .invalidArgument(name: "realtimePriority", value: "\(priority)", valid: "1...99")
+        }
         let follower = Follower(machine: self, options: options, onEvent: onEvent)
         try follower.start()
         return follower

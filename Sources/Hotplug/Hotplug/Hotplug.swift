@@ -30,6 +30,8 @@ extension Machine {
         ///   - teardown: runs on detach (descending order); nil for none.
         /// - Returns: the state.
         /// - Throws: ``HotplugError/noFreeState(section:)`` when the section's range is full;
+        ///   ``HotplugError/duplicateStateName(_:existing:)`` when a state of that name is registered (built-in
+        ///   ones included); ``HotplugError/invalidConfiguration(_:)`` for an empty name;
         ///   ``HotplugError/callbackFailed(_:)`` when an invoked startup failed; ``HotplugError/shutDown``;
         ///   ``HotplugError/wouldDeadlock(operation:reason:)`` with ``HotplugOperation/registration`` when called
         ///   from a hotplug callback, a stop_machine body or a CPU going offline (the state table changes only
@@ -45,6 +47,7 @@ extension Machine {
 
         /// Registers a multi-instance state: its callbacks run once per instance added with
         /// ``addInstance(_:to:invoke:)``.
+        /// - Throws: as ``register(_:section:invokeOnExisting:startup:teardown:)``.
         @discardableResult
         public func registerMultiInstance(_ name: String, section: HotplugSection,
                                           startup: HotplugInstanceCallback?,
@@ -75,9 +78,11 @@ extension Machine {
         /// Accepted where a failure is allowed: PREPARE and ONLINE startups, ONLINE teardowns,
         /// ``HotplugState/bringup`` startup (the CPU does not start) and ``HotplugState/teardownCPU`` teardown
         /// (the CPU refuses to die).
-        /// - Throws: ``HotplugError/cannotInject(state:direction:reason:)``, ``HotplugError/invalidCPU(_:)``.
+        /// - Throws: ``HotplugError/cannotInject(state:direction:reason:)``, ``HotplugError/invalidCPU(_:)``,
+        ///   ``HotplugError/shutDown``.
         public func injectFailure(cpu: Int, at state: HotplugState, direction: HotplugDirection) throws(HotplugError) {
             try machine.validate(cpu)
+            try machine.ensureNotShutDown()
             guard machine.registry.entry(state) != nil else {
                 throw .cannotInject(state: state, direction: direction, reason: "no such state is registered")
             }
@@ -146,7 +151,9 @@ extension Machine {
         guard !name.isEmpty else { throw .invalidConfiguration("a hotplug state needs a name (\"subsys:mode\")") }
         try refuseReentry(.registration)
         return try withOperation { () throws(HotplugError) in
-            try hotplugLock.withWriteLock { () throws(HotplugError) in
+            // Under the operations lock: two registrations of one name cannot both pass.
+            if let existing = registry.state(named: name) { throw .duplicateStateName(name, existing: existing) }
+            return try hotplugLock.withWriteLock { () throws(HotplugError) in
                 guard let state = registry.allocate(in: HotplugTable.dynamicSlots(section), entry: entry) else { throw .noFreeState(section: section) }
                 guard invokeOnExisting, entry.startup != nil else { return state }
                 var done: [Int] = []

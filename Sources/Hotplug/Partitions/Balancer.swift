@@ -146,7 +146,8 @@ public final class Balancer: @unchecked Sendable {
     /// Runs ``step()`` every `interval` on a thread of its own, reporting each outcome but `.stayed`. The thread
     /// holds the balancer weakly: dropping the balancer stops it.
     /// - Throws: ``HotplugError/busy(cpu:reason:)`` with ``BusyReason/alreadyRunning`` (and no CPU) when it already
-    ///   runs; ``HotplugError/system(call:errno:)`` when the thread cannot start.
+    ///   runs; ``HotplugError/invalidArgument(name:value:valid:)`` for an `interval` that is not positive or above
+    ///   `UInt32.max` microseconds; ``HotplugError/system(call:errno:)`` when the thread cannot start.
     public func start(interval: Duration = .milliseconds(20),
                       onOutcome: @escaping @Sendable (Outcome) -> Void = { _ in }) throws(HotplugError) {
         try loop.withLock { (loop) throws(HotplugError) in

@@ -38,20 +38,30 @@ public final class CPUPool: Sendable {
     ///   - topology: the CPUs and nodes; nil: ``Topology/current()``.
     ///   - processors: how many processors; nil: one per slot of the topology.
     ///   - logger: receives moves at debug level, and a processor left without owner at critical level.
-    /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for fewer than one processor, or a system error.
+    /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for fewer than one processor;
+    ///   ``HotplugError/invalidArgument(name:value:valid:)`` for more than ``Machine/maximumCPUs`` (each partition
+    ///   is a machine of that many CPUs); or a system error.
     public init(topology: Topology? = nil, processors: Int? = nil,
                 logger: Logger = Logger(label: "hotplug.pool")) throws(HotplugError) {
         var resolved: Topology
         if let topology { resolved = topology } else { resolved = try Topology.current() }
         let count = processors ?? resolved.cpus.count
         guard count >= 1 else { throw .invalidConfiguration("a CPU pool needs at least one processor, got \(count)") }
+        guard count <= Machine.maximumCPUs else {
+            throw .invalidArgument(name: "processors", value: "\(count)", valid: "1...\(Machine.maximumCPUs)")
+        }
         self.topology = resolved
         self.processorCount = count
         self.logger = logger
     }
 
     /// The physical CPU processor `p` runs on.
-    public func physicalCPU(of processor: Int) -> Int { topology.cpus[processor % topology.cpus.count].physicalID }
+    /// - Precondition: `processor` is in `0..<processorCount`; otherwise it traps with a message naming it and
+    ///   the range (a mapping, like a subscript).
+    public func physicalCPU(of processor: Int) -> Int {
+        checkProcessor(processor, processorCount)
+        return topology.cpus[processor % topology.cpus.count].physicalID
+    }
 
     /// Creates a partition owning `processors` (none of which another partition owns).
     /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for an empty or out-of-range list, or a processor
@@ -183,14 +193,32 @@ public final class Partition: Sendable {
     }
 
     /// The logical CPU of this partition that runs on `processor`.
-    public func logicalCPU(of processor: Int) -> Int { logicalOf[processor] }
+    /// - Precondition: `processor` is in `0..<processorCount` of the pool; otherwise it traps with a message
+    ///   naming it and the range (a mapping, like a subscript).
+    public func logicalCPU(of processor: Int) -> Int {
+        checkProcessor(processor, logicalOf.count)
+        return logicalOf[processor]
+    }
 
     /// The processor logical CPU `cpu` runs on.
-    public func processor(of cpu: Int) -> Int { processorOf[cpu] }
+    /// - Precondition: `cpu` is in `0..<possible` of ``machine``; otherwise it traps with a message naming it and
+    ///   the range.
+    public func processor(of cpu: Int) -> Int {
+        precondition(processorOf.indices.contains(cpu), "Partition '\(name)': logical CPU \(cpu) is outside 0..<\(processorOf.count)")
+        return processorOf[cpu]
+    }
 
-    /// Whether this partition owns `processor` now (its CPU there is online).
-    public func owns(_ processor: Int) -> Bool { machine.online.contains(logicalOf[processor]) }
+    /// Whether this partition owns `processor` now (its CPU there is online); false for an id that is not a
+    /// processor of the pool.
+    public func owns(_ processor: Int) -> Bool {
+        logicalOf.indices.contains(processor) && machine.online.contains(logicalOf[processor])
+    }
 
     /// The processors this partition owns now, ascending.
     public var ownedProcessors: [Int] { machine.online.map { processorOf[$0] }.sorted() }
+}
+
+/// Traps with a message naming `processor` and the valid range when it is not in `0..<count`.
+private func checkProcessor(_ processor: Int, _ count: Int) {
+    precondition((0..<count).contains(processor), "CPUPool: processor \(processor) is outside 0..<\(count)")
 }

@@ -49,7 +49,8 @@ public final class PerCPU<Value>: @unchecked Sendable {
 
     /// Runs `body` on every online CPU's own thread with that CPU's slot, the online mask held stable (under the
     /// hotplug read lock). Returns each CPU's result.
-    /// - Throws: the errors of ``Machine/runOnEach(timeout:_:)``.
+    /// - Throws: the errors of ``Machine/runOnEach(timeout:_:)`` (``HotplugError/shutDown`` once the machine is
+    ///   shut down).
     public func forEachOnline<T: Sendable>(_ body: @escaping @Sendable (_ cpu: Int, inout Value) -> T) throws(HotplugError) -> [Int: T] {
         try machine.hotplugLock.withReadLock { () throws(HotplugError) in
             try machine.runOnEach { cpu in body(cpu, &self.slot(cpu).pointee) }
@@ -58,7 +59,8 @@ public final class PerCPU<Value>: @unchecked Sendable {
 
     /// Any CPU's slot, from any thread.
     /// - Parameter body: the work; it cannot throw (see the form with a throwing body).
-    /// - Throws: ``HotplugError/invalidCPU(_:)``.
+    /// - Throws: ``HotplugError/invalidCPU(_:)``. After ``Machine/shutdown()`` the slots stay readable (no CPU
+    ///   touches them any more).
     /// - Warning: only while that CPU cannot touch it: it is not online (a PREPARE callback, after detach), or the
     ///   caller runs on that CPU. Otherwise this is a data race.
     public func withSlot<T>(of cpu: Int, _ body: (inout Value) -> T) throws(HotplugError) -> T {
@@ -75,5 +77,9 @@ public final class PerCPU<Value>: @unchecked Sendable {
     }
 
     /// The address of a CPU's slot (for placement checks).
-    public func address(of cpu: Int) -> UnsafeRawPointer { UnsafeRawPointer(base + cpu * slotStride) }
+    /// - Throws: ``HotplugError/invalidCPU(_:)`` for an id outside `0..<possible`.
+    public func address(of cpu: Int) throws(HotplugError) -> UnsafeRawPointer {
+        try machine.validate(cpu)
+        return UnsafeRawPointer(base + cpu * slotStride)
+    }
 }

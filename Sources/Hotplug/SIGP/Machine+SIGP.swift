@@ -18,7 +18,8 @@ extension Machine {
     /// the stop_machine ends (docs/ARCHITECTURE.md, "Rules for callbacks and bodies").
     ///
     /// - Parameters:
-    ///   - cpu: the target logical CPU. An id outside `0..<possible` answers cc 3, as on S/390.
+    ///   - cpu: the target logical CPU. An id outside `0..<possible` answers cc 3, as on S/390; so does every CPU
+    ///     after ``shutdown()`` (all are in standby): no error, the architecture's answer.
     ///   - order: the order code.
     ///   - parameter: the 32-bit parameter (carried by ``SIGPOrder/externalCall``).
     /// - Returns: the condition code and status.

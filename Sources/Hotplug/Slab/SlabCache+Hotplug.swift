@@ -40,17 +40,16 @@ extension SlabCache {
     /// Returns every cached object to its slab and every free slab to the system: each online CPU empties its
     /// magazines (on its own thread), then every node empties its depot and remote-free stack and unmaps its free
     /// slabs. After everything was freed, ``Statistics/bytesMapped`` is 0.
-    /// - Throws: the errors of ``Machine/runOnEach(timeout:_:)`` (a CPU that does not reach a safe point in time).
+    /// - Throws: the errors of ``Machine/runOnEach(timeout:_:)`` (a CPU that does not reach a safe point in time);
+    ///   after ``Machine/shutdown()`` it throws nothing and empties the nodes.
     /// - Warning: takes the hotplug read lock: not from a hotplug callback.
     public func shrink() throws(HotplugError) {
-        do {
-            _ = try machine.withCPUsReadLocked {
+        do throws(HotplugError) {
+            _ = try machine.withCPUsReadLocked { () throws(HotplugError) in
                 try machine.runOnEach { [self] cpu in release(cpu: cpu, keepMagazines: false) }
             }
-        } catch let error as HotplugError {
-            throw error
-        } catch {
-            preconditionFailure("shrink: unexpected error \(error)")
+        } catch .shutDown {
+            // Every CPU emptied its magazines on its way down (`slab:dead`): only the nodes are left to empty.
         }
         for node in nodes {
             node.lock.withLock {

@@ -57,8 +57,8 @@ public final class SlabCache: @unchecked Sendable {
         public var debug: Bool
         /// Objects per magazine; nil: 64 for objects up to 256 bytes, 32 up to 1 KiB, 16 above.
         public var magazineCapacity: Int?
-        /// Bytes per slab, a power of two of at least a page (and 4096); nil: the smallest power of two of at least 64 KiB
-        /// that holds 16 objects.
+        /// Bytes per slab, a power of two of at least a page (and 4096) and at most 1 GiB
+        /// (``SlabCache/largestSlabBytes``); nil: the smallest power of two of at least 64 KiB that holds 16 objects.
         public var slabBytes: Int?
         /// Empty slabs each node keeps mapped when objects come back; the rest go back to the system.
         public var minimumFreeSlabsPerNode: Int
@@ -108,6 +108,9 @@ public final class SlabCache: @unchecked Sendable {
     let debugState: Locked<DebugState>?
     private static let cacheIDs = Atomic<UInt64>(0)
 
+    /// The largest ``Options/slabBytes``: 1 GiB.
+    public static let largestSlabBytes = 1 << 30
+
     /// Creates a cache of `objectSize`-byte objects aligned to `alignment`, for the logical CPUs of `machine`.
     /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for a size outside 1...1 MiB, an alignment that is not a
     ///   power of two in 1...4096, or options out of range; ``HotplugError/shutDown`` for a machine shut down.
@@ -126,8 +129,9 @@ public final class SlabCache: @unchecked Sendable {
         while slab < header + 16 * stride { slab <<= 1 }
         if let requested = options.slabBytes {
             let page = max(4096, Shim.pageSize)
-            guard requested >= page, requested & (requested - 1) == 0, requested >= header + stride else {
-                throw .invalidConfiguration("slab cache '\(name)': slabBytes must be a power of two >= \(page) (a page) holding at least one object, got \(requested)")
+            guard requested >= page, requested <= SlabCache.largestSlabBytes, requested & (requested - 1) == 0,
+                  requested >= header + stride else {
+                throw .invalidConfiguration("slab cache '\(name)': slabBytes must be a power of two in \(page)...\(SlabCache.largestSlabBytes) (a page to 1 GiB) holding at least one object, got \(requested)")
             }
             slab = requested
         }

@@ -85,16 +85,19 @@ extension Machine {
     /// ``HotplugError/wouldDeadlock(operation:reason:)`` with ``DeadlockReason/insideStopMachine`` at once.
     /// - Parameters:
     ///   - active: the CPUs that run `body`; nil: the first online CPU. CPUs not online are ignored.
-    ///   - timeout: how long the CPUs may take to arrive; nil: ``Configuration/responseTimeout``.
+    ///   - timeout: how long the CPUs may take to arrive; nil: ``Configuration/responseTimeout``; zero or
+    ///     negative: every CPU must have arrived at the first look; `Duration.noTimeout`: no limit.
     ///   - body: runs with every online CPU stopped; receives the CPU it runs on. It cannot throw (see the form
     ///     with a throwing body).
     /// - Throws: ``HotplugError/timeout(cpu:operation:waitedNanoseconds:)`` with ``HotplugOperation/stopMachine``
     ///   (the body ran nowhere); ``HotplugError/notResponding(cpu:order:waitedNanoseconds:)`` when the first
     ///   online CPU, which coordinates a run called from outside the machine's CPUs, was not reached;
     ///   ``HotplugError/wouldDeadlock(operation:reason:)`` with ``HotplugOperation/stopMachine`` when called from a
-    ///   stop_machine body, a hotplug callback or a CPU going offline (the body ran nowhere).
+    ///   stop_machine body, a hotplug callback or a CPU going offline; ``HotplugError/shutDown`` (the body ran
+    ///   nowhere).
     public func stopMachine(active: CPUSet? = nil, timeout: Duration? = nil,
                             _ body: @escaping @Sendable (_ cpu: Int) -> Void) throws(HotplugError) {
+        try ensureNotShutDown()
         try refuseReentry(.stopMachine)
         try hotplugLock.withReadLock { () throws(HotplugError) in
             try stopMachineLocked(active: active, timeout: timeout, body)
@@ -107,6 +110,7 @@ extension Machine {
     /// - Throws: the body's error; the ``HotplugError``s of the form with a body that cannot throw.
     public func stopMachine(active: CPUSet? = nil, timeout: Duration? = nil,
                             _ body: @escaping @Sendable (_ cpu: Int) throws -> Void) throws {
+        try ensureNotShutDown()
         try refuseReentry(.stopMachine)
         try hotplugLock.withReadLock { () throws in
             try stopMachineLocked(active: active, timeout: timeout, body)
@@ -161,7 +165,7 @@ extension Machine {
         let me = currentCPU.flatMap { participants.contains($0) ? $0 : nil }
         let waiter = currentCore
         let started = Shim.monotonicNanoseconds()
-        let limit = timeout?.nanoseconds ?? responseNanoseconds
+        let limit = Timeout.nanoseconds(timeout, default: responseNanoseconds)
         var calls: [CrossCall] = []
         var refused: Int?
         for cpu in participants where cpu != me {
@@ -173,7 +177,8 @@ extension Machine {
             }
         }
         if let me { run.arrive(me) }
-        let arrived = refused == nil && ServingWait.wait(for: run.allArrived, until: started + limit, serving: waiter)
+        let deadline = Timeout.deadline(after: limit, from: started)
+        let arrived = refused == nil && ServingWait.wait(for: run.allArrived, until: deadline, serving: waiter)
         run.decision.store(arrived ? 1 : 2, ordering: .releasing)   // release: partner of participate's acquire
         run.decided.signal()
         guard arrived else {
@@ -187,7 +192,9 @@ extension Machine {
     }
 
     /// Runs `body` on one CPU with its SIGP signal blocked, the others undisturbed (Linux's `stop_one_cpu`).
-    /// - Parameter body: the work; it cannot throw (see the form with a throwing body).
+    /// - Parameters:
+    ///   - timeout: how long the call may wait to start, as for ``run(on:timeout:_:)``.
+    ///   - body: the work; it cannot throw (see the form with a throwing body).
     /// - Throws: the errors of ``run(on:timeout:_:)``: a timeout names ``HotplugOperation/crossCall``.
     public func stopOne<T: Sendable>(_ cpu: Int, timeout: Duration? = nil,
                                      _ body: @escaping @Sendable () -> T) throws(HotplugError) -> T {

@@ -60,6 +60,13 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
     /// failed at once instead of deadlocking. docs/ARCHITECTURE.md, "Rules for callbacks and bodies", says what
     /// may be called where.
     case wouldDeadlock(operation: HotplugOperation, reason: DeadlockReason)
+    // MARK: Argument validation
+    /// A number passed to a public entry point is out of range: `name` is the parameter (or configuration
+    /// field), `value` what was passed, `valid` the accepted range.
+    case invalidArgument(name: String, value: String, valid: String)
+    /// A hotplug state of this name is already registered (as `existing`): names identify states in logs and
+    /// errors, so each is registered once.
+    case duplicateStateName(String, existing: HotplugState)
 
     public var description: String {
         switch self {
@@ -90,6 +97,9 @@ public enum HotplugError: Error, Sendable, Equatable, CustomStringConvertible {
         case .taskletKillsItself: return "a tasklet cannot kill itself: kill() would wait for its own run to end"
         case .wouldDeadlock(let operation, let reason):
             return "\(operation) would deadlock: \(reason); nothing was done"
+        case .invalidArgument(let name, let value, let valid): return "invalid \(name) \(value): valid is \(valid)"
+        case .duplicateStateName(let name, let existing):
+            return "a hotplug state named \"\(name)\" is already registered (\(existing))"
         }
     }
 }

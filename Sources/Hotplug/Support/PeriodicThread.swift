@@ -12,12 +12,15 @@ final class PeriodicThread: Sendable {
     /// The thread's kernel id (0 until the thread has started), so that ``stop()`` knows when it runs on it.
     private let threadID = Atomic<Int32>(0)
 
-    /// - Parameter realtimePriority: SCHED_FIFO priority for the thread (nil: the default policy).
-    /// - Throws: ``HotplugError/system(call:errno:)`` when the thread cannot start or the priority is refused (the
-    ///   thread is stopped again then).
+    /// - Parameters:
+    ///   - interval: positive, at most `UInt32.max` microseconds (the longest sleep).
+    ///   - realtimePriority: SCHED_FIFO priority for the thread (nil: the default policy).
+    /// - Throws: ``HotplugError/invalidArgument(name:value:valid:)`` for an interval out of range;
+    ///   ``HotplugError/system(call:errno:)`` when the thread cannot start or the priority is refused (the thread
+    ///   is stopped again then).
     init(interval: Duration, realtimePriority: Int32? = nil, _ body: @escaping @Sendable () -> Bool) throws(HotplugError) {
-        let microseconds = UInt32(clamping: max(1, interval.components.seconds * 1_000_000
-            + interval.components.attoseconds / 1_000_000_000_000))
+        try validateInterval(interval)
+        let microseconds = UInt32(clamping: max(1, interval.nanoseconds / 1_000))
         let thread = try Shim.spawnThread { [self] in
             // Relaxed: read only by this thread's own calls to stop() (a foreign thread never equals it).
             threadID.store(Shim.currentThreadID, ordering: .relaxed)

@@ -34,10 +34,16 @@ public struct Topology: Sendable, Equatable {
 
     /// A synthetic topology of `nodes` x `cpusPerNode` slots mapped round-robin onto the CPUs of the affinity
     /// mask. Distances are 10 within a node and 20 between nodes.
-    /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for zero nodes or CPUs.
+    /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for zero nodes or CPUs;
+    ///   ``HotplugError/invalidArgument(name:value:valid:)`` for more than ``Machine/maximumCPUs`` slots in all.
     public static func synthetic(nodes: Int, cpusPerNode: Int) throws(HotplugError) -> Topology {
         guard nodes >= 1, cpusPerNode >= 1 else {
             throw .invalidConfiguration("a synthetic topology needs at least 1 node and 1 CPU per node")
+        }
+        let (slots, overflow) = nodes.multipliedReportingOverflow(by: cpusPerNode)
+        guard !overflow, slots <= Machine.maximumCPUs else {
+            throw .invalidArgument(name: "nodes x cpusPerNode", value: "\(nodes) x \(cpusPerNode)",
+                                   valid: "at most \(Machine.maximumCPUs) slots")
         }
         let physical = try Shim.affinity()
         guard !physical.isEmpty else { throw .invalidConfiguration("the process affinity mask is empty") }
