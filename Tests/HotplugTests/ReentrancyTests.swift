@@ -59,6 +59,27 @@ import Testing
         }
     }
 
+    @Test func shutdownFromACallbackOrABodyRunsAfterTheOperation() async throws {
+        await #expect(processExitsWith: .success) {
+            startWatchdog()
+            // From a PREPARE callback: shutdown returns at once, the attach completes, then the machine shuts down.
+            let m = try Machine(cpus: 3, configuration: .init(initiallyOnline: 2))
+            let returned = Locked<CPUSet?>(nil)
+            try m.hotplug.register("test:shutdown", section: .prepare, invokeOnExisting: false,
+                                   startup: { _ in returned.withLock { $0 = m.shutdown() } }, teardown: nil)
+            try m.configure(2)
+            try m.online(2)
+            childExpect(returned.withLock { $0 } == [], "shutdown from a callback returned \(String(describing: returned.withLock { $0 }))")
+            childExpect(eventually { m.present.isEmpty }, "the handed-over shutdown did not take the CPUs down: \(m.present)")
+            do throws(HotplugError) { try m.online(1); childExpect(false, "online after shutdown did not throw") }
+            catch { childExpect(error == .shutDown, "online after shutdown: \(error)") }
+            // From a stop_machine body.
+            let n = try Machine(cpus: 2)
+            try n.stopMachine { _ in _ = n.shutdown() }
+            childExpect(eventually { n.present.isEmpty }, "shutdown from a stop_machine body: \(n.present)")
+        }
+    }
+
     @Test func aStopMachineBodyCannotOfflineNestOrWaitForAnotherCPU() async throws {
         await #expect(processExitsWith: .success) {
             startWatchdog()

@@ -342,11 +342,24 @@ public final class Machine: Sendable {
     ///
     /// Called on one of this machine's CPUs (its last reference dropped there), that CPU is retired last, inline:
     /// its thread exits when the current work returns to its safe point.
-    /// - Returns: the CPUs left running, in the state described above; empty when every CPU went down, and on every
-    ///   call after the first.
+    /// Called where it would wait for its caller (a hotplug callback, a stop_machine body, a cross-call run by a CPU
+    /// on its way offline: docs/ARCHITECTURE.md, "Rules for callbacks and bodies"), it cannot shut down there: it
+    /// hands the shutdown to a thread of its own, which runs it as soon as the operation in progress has finished,
+    /// logs that, and returns an empty set at once.
+    /// - Returns: the CPUs left running, in the state described above; empty when every CPU went down, on every
+    ///   call after the first, and when the shutdown was handed to a thread of its own.
     @discardableResult
     public func shutdown() -> CPUSet {
-        operations.withLock { () -> CPUSet in
+        if let reason = reentry() {
+            logger.warning("shutdown called where it would wait for itself (\(reason.rawValue)): it runs on a thread of its own once the operation in progress has finished")
+            do {
+                Shim.detach(try Shim.spawnThread { [self] in shutdown() })
+            } catch {
+                logger.critical("shutdown: no thread to hand the shutdown to (\(error)); the machine stays up")
+            }
+            return []
+        }
+        return operations.withLock { () -> CPUSet in
             guard !state.withLock({ $0.isShutDown }) else { return [] }
             // Release every CPU stopped by an order first (and drop STOPs not taken yet): a stopped CPU cannot
             // reach the safe point that every stop_machine below needs from it.
