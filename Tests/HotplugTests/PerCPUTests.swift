@@ -119,16 +119,17 @@ import Testing
     /// so the call runs without taking it again (in a child process with a deadline: a regression hangs).
     @Test func forEachOnlineWorksInsideAHotplugCallback() async {
         await #expect(processExitsWith: .success) {
-            alarm(20)
+            alarm(10)
             let m = try Machine(cpus: 3)
             let counters = PerCPU<Int>(m) { cpu in cpu }
             let seen = Locked<[Int]>([])
-            try m.hotplug.register("test:visit", section: .prepare, startup: nil, teardown: { _ in
+            // ONLINE: on the dying CPU, while the control thread holds the hotplug write lock for the detach.
+            try m.hotplug.register("test:visit", section: .online, startup: nil, teardown: { _ in
                 let values = try counters.forEachOnline { _, value in value }
                 seen.withLock { $0 = values.keys.sorted() }
             })
             try m.offline(2)
-            exit(seen.withLock { $0 } == [0, 1] ? 0 : 1)
+            exit(seen.withLock { $0 } == [0, 1, 2] ? 0 : 1)
         }
     }
 }

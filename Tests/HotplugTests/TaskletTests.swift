@@ -393,9 +393,11 @@ final class RunLog: Sendable {
         let m = try Machine(cpus: 3)
         defer { m.shutdown() }
         let gate = Gate()
-        let runs = Atomic<Int>(0)
+        let started = Atomic<Int>(0)
+        let runs = Atomic<Int>(0)   // runs that have ended
         let t = Tasklet(m) {
-            if runs.add(1, ordering: .relaxed).newValue == 1 { gate.spin() } else { usleep(50_000) }
+            if started.add(1, ordering: .relaxed).newValue == 1 { gate.spin() } else { usleep(50_000) }
+            runs.add(1, ordering: .relaxed)
         }
         try t.schedule(on: 1)
         #expect(eventually { gate.hasEntered })
