@@ -140,7 +140,7 @@ private func expectConsistent(_ pool: CPUPool, _ partitions: [Partition], source
         let idle = try pool.makePartition("idle", owning: [0, 1, 2])
         let busy = try pool.makePartition("busy", owning: [3])
         let balancer = try Balancer(pool: pool, partitions: [idle, busy],
-                                    policy: HysteresisPolicy(high: 0.5, low: 0.3, patience: 2, cooldown: 1))
+                                    policy: try HysteresisPolicy(high: 0.5, low: 0.3, patience: 2, cooldown: 1))
         // Nothing is loaded: hysteresis moves nothing.
         for _ in 0..<10 {
             if case .moved(let move) = balancer.step() { Issue.record("moved without load: \(move)") }
@@ -172,5 +172,43 @@ private func expectConsistent(_ pool: CPUPool, _ partitions: [Partition], source
         #expect(busy.ownedProcessors.count >= 2 && idle.ownedProcessors.count >= 1)
         print("balancer: first move towards the loaded partition after \(reached)")
         #expect(eventually { spinning.withLock { $0.allSatisfy { !$0.isScheduled && !$0.isRunning } } })
+    }
+}
+
+@Suite struct BalancerArgumentTests {
+    @Test func policyNumbersAreValidated() throws {
+        #expect(throws: HotplugError.invalidArgument(name: "patience", value: "0", valid: ">= 1")) {
+            try HysteresisPolicy(patience: 0)
+        }
+        #expect(throws: HotplugError.invalidArgument(name: "cooldown", value: "-1", valid: ">= 0")) {
+            try HysteresisPolicy(cooldown: -1)
+        }
+        #expect(throws: HotplugError.invalidArgument(name: "low", value: "nan", valid: "a finite number >= 0")) {
+            try HysteresisPolicy(low: .nan)
+        }
+        #expect(throws: HotplugError.invalidArgument(name: "low", value: "-0.1", valid: "a finite number >= 0")) {
+            try HysteresisPolicy(low: -0.1)
+        }
+        #expect(throws: HotplugError.invalidArgument(name: "high", value: "0.2", valid: "a finite number >= low (0.3)")) {
+            try HysteresisPolicy(high: 0.2, low: 0.3)
+        }
+        #expect(throws: HotplugError.invalidArgument(name: "high", value: "inf", valid: "a finite number >= low (0.3)")) {
+            try HysteresisPolicy(high: .infinity)
+        }
+        let policy = try HysteresisPolicy(high: 0.5, low: 0.5, patience: 1, cooldown: 0)
+        #expect(policy.high == 0.5 && policy.patience == 1 && policy.cooldown == 0)
+        #expect(HysteresisPolicy.standard.high == 0.6 && HysteresisPolicy.standard.low == 0.3)
+    }
+
+    @Test func balancerQueueScaleIsValidated() throws {
+        let pool = try CPUPool(processors: 2)
+        let a = try pool.makePartition("a", owning: [0])
+        let b = try pool.makePartition("b", owning: [1])
+        for bad in [0, -1, Double.nan, .infinity] {
+            #expect(throws: HotplugError.invalidArgument(name: "queueScale", value: "\(bad)", valid: "a finite number > 0")) {
+                _ = try Balancer(pool: pool, partitions: [a, b], queueScale: bad)
+            }
+        }
+        _ = try Balancer(pool: pool, partitions: [a, b], queueScale: 0.5)
     }
 }

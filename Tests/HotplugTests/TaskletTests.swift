@@ -305,3 +305,168 @@ final class RunLog: Sendable {
                 "the run exercised \(hotplugOps.load(ordering: .relaxed)) hotplug operations and \(rollbacks.load(ordering: .relaxed)) rollbacks")
     }
 }
+
+@Suite struct TaskletDrainTests {
+    /// `count` tasklets that each add one to `ran` after a short busy wait (so that they are not all done by the
+    /// time the schedules return), spread over `cpus`, a third of them high priority.
+    private func scheduleMany(_ m: Machine, _ count: Int, on cpus: [Int], _ ran: Counter) throws -> [Tasklet] {
+        let tasklets = (0..<count).map { i in
+            Tasklet(m, priority: i % 3 == 0 ? .high : .normal) {
+                let until = ContinuousClock.now + .microseconds(200)
+                while ContinuousClock.now < until {}
+                ran.value.add(1, ordering: .relaxed)
+            }
+        }
+        for (i, t) in tasklets.enumerated() { try t.schedule(on: cpus[i % cpus.count]) }
+        return tasklets
+    }
+
+    @Test func drainReturnsOnceEveryScheduledRunHasRun() throws {
+        let m = try Machine(cpus: 4)
+        defer { m.shutdown() }
+        for round in 1...5 {
+            let ran = Counter()
+            let tasklets = try scheduleMany(m, 400, on: [0, 1, 2, 3], ran)
+            try m.drainTasklets(timeout: .seconds(20))
+            #expect(ran.value.load(ordering: .relaxed) == tasklets.count, "round \(round)")
+            #expect(tasklets.allSatisfy { !$0.isScheduled && !$0.isRunning })
+        }
+    }
+
+    /// CPU 2's runs are queued by a STARTING teardown of its detach (so they are on its lists when it dies) and
+    /// move to a survivor; the drain after the detach waits for them there.
+    @Test func drainSeesRunsMovedByATakeover() throws {
+        let m = try Machine(cpus: 3)
+        defer { m.shutdown() }
+        let ran = Counter()
+        let tasklets = Locked<[Tasklet]>([])
+        try m.hotplug.register("test:queue-on-dying", section: .starting, startup: nil, teardown: { cpu in
+            guard cpu == 2 else { return }
+            let queued = try scheduleMany(m, 200, on: [2], ran)
+            tasklets.withLock { $0 = queued }
+        })
+        try m.offline(2)
+        #expect(tasklets.withLock { $0.count } == 200)
+        try m.drainTasklets(timeout: .seconds(20))
+        #expect(ran.value.load(ordering: .relaxed) == 200)
+    }
+
+    /// Batches scheduled over every CPU while another thread detaches and attaches CPUs 1...3: each drain sees
+    /// every run of its batch, wherever the takeovers moved them.
+    @Test func drainUnderHotplug() throws {
+        let m = try Machine(cpus: 4)
+        defer { m.shutdown() }
+        let stop = Atomic<Bool>(false)
+        let cycles = Atomic<Int>(0)
+        let done = Atomic<Bool>(false)
+        Thread {
+            var cpu = 0
+            while !stop.load(ordering: .relaxed) {
+                cpu = cpu % 3 + 1
+                if (try? m.offline(cpu)) != nil { cycles.add(1, ordering: .relaxed) }
+                _ = try? m.online(cpu)
+            }
+            done.store(true, ordering: .releasing)
+        }.start()
+        defer {
+            stop.store(true, ordering: .relaxed)
+            _ = eventually { done.load(ordering: .acquiring) }
+        }
+        let until = ContinuousClock.now + .seconds(2)
+        var batches = 0
+        while ContinuousClock.now < until {
+            let ran = Counter()
+            var scheduled = 0
+            let tasklets = (0..<100).map { _ in Tasklet(m) { ran.value.add(1, ordering: .relaxed) } }
+            for (i, t) in tasklets.enumerated() where (try? t.schedule(on: i % 4)) == true { scheduled += 1 }
+            try m.drainTasklets(timeout: .seconds(20))
+            #expect(ran.value.load(ordering: .relaxed) == scheduled, "batch \(batches)")
+            batches += 1
+        }
+        print("tasklet drain under hotplug: \(batches) batches, \(cycles.load(ordering: .relaxed)) detaches")
+    }
+
+    /// A run that CPU 2 meets while the tasklet still runs on CPU 1 is queued again on CPU 2, behind the drain's
+    /// marker there: the drain must look again, and wait for that run too (it is slow, so a drain that returned
+    /// after the markers alone would return before it).
+    @Test func drainWaitsForARunQueuedAgainBehindItsMarker() throws {
+        let m = try Machine(cpus: 3)
+        defer { m.shutdown() }
+        let gate = Gate()
+        let started = Atomic<Int>(0)
+        let runs = Atomic<Int>(0)   // runs that have ended
+        let t = Tasklet(m) {
+            if started.add(1, ordering: .relaxed).newValue == 1 { gate.spin() } else { usleep(50_000) }
+            runs.add(1, ordering: .relaxed)
+        }
+        try t.schedule(on: 1)
+        #expect(eventually { gate.hasEntered })
+        defer { gate.release() }
+        #expect(try t.schedule(on: 2))   // CPU 2 takes it while it runs on CPU 1, and queues it again
+        let result = Locked<Result<Int, HotplugError>?>(nil)
+        Thread {
+            let outcome = Result { () throws(HotplugError) in
+                try m.drainTasklets(timeout: .seconds(20))
+                return runs.load(ordering: .relaxed)
+            }
+            result.withLock { $0 = outcome }
+        }.start()
+        usleep(20_000)
+        #expect(result.withLock { $0 } == nil, "the drain returned while the first run still ran")
+        gate.release()
+        #expect(eventually(timeout: .seconds(25)) { result.withLock { $0 } != nil })
+        #expect(try result.withLock { $0 }?.get() == 2, "the drain returned before the run queued again had run")
+        #expect(m.tasklets.requeues.load(ordering: .relaxed) > 0)
+    }
+
+    @Test func drainWhereItWouldWaitForItselfIsRefused() throws {
+        let m = try Machine(cpus: 2)
+        defer { m.shutdown() }
+        let fromTasklet = Locked<Result<Void, HotplugError>?>(nil)
+        let t = Tasklet(m) { fromTasklet.withLock { $0 = Result { () throws(HotplugError) in try m.drainTasklets() } } }
+        try t.schedule(on: 1)
+        #expect(eventually { fromTasklet.withLock { $0 } != nil })
+        #expect(throws: HotplugError.wouldDeadlock(operation: .taskletDrain, reason: .onLogicalCPU)) {
+            try fromTasklet.withLock { $0 }!.get()
+        }
+        let fromCrossCall = try m.run(on: 0) { Result { () throws(HotplugError) in try m.drainTasklets() } }
+        #expect(throws: HotplugError.wouldDeadlock(operation: .taskletDrain, reason: .onLogicalCPU)) {
+            try fromCrossCall.get()
+        }
+        let fromCallback = Locked<Result<Void, HotplugError>?>(nil)
+        try m.hotplug.register("test:drain", section: .prepare, startup: nil, teardown: { _ in
+            fromCallback.withLock { $0 = Result { () throws(HotplugError) in try m.drainTasklets() } }
+        })
+        try m.offline(1)
+        #expect(throws: HotplugError.wouldDeadlock(operation: .taskletDrain, reason: .insideHotplugCallback)) {
+            try fromCallback.withLock { $0 }!.get()
+        }
+    }
+
+    @Test func drainTimesOutWhenACPUDoesNotComeBack() throws {
+        let m = try Machine(cpus: 2)
+        defer { m.shutdown() }
+        let gate = Gate()
+        try m.submit(on: 1) { gate.spin() }
+        #expect(eventually { gate.hasEntered })
+        defer { gate.release() }
+        let ran = Counter()
+        try Tasklet(m) { ran.value.add(1, ordering: .relaxed) }.schedule(on: 1)
+        let started = ContinuousClock.now
+        do {
+            try m.drainTasklets(timeout: .milliseconds(100))
+            Issue.record("the drain returned while CPU 1 could not run its tasklet")
+        } catch {
+            guard case .timeout(cpu: 1, operation: .taskletDrain, _) = error else {
+                Issue.record("unexpected error \(error)")
+                return
+            }
+        }
+        #expect(ContinuousClock.now - started < .seconds(5))
+        gate.release()
+        try m.drainTasklets(timeout: .seconds(10))
+        #expect(ran.value.load(ordering: .relaxed) == 1)
+        m.shutdown()
+        #expect(throws: HotplugError.shutDown) { try m.drainTasklets() }
+    }
+}

@@ -24,18 +24,40 @@ public protocol BalancerPolicy: Sendable {
 /// consecutive samples (hysteresis: short bursts move nothing); then wait ``cooldown`` samples before the next move,
 /// so that the receiver's load can settle.
 public struct HysteresisPolicy: BalancerPolicy {
-    public var high: Double
-    public var low: Double
-    public var patience: Int
-    public var cooldown: Int
+    public private(set) var high: Double
+    public private(set) var low: Double
+    public private(set) var patience: Int
+    public private(set) var cooldown: Int
     private var streak: (from: Int, to: Int, count: Int)?
     private var quiet = 0
 
-    public init(high: Double = 0.6, low: Double = 0.3, patience: Int = 3, cooldown: Int = 3) {
+    /// The default policy (`high` 0.6, `low` 0.3, `patience` 3, `cooldown` 3).
+    public static let standard = HysteresisPolicy(checked: 0.6, 0.3, 3, 3)
+
+    /// - Parameters:
+    ///   - high: the pressure at or above which a partition gets a processor; finite, at least `low`.
+    ///   - low: the pressure at or below which a partition gives one; finite, at least 0.
+    ///   - patience: consecutive samples the same move must be wanted before it is made; at least 1.
+    ///   - cooldown: samples to wait after a move; at least 0.
+    /// - Throws: ``HotplugError/invalidArgument(name:value:valid:)`` for a number out of those ranges (a NaN
+    ///   threshold would never move anything, a `low` above `high` would move processors back and forth).
+    public init(high: Double = 0.6, low: Double = 0.3, patience: Int = 3, cooldown: Int = 3) throws(HotplugError) {
+        guard low.isFinite, low >= 0 else {
+            throw .invalidArgument(name: "low", value: "\(low)", valid: "a finite number >= 0")
+        }
+        guard high.isFinite, high >= low else {
+            throw .invalidArgument(name: "high", value: "\(high)", valid: "a finite number >= low (\(low))")
+        }
+        guard patience >= 1 else { throw .invalidArgument(name: "patience", value: "\(patience)", valid: ">= 1") }
+        guard cooldown >= 0 else { throw .invalidArgument(name: "cooldown", value: "\(cooldown)", valid: ">= 0") }
+        self.init(checked: high, low, patience, cooldown)
+    }
+
+    private init(checked high: Double, _ low: Double, _ patience: Int, _ cooldown: Int) {
         self.high = high
         self.low = low
-        self.patience = max(1, patience)
-        self.cooldown = max(0, cooldown)
+        self.patience = patience
+        self.cooldown = cooldown
     }
 
     public mutating func decide(_ loads: [PartitionLoad]) -> (from: Int, to: Int)? {
@@ -84,10 +106,20 @@ public final class Balancer: @unchecked Sendable {
         case failed(from: String, to: String, processor: Int, error: HotplugError)
     }
 
-    public init(pool: CPUPool, partitions: [Partition], policy: any BalancerPolicy = HysteresisPolicy(),
+    /// - Parameters:
+    ///   - pool: whose partitions it balances.
+    ///   - partitions: at least two partitions of `pool`.
+    ///   - policy: decides the moves; ``HysteresisPolicy/standard`` by default.
+    ///   - queueScale: queued tasklets per processor that count as a pressure of 1; finite and positive.
+    /// - Throws: ``HotplugError/invalidConfiguration(_:)`` for fewer than two partitions or one of another pool;
+    ///   ``HotplugError/invalidArgument(name:value:valid:)`` for a `queueScale` that is not finite and positive.
+    public init(pool: CPUPool, partitions: [Partition], policy: any BalancerPolicy = HysteresisPolicy.standard,
                 queueScale: Double = 64) throws(HotplugError) {
         guard partitions.count >= 2, partitions.allSatisfy({ $0.pool === pool }) else {
             throw .invalidConfiguration("a balancer needs at least two partitions of its pool")
+        }
+        guard queueScale.isFinite, queueScale > 0 else {
+            throw .invalidArgument(name: "queueScale", value: "\(queueScale)", valid: "a finite number > 0")
         }
         self.pool = pool
         self.partitions = partitions

@@ -34,7 +34,7 @@ public final class PerCPU<Value>: @unchecked Sendable {
         base.deallocate()
     }
 
-    private func slot(_ cpu: Int) -> UnsafeMutablePointer<Value> {
+    func slot(_ cpu: Int) -> UnsafeMutablePointer<Value> {
         (base + cpu * slotStride).assumingMemoryBound(to: Value.self)
     }
 
@@ -47,12 +47,15 @@ public final class PerCPU<Value>: @unchecked Sendable {
         return try body(cpu, &slot(cpu).pointee)
     }
 
-    /// Runs `body` on every online CPU's own thread with that CPU's slot, the online mask held stable (under the
-    /// hotplug read lock). Returns each CPU's result.
+    /// Runs `body` on every online CPU's own thread with that CPU's slot, the online mask held stable
+    /// (``Machine/withCPUsReadLocked(_:)``). Returns each CPU's result.
+    ///
+    /// From a hotplug callback it takes no lock (the operation in progress holds it and waits for the caller):
+    /// the CPUs it visits are the online ones at that point of the walk.
     /// - Throws: the errors of ``Machine/runOnEach(timeout:_:)`` (``HotplugError/shutDown`` once the machine is
-    ///   shut down).
+    ///   shut down; ``HotplugError/wouldDeadlock(operation:reason:)`` from a stop_machine body).
     public func forEachOnline<T: Sendable>(_ body: @escaping @Sendable (_ cpu: Int, inout Value) -> T) throws(HotplugError) -> [Int: T] {
-        try machine.hotplugLock.withReadLock { () throws(HotplugError) in
+        try machine.withCPUsReadLocked { () throws(HotplugError) in
             try machine.runOnEach { cpu in body(cpu, &self.slot(cpu).pointee) }
         }
     }

@@ -126,6 +126,9 @@ public enum HotplugOperation: String, Sendable, CaseIterable, CustomStringConver
     /// ``Machine/Hotplug-swift.struct/addInstance(_:to:invoke:)``,
     /// ``Machine/Hotplug-swift.struct/removeInstance(_:from:invoke:)``.
     case registration
+    // MARK: Tasklet drain
+    /// ``Machine/drainTasklets(timeout:)``.
+    case taskletDrain = "tasklet drain"
 
     public var description: String { rawValue }
 }
@@ -158,6 +161,11 @@ public enum DeadlockReason: String, Sendable, CaseIterable, CustomStringConverti
     /// Called on a CPU on its way offline (running the cross-calls it accepted before it parks): the detach taking
     /// it down holds the locks and waits for it to park.
     case callerGoingOffline = "it runs on a CPU that is going offline"
+    // MARK: Tasklet drain
+    /// Called on one of the machine's logical CPUs (in a tasklet or a cross-call): the CPU runs tasklets only at
+    /// its safe point, after the caller's code returns, so a wait for every queued tasklet would wait for the
+    /// caller. Drain from a thread that is not one of the machine's CPUs.
+    case onLogicalCPU = "it runs on a logical CPU, which runs tasklets only once the caller returns"
 
     public var description: String { rawValue }
 }

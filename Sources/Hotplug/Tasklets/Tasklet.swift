@@ -48,6 +48,13 @@ public final class Tasklet: @unchecked Sendable {
         self.engine = machine.tasklets
     }
 
+    /// A tasklet of the engine itself (a drain marker).
+    init(engine: TaskletEngine, priority: Priority, _ body: @escaping @Sendable () -> Void) {
+        self.priority = priority
+        self.body = body
+        self.engine = engine
+    }
+
     /// Queues the tasklet on a logical CPU (Linux's `tasklet_schedule`). No lock and no allocation on this path.
     /// - Parameter cpu: the target; nil: the calling CPU when called on one of the machine's CPUs, otherwise the
     ///   online CPU with the fewest queued tasklets. A CPU that is not online is never used: the tasklet is

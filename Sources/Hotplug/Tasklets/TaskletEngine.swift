@@ -36,6 +36,9 @@ final class TaskletEngine: HotplugSubsystem {
     let machineID: UInt64
     /// Runs still pending when the last CPU went down at shutdown (reported by the machine's log).
     let droppedAtShutdown = Atomic<Int>(0)
+    /// Runs a CPU took while their tasklet ran elsewhere and queued again, behind what was queued meanwhile: a
+    /// drain that sees it change looks again (`Machine.drainTasklets`). Touched only on that rare path.
+    let requeues = Atomic<Int>(0)
 
     /// Creates the lists (closed until each CPU's `tasklets:starting`) and sets each core's tasklet hook.
     init(_ context: HotplugSubsystemContext) {
@@ -100,6 +103,17 @@ final class TaskletEngine: HotplugSubsystem {
             }
             head = seen
         }
+    }
+
+    /// Queues a drain marker on `cpu` itself, never elsewhere (it must run behind what that CPU's lists hold).
+    /// False when that CPU's lists are closed (offline: what they held was moved to a survivor by its takeover).
+    func pushMarker(_ marker: Tasklet, on cpu: Int) -> Bool {
+        marker.state.bitwiseOr(Tasklet.scheduledBit, ordering: .acquiringAndReleasing)
+        let link = UInt(bitPattern: Unmanaged.passRetained(marker).toOpaque())   // the queue's reference
+        if push(marker, link: link, on: cpu) { return true }
+        marker.state.bitwiseAnd(~Tasklet.scheduledBit, ordering: .releasing)
+        Unmanaged<Tasklet>.fromOpaque(UnsafeRawPointer(bitPattern: link)!).release()
+        return false
     }
 
     /// Makes a CPU look at its tasklets again (after an enable or a kill).
@@ -199,6 +213,10 @@ final class TaskletEngine: HotplugSubsystem {
             if old & Tasklet.runningBit != 0 {
                 // Running on another CPU right now: it must not run concurrently with itself; queue it again.
                 if !push(tasklet, link: link, on: cpu) { queue.append(deferred: link, tasklet.priority) }
+                // Release, after the push: partner of the drain's acquiring loads. A drain whose first load saw
+                // this count finds the run ahead of its markers; one whose markers this run passed sees the count
+                // change once they have run (this CPU ran the markers after this line).
+                requeues.add(1, ordering: .releasing)
                 return
             }
             if old & Tasklet.killedBit != 0 {
