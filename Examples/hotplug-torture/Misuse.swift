@@ -364,7 +364,7 @@ final class MisuseLoad: Sendable {
         let left = machine.shutdown()
         let took = monotonicNanoseconds() - before
         checks.check(.busyShutdown, left == CPUSet([busy]),
-                     "shutdown() with logical CPU \(busy) busy left \(left) running, expected {\(busy)}")
+                     "shutdown() with logical CPU \(busy) busy left \(left) running, expected \(CPUSet([busy]))")
         checks.check(.busyShutdown, took <= 30_000_000_000, "shutdown() with a busy CPU took \(took / 1_000_000) ms")
         release.store(true, ordering: .releasing)
         checks.check(.busyShutdown, waitUntil(5_000, { done.load(ordering: .acquiring) }),

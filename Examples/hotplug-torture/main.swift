@@ -153,6 +153,8 @@ struct HotplugTorture: ParsableCommand {
         guard followDeadline.isFinite, followDeadline > 0, followDeadline <= 60_000 else {
             throw ValidationError("--follow-deadline must be a positive number of milliseconds, at most 60000")
         }
+        // The follower's detaches would meet the STOP storms' stopped CPUs, which only the on/off thread expects.
+        if misuse && follow { throw ValidationError("--misuse works with the on/off thread, not with --follow") }
         guard (1...HotplugTorture.maximumWorkers).contains(workers) else {
             throw ValidationError("--workers must be between 1 and \(HotplugTorture.maximumWorkers)")
         }
