@@ -19,6 +19,8 @@ final class Counter: Sendable {
 enum Invariant: Int, CaseIterable, Sendable {
     case tasklets, slab, offlineCaches, parkedCPUTime, pinning
     case taskletPlacement, rollback, callbacks, crossCalls, sigp, stopMachine, progress, follow
+    /// `--misuse` only (Misuse.swift).
+    case misuse, stopStorm, busyShutdown
 
     /// What holds when the invariant holds; the FAILED line names it.
     var title: String {
@@ -36,6 +38,9 @@ enum Invariant: Int, CaseIterable, Sendable {
         case .stopMachine: "stop_machine runs where asked; it and the read lock hold the online mask still"
         case .progress: "the run makes progress (no livelock, no timeout)"
         case .follow: "the machine follows the CPUs the process may use (--follow), each change within the deadline"
+        case .misuse: "misuse is refused with the documented error, at once (--misuse)"
+        case .stopStorm: "cross-calls keep their timeouts while a busy CPU is stopped and started (--misuse)"
+        case .busyShutdown: "shutdown with a busy CPU leaves only it running and the process alive (--misuse)"
         }
     }
 
@@ -55,6 +60,9 @@ enum Invariant: Int, CaseIterable, Sendable {
         case .stopMachine: "stop_machine"
         case .progress: "progress"
         case .follow: "follow"
+        case .misuse: "misuse"
+        case .stopStorm: "stop_storm"
+        case .busyShutdown: "busy_shutdown"
         }
     }
 }

@@ -14,6 +14,8 @@ final class OnOffStats: Sendable {
         let successes = Counter()
         let rollbacks = Counter()
         let timeouts = Counter()
+        /// `--misuse`: detaches refused because a STOP storm held the CPU.
+        let refusedStopped = Counter()
         /// Wall time of each successful operation, in nanoseconds.
         let latencies = Mutex<[Int64]>([])
     }
@@ -74,6 +76,8 @@ final class OnOffDriver: Sendable {
     private let detachPoints: [InjectionPoint]
     /// Set with `--follow`: the machine follows the real CPUs, this thread only checks (FollowMode.swift).
     let follow: FollowMode?
+    /// Set with `--misuse`: its STOP storms may hold a CPU this thread detaches.
+    let misuse: MisuseLoad?
 
     /// A state where a failure may be injected, with its name for the report.
     struct InjectionPoint {
@@ -89,13 +93,14 @@ final class OnOffDriver: Sendable {
     /// harmless (a spurious futex return re-checks the word and waits again) costs a few microseconds.
     static let parkedSlack: Int64 = 50_000
 
-    init(machine: Machine, checks: Checks, slab: SlabChurn, states: TortureStates, seed: UInt64,
+    init(machine: Machine, checks: Checks, slab: SlabChurn, states: TortureStates, misuse: MisuseLoad?, seed: UInt64,
          intervalMilliseconds: Double, failRate: Double, followDeadlineMilliseconds: Double?, followPriority: Int32?,
          output: @escaping @Sendable (String) -> Void) {
         self.machine = machine
         self.checks = checks
         self.slab = slab
         self.states = states
+        self.misuse = misuse
         self.seed = seed
         self.intervalMicroseconds = intervalMilliseconds * 1_000
         self.failRate = failRate
@@ -209,6 +214,7 @@ final class OnOffDriver: Sendable {
         if attach { finishWatch(cpu, &local) }   // measured before the thread is woken
         let side = attach ? stats.attach : stats.detach
         side.attempts.add()
+        let mark = misuse?.stopMark(cpu)
         let started = monotonicNanoseconds()
         let outcome = Result { () throws(HotplugError) in
             if attach { try machine.online(cpu) } else { try machine.offline(cpu) }
@@ -217,6 +223,12 @@ final class OnOffDriver: Sendable {
         local.operations += 1
         switch outcome {
         case .success: succeeded(cpu, attach: attach, latency: latency, expected: expected, &local)
+        case .failure(.stoppedByOrder(cpu)) where !attach && mark.map({ misuse?.wasStopped(cpu, since: $0) == true }) == true:
+            // --misuse: a STOP storm held the CPU; the detach was refused before it began (a failure injected
+            // for it is still armed, and the next detach of the CPU meets it).
+            stats.detach.refusedStopped.add()
+            stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
+            if let expected { local.pending[cpu * 2] = expected }
         case .failure(let error): failed(cpu, attach: attach, error, expected: expected, &local)
         }
         checkWhere(cpu, online: attach == outcome.isSuccess)

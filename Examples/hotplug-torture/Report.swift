@@ -146,6 +146,13 @@ struct Outcome {
     let violations: [Violation]
     /// Follow mode only.
     let follow: FollowFigures?
+    /// `--misuse` only.
+    let misuse: MisuseFigures?
+
+    struct MisuseFigures {
+        let refusals: Int, fromCrossCalls: Int, fromTasklets: Int, fromCallbacks: Int, fromStopMachine: Int
+        let storms: Int, probes: Int, detachesRefusedStopped: Int
+    }
 
     struct FollowFigures {
         let sources: [String], deadlineMilliseconds: Double, repins: Int, failures: Int, leftParked: [Int]
@@ -186,6 +193,12 @@ struct Outcome {
         invariants = Invariant.allCases.map { ($0, checks.checks($0), checks.violations($0)) }
         violations = checks.all
         totalViolations = checks.totalViolations
+        misuse = torture.misuse.map { load in
+            MisuseFigures(refusals: load.refusals.load, fromCrossCalls: load.fromCrossCalls.load,
+                          fromTasklets: load.taskletsRan.load, fromCallbacks: load.fromCallbacks.load,
+                          fromStopMachine: load.fromStopMachine.load, storms: load.storms.load, probes: load.probes.load,
+                          detachesRefusedStopped: stats.detach.refusedStopped.load)
+        }
         follow = torture.onoff.follow.map { mode in
             FollowFigures(sources: mode.sources.withLock { $0.map(\.rawValue) },
                           deadlineMilliseconds: Double(mode.deadline) / 1e6, repins: mode.repins.load,
@@ -261,9 +274,16 @@ struct Outcome {
         lines.append("cross-calls \(crossCalls) (\(crossCallsRefused) refused: CPU not online), runOnEach "
                      + "\(runOnEachCalls), stop_machine \(stopMachines) (\(stopMachineBodies) bodies), read-locked "
                      + "mask checks \(readLockedChecks); worker actions \(workerActions)")
-        lines.append("  " + pad("invariant", 72) + padLeft("checks", 12) + padLeft("violations", 12))
+        if let misuse {
+            lines.append("misuse: \(misuse.refusals) wrong calls refused (from \(misuse.fromCrossCalls) cross-calls, "
+                         + "\(misuse.fromTasklets) tasklets, \(misuse.fromCallbacks) hotplug callbacks, "
+                         + "\(misuse.fromStopMachine) stop_machine bodies); \(misuse.storms) STOP/START storms on busy "
+                         + "CPUs, \(misuse.probes) 5 ms cross-calls beside them, \(misuse.detachesRefusedStopped) detaches "
+                         + "refused (CPU stopped by the storm)")
+        }
+        lines.append("  " + pad("invariant", 96) + padLeft("checks", 12) + padLeft("violations", 12))
         for entry in invariants {
-            lines.append("  " + pad(entry.invariant.title, 72) + padLeft("\(entry.checks)", 12)
+            lines.append("  " + pad(entry.invariant.title, 96) + padLeft("\(entry.checks)", 12)
                          + padLeft("\(entry.violations)", 12))
         }
         for violation in violations.prefix(10) {
@@ -315,6 +335,17 @@ struct Outcome {
     }
     struct ViolationJSON: Encodable { let invariant: String, detail: String, at: Double }
 
+    struct MisuseJSON: Encodable {
+        let refusals: Int, fromCrossCalls: Int, fromTasklets: Int, fromCallbacks: Int, fromStopMachine: Int
+        let storms: Int, probes: Int
+
+        enum CodingKeys: String, CodingKey {
+            case refusals, storms, probes
+            case fromCrossCalls = "from_cross_calls", fromTasklets = "from_tasklets", fromCallbacks = "from_callbacks"
+            case fromStopMachine = "from_stop_machine"
+        }
+    }
+
     struct ReportJSON: Encodable {
         let seed: UInt64, seconds: Double, elapsedSeconds: Double, finalSeconds: Double, cpus: Int, physicalCpus: Int, workers: Int
         let failRate: Double, onoffIntervalMs: Double
@@ -328,11 +359,12 @@ struct Outcome {
         let invariants: [InvariantJSON]
         let violations: [ViolationJSON]
         let follow: FollowJSON?
+        let misuse: MisuseJSON?
         let passed: Bool
 
         enum CodingKeys: String, CodingKey {
             case seed, seconds, cpus, workers, cycles, attach, detach, rollbacks, tasklets, slab, invariants
-            case violations, passed, follow
+            case violations, passed, follow, misuse
             case elapsedSeconds = "elapsed_seconds", finalSeconds = "final_seconds", physicalCpus = "physical_cpus", failRate = "fail_rate"
             case onoffIntervalMs = "onoff_interval_ms", injectedFailures = "injected_failures"
             case parkedCpuTimeGrowthUs = "parked_cpu_time_growth_us", parkedWindows = "parked_windows"
@@ -369,6 +401,9 @@ struct Outcome {
                                                        at: ($0.at * 100).rounded() / 100) },
             follow: follow.map { FollowJSON(sources: $0.sources, deadlineMs: $0.deadlineMilliseconds, repins: $0.repins,
                                             failures: $0.failures, leftParked: $0.leftParked) },
+            misuse: misuse.map { MisuseJSON(refusals: $0.refusals, fromCrossCalls: $0.fromCrossCalls,
+                                            fromTasklets: $0.fromTasklets, fromCallbacks: $0.fromCallbacks,
+                                            fromStopMachine: $0.fromStopMachine, storms: $0.storms, probes: $0.probes) },
             passed: passed)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

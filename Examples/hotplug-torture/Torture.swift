@@ -23,6 +23,8 @@ struct Settings: Sendable {
     var followDeadlineMilliseconds: Double?
     /// `--follow-realtime`: SCHED_FIFO priority of the follower's thread.
     var followPriority: Int32?
+    /// `--misuse`: wrong calls at random, STOP storms, and the shutdown with a busy CPU at the end (Misuse.swift).
+    var misuse: Bool
 }
 
 /// One torture run: the machine, the workload on it, the on/off thread, and the final checks.
@@ -36,6 +38,9 @@ final class Torture {
     let states: TortureStates
     let onoff: OnOffDriver
     let workload: Workload
+    /// `--misuse` only.
+    let misuse: MisuseLoad?
+    let topology: Topology
     let status: StatusLine
     let started: Int64
 
@@ -52,7 +57,7 @@ final class Torture {
         self.status = status
         started = monotonicNanoseconds()
         let checks = Checks(started: started)
-        let sigp = SIGPLoad(cpus: settings.cpus, checks: checks)
+        let sigp = SIGPLoad(cpus: settings.cpus, checks: checks, stopsPending: settings.misuse)
         let configuration = Machine.Configuration(interruptHandler: { cpu, interruption in
             sigp.handle(cpu: cpu, interruption)
         })
@@ -60,8 +65,12 @@ final class Torture {
         slab = try SlabChurn(machine: machine, checks: checks)
         storm = TaskletStorm(machine: machine, count: max(32, Torture.taskletsPerCPU * settings.cpus),
                              seed: settings.seed, checks: checks, slab: slab, dropOneRun: settings.dropOneTaskletRun)
-        states = try TortureStates(machine: machine, slab: slab, checks: checks)
-        onoff = OnOffDriver(machine: machine, checks: checks, slab: slab, states: states, seed: settings.seed,
+        let misuse = settings.misuse ? MisuseLoad(machine: machine, checks: checks, seed: settings.seed) : nil
+        self.misuse = misuse
+        self.topology = topology
+        states = try TortureStates(machine: machine, slab: slab, checks: checks, misuse: misuse)
+        onoff = OnOffDriver(machine: machine, checks: checks, slab: slab, states: states, misuse: misuse,
+                            seed: settings.seed,
                             intervalMilliseconds: settings.onoffIntervalMilliseconds, failRate: settings.failRate,
                             followDeadlineMilliseconds: settings.followDeadlineMilliseconds,
                             followPriority: settings.followPriority,
@@ -82,6 +91,12 @@ final class Torture {
         for index in 0..<settings.workers {
             workers.append(try OSThread { [workload] in workload.run(worker: index) })
         }
+        var misuseThreads: [OSThread] = []
+        if let misuse {
+            misuse.callbacksMisbehave.store(true, ordering: .relaxed)
+            misuseThreads.append(try OSThread { misuse.run() })
+            misuseThreads.append(try OSThread { misuse.probe() })
+        }
         watch(until: started + Int64(settings.seconds * 1e9))
         let runSeconds = elapsedSeconds
 
@@ -89,6 +104,9 @@ final class Torture {
         // every tasklet run, every interruption delivered, every object freed.
         workload.stop.store(true, ordering: .relaxed)
         for worker in workers { worker.join() }
+        misuse?.stop.store(true, ordering: .relaxed)
+        for thread in misuseThreads { thread.join() }
+        misuse?.callbacksMisbehave.store(false, ordering: .relaxed)
         onoff.stop.store(true, ordering: .relaxed)
         onoffThread.join()
         let drained = storm.drain(timeoutMilliseconds: Torture.drainMilliseconds)
@@ -99,6 +117,7 @@ final class Torture {
         var slabTally = slab.finish(machine: machine)
         machine.shutdown()
         slabTally = slab.finishAfterShutdown(slabTally)
+        if misuse != nil { MisuseLoad.shutdownWithBusyCPU(topology: topology, checks: checks) }
         status.finish()
         return Outcome(torture: self, runSeconds: runSeconds, finalSeconds: elapsedSeconds - runSeconds,
                        tasklets: tasklets, slab: slabTally)

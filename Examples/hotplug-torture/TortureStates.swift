@@ -8,6 +8,8 @@ import Hotplug
 /// - `torture:online` (ONLINE): must run on the CPU itself; its startup gives the CPU a slab object of its own and
 ///   its teardown frees it (per-CPU data that follows attach and detach).
 ///
+/// With `--misuse` each callback now and then calls back into the machine, which must refuse (Misuse.swift).
+///
 /// Each keeps a balance per CPU (startups less teardowns). Between two operations it must be 1 for every CPU
 /// whose hotplug state is at or past the state, 0 for the others: a rollback that skipped a teardown, or ran a
 /// startup twice, shows here.
@@ -23,7 +25,7 @@ final class TortureStates: Sendable {
     let online: Watched
     var all: [Watched] { [prepare, starting, online] }
 
-    init(machine: Machine, slab: SlabChurn, checks: Checks) throws(HotplugError) {
+    init(machine: Machine, slab: SlabChurn, checks: Checks, misuse: MisuseLoad?) throws(HotplugError) {
         let cpus = machine.possibleCount
         let balances = (0..<3).map { _ in (0..<cpus).map { _ in Counter() } }
         /// Counts one callback and checks where it runs (nil: on no logical CPU).
@@ -38,6 +40,7 @@ final class TortureStates: Sendable {
                 checks.check(.callbacks, now == (step > 0 ? 1 : 0),
                              "\(name) on CPU \(cpu): balance \(now) after a \(step > 0 ? "startup" : "teardown")")
                 work(cpu)
+                misuse?.fromCallback("\(name) \(step > 0 ? "startup" : "teardown")", cpu: cpu)
             }
         }
         let hotplug = machine.hotplug

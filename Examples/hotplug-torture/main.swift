@@ -22,6 +22,18 @@
 //   schedules another tasklet on a random CPU;
 // - the main thread: the status line, the deadline, and the livelock check.
 //
+// With `--misuse` (Misuse.swift) a misuse thread also makes wrong calls at random, each of which must be refused at
+// once (within 1 s) with exactly the `HotplugError.wouldDeadlock(operation:reason:)` that docs/ARCHITECTURE.md,
+// "Rules for callbacks and bodies", gives for it: `offline(N)` / `deconfigure(N)` from a cross-call or a tasklet on
+// CPU N; `online`, `offline`, `hotplug.register` or `stopMachine` from inside this run's own hotplug callbacks (one in
+// five); `offline`, `stopMachine` and `run(on:)` another CPU from inside a `stopMachine` body. It also sends SIGP STOP,
+// then START, to a CPU busy in a cross-call while a prober thread makes `run(on:timeout: .milliseconds(5))` calls to
+// the other CPUs: each must return within its timeout plus 250 ms, the busy call within 250 ms of the START (a detach
+// of the stopped CPU meanwhile is refused with `stoppedByOrder`, and other orders to it may answer busy: both are
+// documented). At the end, on a machine of 2 CPUs of its own, `shutdown()` runs while CPU 1 is busy in a long
+// cross-call: it must return exactly {1}, and once the call returns the CPU's thread must leave and the process live
+// on. These are three more invariants (`misuse`, `stop_storm`, `busy_shutdown` in the JSON report).
+//
 // With `--follow` (FollowMode.swift) the on/off thread attaches and detaches nothing: `Machine.follow` does, when the
 // process affinity mask, the cgroup cpuset or the kernel's online CPUs change (an operator's `echo 0 >
 // /sys/devices/system/cpu/cpu2/online`, a cgroup `cpuset.cpus` write, `taskset -a -p`); each change is printed as a
@@ -111,6 +123,9 @@ struct HotplugTorture: ParsableCommand {
           help: "With --follow: run the follower's thread at SCHED_FIFO priority 1, as the kernel runs its hotplug threads (needs CAP_SYS_NICE).")
     var followRealtime = false
 
+    @Flag(help: "Also make wrong calls at random while the load runs (a CPU taking itself offline, calls back into the machine from hotplug callbacks and stop_machine bodies), STOP and START busy CPUs, and end with a shutdown that must leave one busy CPU running: each wrong call must be refused at once with the documented error.")
+    var misuse = false
+
     @Flag(help: "Print one JSON object on standard output (progress and the verdict go to standard error).")
     var json = false
 
@@ -138,6 +153,8 @@ struct HotplugTorture: ParsableCommand {
         guard followDeadline.isFinite, followDeadline > 0, followDeadline <= 60_000 else {
             throw ValidationError("--follow-deadline must be a positive number of milliseconds, at most 60000")
         }
+        // The follower's detaches would meet the STOP storms' stopped CPUs, which only the on/off thread expects.
+        if misuse && follow { throw ValidationError("--misuse works with the on/off thread, not with --follow") }
         guard (1...HotplugTorture.maximumWorkers).contains(workers) else {
             throw ValidationError("--workers must be between 1 and \(HotplugTorture.maximumWorkers)")
         }
@@ -155,13 +172,13 @@ struct HotplugTorture: ParsableCommand {
         let settings = Settings(cpus: count, seconds: seconds, seed: seed, onoffIntervalMilliseconds: onoffInterval,
                                 failRate: failRate, workers: workers, json: json, dropOneTaskletRun: debugDropTasklet,
                                 sigpToSelf: sigpToSelf, followDeadlineMilliseconds: follow ? followDeadline : nil,
-                                followPriority: followRealtime ? 1 : nil)
+                                followPriority: followRealtime ? 1 : nil, misuse: misuse)
         let physical = topology.physicalCPUs.count
         say("hotplug-torture: \(count) logical CPUs on \(physical) physical CPU\(physical == 1 ? "" : "s") "
             + "(\(count > physical ? "oversubscribed" : "one each")), \(workers) workers, "
             + (follow ? "following the machine (deadline \(followDeadline) ms), "
                       : "--fail-rate \(failRate), --onoff-interval \(onoffInterval) ms, ")
-            + "seed \(seed), \(fixed(seconds, 1)) s")
+            + (misuse ? "with misuse, " : "") + "seed \(seed), \(fixed(seconds, 1)) s")
 
         let status = StatusLine(toStandardError: json)
         let torture = try setUp("set up a machine of \(count) logical CPUs", seed: seed, output: say) {
