@@ -418,8 +418,13 @@ public final class Machine: Sendable {
     /// it runs the calls it had accepted, parks and its thread exits, detached (it retains its core, not the
     /// machine).
     private func abandonForShutdown(_ cpu: Int) {
-        let core = cores[cpu]
-        core.setAcceptingCalls(false)
+        cores[cpu].setAcceptingCalls(false)
+        letThreadExit(cpu)
+    }
+
+    /// Takes `cpu` out of every mask and lets its thread exit, detached, at its next safe point (it goes offline,
+    /// then exits): the end of both ways a shutdown leaves a CPU without a join.
+    private func letThreadExit(_ cpu: Int) {
         let thread = state.withLock { state -> pthread_t? in
             state.active.remove(cpu)
             state.online.remove(cpu)
@@ -429,8 +434,8 @@ public final class Machine: Sendable {
             return state.threads[cpu]
         }
         if let thread { Shim.detach(thread) }
-        core.control.lifecycle = .exit
-        _ = core.control.post(.lifecycle)   // taken at its next safe point: it goes offline, then exits
+        cores[cpu].control.lifecycle = .exit
+        _ = cores[cpu].control.post(.lifecycle)   // taken at its next safe point: it goes offline, then exits
     }
 
     /// Takes down the CPU the caller runs on: the hotplug walk down to ``HotplugState/offline`` in its retire
@@ -438,22 +443,12 @@ public final class Machine: Sendable {
     /// the STARTING teardowns, then the PREPARE teardowns; a failure is logged and the walk goes on); then it
     /// leaves every mask, and its thread exits detached when the current work returns to its safe point.
     private func retireCurrentCPU(_ cpu: Int) {
-        let core = cores[cpu]
         do {
             try walk(cpu, to: .offline, mode: .retire)
         } catch {
             preconditionFailure("the retire walk of CPU \(cpu) returned \(error.error); it logs its failures")
         }
-        let thread = state.withLock { state -> pthread_t? in
-            state.online.remove(cpu)
-            state.present.remove(cpu)
-            state.cpus[cpu] = .standby
-            defer { state.threads[cpu] = nil }
-            return state.threads[cpu]
-        }
-        if let thread { Shim.detach(thread) }
-        core.control.lifecycle = .exit
-        _ = core.control.post(.lifecycle)   // taken at its next safe point: it goes offline, then exits
+        letThreadExit(cpu)   // the walk's `online` teardown already took it out of the active mask
     }
 
     /// Where the calling thread runs inside this machine such that a hotplug operation, a registration or a
