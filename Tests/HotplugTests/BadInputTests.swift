@@ -95,7 +95,7 @@ import Testing
 /// so that a huge allocation fails at once instead of filling the machine's memory; not under ThreadSanitizer,
 /// whose shadow memory alone is far larger than that (the child would die of the cap, exit code 66).
 func exitZero(ifItThrows expected: HotplugError, _ body: () throws -> Void) -> Never {
-    if dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") == nil {   // RTLD_DEFAULT: not under TSan
+    if !runningUnderThreadSanitizer {
         var limit = rlimit(rlim_cur: 4 << 30, rlim_max: 4 << 30)
         guard setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &limit) == 0 else { exit(2) }
     }

@@ -66,7 +66,13 @@ import Testing
     /// Cross-calls add to their CPU's slot while CPUs 1...3 are detached and attached again: every increment that
     /// ran is in some slot afterwards (a merge at any other point of the walk loses the increments a dying CPU
     /// still runs), and the merge ran exactly once per detach.
-    @Test func nothingIsLostOverManyDetachAttachCycles() throws {
+    ///
+    /// Not under ThreadSanitizer: TSan defers an asynchronous signal until its thread calls an intercepted
+    /// function, and a logical CPU blocked in the runtime's raw futex wait (waiting for a stop_machine decision)
+    /// never does, so the SIGP acknowledgement that a sender of a cross-call waits for never comes and the detach's
+    /// stop_machine times out. Without TSan the handler runs at once (the test passes in `make test`).
+    @Test(.disabled(if: runningUnderThreadSanitizer, "TSan defers SIGP handlers of CPUs blocked in futex waits"))
+    func nothingIsLostOverManyDetachAttachCycles() throws {
         let m = try Machine(cpus: 4)
         defer { m.shutdown() }
         let counters = PerCPU<Int>(m) { _ in 0 }

@@ -78,3 +78,6 @@ func stressIterations(_ short: Int, long: Int) -> Int {
     if value == "long" { return long }
     return Int(value) ?? short
 }
+
+/// True when the tests run under ThreadSanitizer (its runtime is linked in).
+let runningUnderThreadSanitizer = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
