@@ -447,7 +447,7 @@ static void clear_check_stop(chp_cpu_t *cpu) {
 uint32_t chp_cpu_safe_point(chp_cpu_t *cpu) {
     clear_check_stop(cpu);
     uint32_t take = CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY | CHP_MB_CALL | CHP_MB_LIFECYCLE |
-                    CHP_MB_TASKLET;
+                    CHP_MB_TASKLET | CHP_MB_JOB;
     uint32_t old = atomic_load_explicit(A32(&cpu->mailbox), memory_order_relaxed);
     uint32_t next;
     do {

@@ -206,7 +206,7 @@ final class Recorder: Sendable {
                 exercised.insert("\(name) \(direction)")
             }
         }
-        #expect(exercised == ["slab:prepare startup", "tasklets:dead startup", "slab:dead startup", "cpu:bringup startup",
+        #expect(exercised == ["slab:prepare startup", "executors:dead startup", "tasklets:dead startup", "slab:dead startup", "cpu:bringup startup",
                               "test:p1 startup", "test:p2 startup", "test:o1 startup", "test:o2 startup",
                               "cpu:teardown teardown", "test:o1 teardown", "test:o2 teardown"])
     }
@@ -309,8 +309,8 @@ final class Recorder: Sendable {
         let m = try Machine(cpus: 1)
         defer { m.shutdown() }
         #expect(m.hotplug.states.map { "\($0.state.rawValue) \($0.name)" } == [
-            "0 offline", "22 slab:prepare", "25 slab:dead", "30 tasklets:dead", "40 cpu:bringup",
-            "41 tasklets:starting", "60 cpu:teardown", "100 online",
+            "0 offline", "22 slab:prepare", "25 slab:dead", "29 executors:dead", "30 tasklets:dead", "40 cpu:bringup",
+            "41 tasklets:starting", "42 executors:starting", "60 cpu:teardown", "100 online",
         ])
         #expect(m.hotplug.states.allSatisfy { $0.isBuiltin })
         #expect(m.hotplug.states.allSatisfy { HotplugTable.region(of: $0.state)?.kind != .dynamic })
@@ -378,7 +378,7 @@ final class Recorder: Sendable {
         #expect(throws: HotplugError.unknownState(state)) { try m.hotplug.removeInstance("a", from: state) }
     }
 
-    @Test(arguments: [(HotplugSection.prepare, 19), (.starting, 18), (.online, 39)])
+    @Test(arguments: [(HotplugSection.prepare, 19), (.starting, 17), (.online, 39)])
     func dynamicRangeExhaustion(section: HotplugSection, capacity: Int) throws {
         let m = try Machine(cpus: 1)
         defer { m.shutdown() }

@@ -178,8 +178,9 @@ enum {
     CHP_MB_CLASS_SHIFT = 8,           // bits 8-9: the CPU's delivery class (CHP_CLASS_*), state, not an order
     CHP_MB_CLASS_MASK = 3u << 8,
     CHP_MB_TASKLET = 1u << 10,        // tasklets are queued (Swift side); needs no signal, only an idle wake
+    CHP_MB_JOB = 1u << 11,            // executor jobs are queued (Swift side); needs no signal, only an idle wake
     CHP_MB_ORDERS = CHP_MB_STOP | CHP_MB_STOP_STORE | CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY |
-                    CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_TASKLET,
+                    CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_TASKLET | CHP_MB_JOB,
     CHP_MB_BUSY_MASK = CHP_MB_STOP | CHP_MB_RESTART,
     CHP_MB_ARCH_PENDING = CHP_MB_STOP | CHP_MB_STOP_STORE | CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY,
 };
@@ -377,7 +378,7 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
 /// Posts internal mailbox bits (CHP_MB_CALL, CHP_MB_LIFECYCLE) without the architectural checks; fills
 /// `delivery` for chp_sigp_deliver. Cannot fail.
 void chp_cpu_post_bits(chp_cpu_t *cpu, uint32_t bits, chp_delivery_t *delivery);
-/// Posts internal bits that need no signal (CHP_MB_TASKLET): a running CPU sees them at its next safe point, a
+/// Posts internal bits that need no signal (CHP_MB_TASKLET, CHP_MB_JOB): a running CPU sees them at its next safe point, a
 /// polling one at once; an idle one is woken with futex. Returns true when it had to wake the CPU. Cannot fail.
 bool chp_cpu_post_and_wake_idle(chp_cpu_t *cpu, uint32_t bits);
 

@@ -8,7 +8,8 @@ import Synchronization
 /// configure:  thread created -> binds to the control block, pins itself, blocks SIGP ("interrupts off")
 ///             -> acknowledges -> parks on its lifecycle word (run state OFFLINE)
 /// online:     lifecycle ONLINE + SIGP START -> leaves the park, unblocks SIGP, acknowledges -> CPU loop
-/// CPU loop:   safe point (mailbox: lifecycle, stop, restart, external call, emergency signals, cross-calls)
+/// CPU loop:   safe point (mailbox: lifecycle, stop, restart, external call, emergency signals, cross-calls,
+///             tasklets, executor jobs)
 ///             -> poll the mailbox briefly (POLLING) -> park on it in the kernel (IDLE)
 /// offline:    lifecycle OFFLINE + mailbox bit -> at its safe point: blocks SIGP, closes and drains its
 ///             cross-call queue, absorbs a pending STOP, acknowledges -> parks again
@@ -33,6 +34,8 @@ final class CPUCore: @unchecked Sendable {
     let startingHook: @Sendable (Int) -> Void
     /// Runs this CPU's tasklets (set once by the tasklet subsystem, before the thread starts).
     nonisolated(unsafe) var taskletHook: (@Sendable (Int) -> Void)?
+    /// Runs the executor jobs this CPU hosts (set once by the executor subsystem, before the thread starts).
+    nonisolated(unsafe) var jobHook: (@Sendable (Int) -> Void)?
     nonisolated(unsafe) var startError: HotplugError?
 
     init(id: Int, slot: Topology.CPU, machineID: UInt64, pollNanoseconds: Int64,
@@ -114,6 +117,7 @@ final class CPUCore: @unchecked Sendable {
             }
             if bits.contains(.call) { runPendingCalls() }
             if bits.contains(.tasklet) && !goingOffline { taskletHook?(id) }
+            if bits.contains(.job) && !goingOffline { jobHook?(id) }
             if goingOffline {
                 goOffline()
                 return

@@ -40,18 +40,19 @@ struct HotplugBuiltinState: Sendable {
 /// The machine's built-in subsystems: the one list of them, built by `Machine.init` in one call, which creates
 /// every subsystem from the context and registers its states.
 ///
-/// Adding a subsystem (an executor, say) touches its own folder and this list, never `Machine.init`:
-/// 1. In its own folder, make it a `final class Executor: HotplugSubsystem` with `init(_ context:)` (it keeps the
+/// Adding a subsystem touches its own folder and this list, never `Machine.init` (the executors are the latest
+/// example: `Executors/ExecutorEngine.swift`):
+/// 1. In its own folder, make it a `final class Thing: HotplugSubsystem` with `init(_ context:)` (it keeps the
 ///    cores it needs, never the machine) and declare its slots there: `extension HotplugState { static let
-///    executorDead = HotplugState(rawValue: 35) }`, each in a free slot of a built-in region of ``HotplugTable``
-///    whose placement fits (PREPARE 20...39 on the control thread; STARTING has one built-in slot, 41, taken by
-///    the tasklets; ONLINE has none yet: carve one out of the table's ONLINE region there, the one place that
+///    thingDead = HotplugState(rawValue: 35) }`, each in a free slot of a built-in region of ``HotplugTable``
+///    whose placement fits (PREPARE 20...39 on the control thread; STARTING 41...42, both taken, by the tasklets
+///    and the executors; ONLINE has none yet: carve one out of the table's ONLINE region there, the one place that
 ///    knows the layout). Registration traps at start-up when a slot is outside a built-in region or taken.
-/// 2. Return them from `hotplugStates`, each callback capturing the executor weakly (`[weak self]`). The order
+/// 2. Return them from `hotplugStates`, each callback capturing the subsystem weakly (`[weak self]`). The order
 ///    between subsystems is the slot order: a teardown runs before every teardown of a lower slot.
-/// 3. Here: add `let executor: Executor`, create it in `init` (`executor = Executor(context)`) and list it in
-///    `all`. The machine reaches it as `subsystems.executor` (a computed property on `Machine` if the public API
-///    needs it, as `tasklets` and `slabs` have).
+/// 3. Here: add `let thing: Thing`, create it in `init` (`thing = Thing(context)`) and list it in `all`. The
+///    machine reaches it as `subsystems.thing` (a computed property on `Machine` if the public API needs it, as
+///    `tasklets`, `slabs` and `executorEngine` have).
 /// 4. Test it like the others: the state table test lists every built-in state by slot and name; an attach /
 ///    detach test, with a failure injected at each failable state, checks its per-CPU data.
 struct BuiltinSubsystems: Sendable {
@@ -59,14 +60,17 @@ struct BuiltinSubsystems: Sendable {
     let tasklets: TaskletEngine
     /// The machine's slab caches, given magazines on attach and drained on detach.
     let slabs: SlabRegistry
+    /// A Swift executor per logical CPU and the pool; their jobs follow attach and detach.
+    let executors: ExecutorEngine
 
     /// Every built-in subsystem, in creation order.
-    var all: [any HotplugSubsystem] { [tasklets, slabs] }
+    var all: [any HotplugSubsystem] { [tasklets, slabs, executors] }
 
     /// Creates every built-in subsystem and registers its states in `context.registry`.
     init(_ context: HotplugSubsystemContext) {
         tasklets = TaskletEngine(context)
         slabs = SlabRegistry(context)
+        executors = ExecutorEngine(context)
         for subsystem in all {
             for state in subsystem.hotplugStates { context.registry.insertBuiltin(state) }
         }

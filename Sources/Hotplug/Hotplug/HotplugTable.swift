@@ -48,9 +48,9 @@ enum HotplugTable {
                startupMayFail: true, teardownMayFail: false),
         Region(slots: 40...40, kind: .fixed, section: .prepare, placement: .control,         // cpu:bringup
                startupMayFail: true, teardownMayFail: false),
-        Region(slots: 41...41, kind: .builtin, section: .starting, placement: .starting,
+        Region(slots: 41...42, kind: .builtin, section: .starting, placement: .starting,
                startupMayFail: false, teardownMayFail: false),
-        Region(slots: 42...59, kind: .dynamic, section: .starting, placement: .starting,
+        Region(slots: 43...59, kind: .dynamic, section: .starting, placement: .starting,
                startupMayFail: false, teardownMayFail: false),
         Region(slots: 60...60, kind: .fixed, section: .online, placement: .control,          // cpu:teardown
                startupMayFail: false, teardownMayFail: true),

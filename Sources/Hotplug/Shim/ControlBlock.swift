@@ -27,6 +27,9 @@ struct ControlBlock: @unchecked Sendable {
         static let lifecycle = Bits(rawValue: UInt32(CHP_MB_LIFECYCLE))
         static let stopped = Bits(rawValue: UInt32(CHP_MB_STOPPED))
         static let tasklet = Bits(rawValue: UInt32(CHP_MB_TASKLET))
+        static let job = Bits(rawValue: UInt32(CHP_MB_JOB))
+        /// Every bit that asks the CPU's loop for attention (an order, a call, work).
+        static let orders = Bits(rawValue: UInt32(CHP_MB_ORDERS))
     }
 
     static func create() throws(HotplugError) -> ControlBlock {
