@@ -115,3 +115,168 @@ actor PinnedCounter {
         #expect(await counter.cpus.last == .some(nil))
     }
 }
+
+/// Records job runs in order: an id and the logical CPU each ran on.
+final class JobLog: Sendable {
+    private let entries = Locked<[(id: Int, cpu: Int?)]>([])
+    func record(_ id: Int, _ cpu: Int?) { entries.withLock { $0.append((id, cpu)) } }
+    var ids: [Int] { entries.withLock { $0.map(\.id) } }
+    var cpus: [Int?] { entries.withLock { $0.map(\.cpu) } }
+    var count: Int { entries.withLock { $0.count } }
+}
+
+/// An actor pinned to a CPU's executor that checks, in every method, that no other job of its executor runs at the
+/// same time (an in-flight counter shared by every actor on that executor).
+actor GuardedShard {
+    let executor: CPUExecutor
+    let inFlight: Counter
+    let overlaps: Counter
+    var total = 0
+
+    init(executor: CPUExecutor, inFlight: Counter, overlaps: Counter) {
+        self.executor = executor
+        self.inFlight = inFlight
+        self.overlaps = overlaps
+    }
+
+    nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+    func add(_ amount: Int) -> Int {
+        if inFlight.value.wrappingAdd(1, ordering: .acquiringAndReleasing).newValue != 1 {
+            overlaps.value.add(1, ordering: .relaxed)
+        }
+        // A little work in the middle, so that a second job running now would overlap.
+        var spin = 0
+        for i in 0..<200 { spin &+= i }
+        total += amount &+ (spin & 0)
+        inFlight.value.subtract(1, ordering: .acquiringAndReleasing)
+        return total
+    }
+}
+
+/// Keeps `cpu` busy in a cross-call (no safe point: its jobs wait) until the gate opens.
+private func occupy(_ m: Machine, _ cpu: Int) throws -> Gate {
+    let gate = Gate()
+    try m.submit(on: cpu) { gate.spin() }
+    #expect(eventually { gate.hasEntered })
+    return gate
+}
+
+@Suite struct ExecutorOrderTests {
+    @Test func higherPriorityFirstAndFIFOWithinAPriority() async throws {
+        let m = try Machine(cpus: 2)
+        defer { m.shutdown() }
+        let executor = try m.executor(cpu: 1)
+        let log = JobLog()
+        let gate = try occupy(m, 1)
+        // Enqueued while CPU 1 is busy: they wait in its executor's queue.
+        let plan: [(Int, TaskPriority)] = [(0, .low), (1, .high), (2, .medium), (3, .high), (4, .low),
+                                           (5, .background), (6, .medium), (7, .high)]
+        var tasks: [Task<Void, Never>] = []
+        for (id, priority) in plan {
+            tasks.append(Task(executorPreference: executor, priority: priority) { log.record(id, m.currentCPU) })
+        }
+        #expect(executor.queuedJobs == plan.count)
+        gate.release()
+        for task in tasks { await task.value }
+        #expect(log.ids == [1, 3, 7, 2, 6, 0, 4, 5])
+        #expect(log.cpus.allSatisfy { $0 == 1 })
+    }
+
+    @Test func jobsQueuedOnADetachedCPUMoveInOrderAndRunOnce() async throws {
+        let m = try Machine(cpus: 3)
+        defer { m.shutdown() }
+        let executor = try m.executor(cpu: 2)
+        let log = JobLog()
+        let gate = try occupy(m, 2)
+        let count = 500
+        var tasks: [Task<Void, Never>] = []
+        for id in 0..<count {
+            tasks.append(Task(executorPreference: executor) { log.record(id, m.currentCPU) })
+        }
+        // Detach CPU 2 while its jobs wait; its stop_machine waits for the gate, which opens meanwhile.
+        let detached = Task.detached { try m.offline(2) }
+        try await Task.sleep(for: .milliseconds(50))
+        gate.release()
+        try await detached.value
+        for task in tasks { await task.value }
+        #expect(log.ids == Array(0..<count))   // each once, in order
+        // At most the one job that ran before CPU 2 saw the stop ran there; the rest ran on a stand-in.
+        #expect(log.cpus.filter { $0 == 2 }.count <= 1)
+        #expect(log.cpus.allSatisfy { $0 != nil })
+        // Attached again, the executor is home.
+        try m.online(2)
+        let home = await Task(executorPreference: executor) { m.currentCPU }.value
+        #expect(home == 2)
+    }
+
+    @Test func aSerialExecutorIsNeverConcurrentAcrossSeededDetachAttachWithFaults() async throws {
+        let cycles = stressIterations(1_000, long: 10_000)
+        let m = try Machine(cpus: 3)
+        defer { m.shutdown() }
+        let overlaps = Counter()
+        var shards: [GuardedShard] = []
+        for cpu in 0..<3 {
+            // Two actors per executor: they share its in-flight counter.
+            let inFlight = Counter()
+            for _ in 0..<2 {
+                shards.append(GuardedShard(executor: try m.executor(cpu: cpu), inFlight: inFlight, overlaps: overlaps))
+            }
+        }
+        let stop = Flag()
+        let sent = Counter()
+        let targets = shards
+        let clients = (0..<4).map { client in
+            Task.detached { () -> Int in
+                var done = 0
+                var i = client
+                while !stop.isSet {
+                    let shard = targets[i % targets.count]
+                    _ = await shard.add(1)
+                    sent.value.add(1, ordering: .relaxed)
+                    done += 1
+                    i &+= 7
+                }
+                return done
+            }
+        }
+        var rng = SplitMix(seed: 17)
+        let points: [HotplugState] = [.bringup, .executorsDead, .teardownCPU]
+        for _ in 0..<cycles {
+            let cpu = 1 + Int(rng.next() % 2)
+            if rng.next() % 4 == 0 {
+                let point = points[Int(rng.next() % UInt64(points.count))]
+                try? m.hotplug.injectFailure(cpu: cpu, at: point, direction: point == .teardownCPU ? .teardown : .startup)
+            }
+            if m.online.contains(cpu) { try? m.offline(cpu) } else { try? m.online(cpu) }
+        }
+        stop.set()
+        var done = 0
+        for client in clients { done += await client.value }
+        var total = 0
+        for shard in shards { total += await shard.total }
+        #expect(overlaps.value.load(ordering: .relaxed) == 0)
+        #expect(total == done)
+        #expect(sent.value.load(ordering: .relaxed) == done)
+    }
+}
+
+/// A flag set once, read by many.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+}
+
+/// A small seeded generator (SplitMix64) for repeatable plans.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -23,13 +23,16 @@ import Synchronization
 /// - After ``Machine/shutdown()`` no CPU is left: queued and later jobs run, still one at a time, on a fallback
 ///   thread of the runtime's own.
 ///
-/// It is both a `SerialExecutor` and a `TaskExecutor`, and the runtime gives both kinds of jobs to `enqueue`
-/// without saying which is which. They are told apart by where they come in: as a serial executor (an actor's
-/// job) through this object, as a task executor (a task's preference) through a second object that
-/// ``asUnownedTaskExecutor()`` names. Each kind is then run the way that keeps it fast: an actor's job with
-/// `runSynchronously(on: UnownedSerialExecutor)` (two actors on one CPU then call each other inline, without an
-/// enqueue), a task's job with `runSynchronously(on: UnownedTaskExecutor)` (a preferring task's nonisolated code
-/// then continues on the CPU without hopping; `Task.yield()` costs the runtime's two enqueues, no more).
+/// It is both a `SerialExecutor` and a `TaskExecutor`, and the runtime gives both kinds of jobs to an executor's
+/// `enqueue` without saying which is which. They are told apart by where they come in: as a task executor (a
+/// task's preference) through this object, as a serial executor (an actor's job) through a second object, which
+/// ``asUnownedSerialExecutor()`` names (so pin actors with it, never with `UnownedSerialExecutor(ordinary:)` on
+/// this object). The task side keeps this object's identity because the runtime retains the executor a task
+/// prefers and later releases the identity that `asUnownedTaskExecutor()` gave. Each kind is then run the way
+/// that keeps it fast: an actor's job with `runSynchronously(on: UnownedSerialExecutor)` (two actors on one CPU
+/// then call each other inline, without an enqueue), a task's job with `runSynchronously(on:
+/// UnownedTaskExecutor)` (a preferring task's nonisolated code then continues on the CPU without hopping;
+/// `Task.yield()` costs the runtime's two enqueues, no more).
 ///
 /// Isolation: ``checkIsolated()`` and ``isIsolatingCurrentContext()`` answer by whether the calling thread runs a
 /// job of this executor right now (of either kind: both run one at a time from one queue), not by which thread it
@@ -52,23 +55,24 @@ public final class CPUExecutor: SerialExecutor, TaskExecutor, @unchecked Sendabl
     let queued = Atomic<Int>(0)
     /// Jobs run (statistics).
     let ran = Atomic<Int>(0)
-    /// The task-executor face (see the type's documentation); it keeps no reference back but `unowned`.
-    private(set) var taskFace: TaskFace!
+    /// The serial-executor face (see the type's documentation); it refers back to this object `unowned`.
+    private(set) var serialFace: SerialFace!
 
     init(cpu: Int, hub: JobHub) {
         self.cpu = cpu
         self.hub = hub
-        taskFace = TaskFace(owner: self)
+        serialFace = SerialFace(owner: self)
     }
 
-    /// An actor's job: queued as a serial job.
+    /// A job of a task that prefers this executor: queued as a task job.
     public func enqueue(_ job: consuming ExecutorJob) {
-        hub.push(JobLink.take(job, kind: .serial), on: self)
+        hub.push(JobLink.take(job, kind: .task), on: self)
     }
 
-    /// Names the task-executor face, so that a task's jobs come in through it (see the type's documentation).
-    public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
-        UnownedTaskExecutor(ordinary: taskFace)
+    /// Names the serial-executor face, so that an actor's jobs come in through it (see the type's
+    /// documentation). Return this from a pinned actor's `unownedExecutor`.
+    public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
+        UnownedSerialExecutor(ordinary: serialFace)
     }
 
     /// True while the calling thread runs a job of this executor.
@@ -89,17 +93,23 @@ public final class CPUExecutor: SerialExecutor, TaskExecutor, @unchecked Sendabl
     /// the producers' increment, see ``JobHub/push(_:on:)``).
     var hasWork: Bool { queued.load(ordering: .sequentiallyConsistent) > 0 }
 
-    /// The task-executor face of a ``CPUExecutor``: the runtime gives it the jobs of tasks that prefer the CPU.
-    final class TaskFace: TaskExecutor, @unchecked Sendable {
+    /// The serial-executor face of a ``CPUExecutor``: the runtime gives it the jobs of actors pinned to the CPU,
+    /// and asks it whether the current context is isolated to them.
+    final class SerialFace: SerialExecutor, @unchecked Sendable {
         // @unchecked: immutable; `owner` is unowned(unsafe): the owner keeps this face and lives at least as long
-        // (a task's preference names the owner's face only while the owner is alive, as every task executor
-        // requires of its users).
+        // (an actor pinned to the owner keeps the owner, whose `asUnownedSerialExecutor()` names this face).
         unowned(unsafe) let owner: CPUExecutor
 
         init(owner: CPUExecutor) { self.owner = owner }
 
         func enqueue(_ job: consuming ExecutorJob) {
-            owner.hub.push(JobLink.take(job, kind: .task), on: owner)
+            owner.hub.push(JobLink.take(job, kind: .serial), on: owner)
         }
+
+        func asUnownedSerialExecutor() -> UnownedSerialExecutor { UnownedSerialExecutor(ordinary: self) }
+
+        func isIsolatingCurrentContext() -> Bool? { owner.isIsolatingCurrentContext() }
+
+        func checkIsolated() { owner.checkIsolated() }
     }
 }

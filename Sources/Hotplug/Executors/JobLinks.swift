@@ -3,10 +3,10 @@ import Synchronization
 
 /// How a queued job is run, kept in the job's second executor-private word (see ``JobLink``).
 enum JobKind: UInt {
-    /// Enqueued on a ``CPUExecutor`` as a serial executor (an actor's job): run with
+    /// Enqueued on a ``CPUExecutor``'s serial face (an actor's job): run with
     /// `runSynchronously(on: UnownedSerialExecutor)`, so that actors on the same executor switch inline.
     case serial = 0
-    /// Enqueued on a ``CPUExecutor`` as a task executor (a task that prefers the CPU): run with
+    /// Enqueued on a ``CPUExecutor`` itself as a task executor (a task that prefers the CPU): run with
     /// `runSynchronously(on: UnownedTaskExecutor)`, so that the task's nonisolated code stays on the CPU.
     case task = 1
     /// Enqueued on the ``PoolExecutor``.
