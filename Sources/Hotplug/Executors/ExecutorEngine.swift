@@ -62,8 +62,8 @@ final class ExecutorEngine: HotplugSubsystem {
     // MARK: The CPU side
 
     /// Runs jobs on CPU `cpu` (its own thread, at a safe point): its own executor's while it hosts it, those of
-    /// the executors it stands in for, then its pool jobs; when it has none at all, it takes pool jobs from a
-    /// busy CPU. Each queue runs at most ``JobHub/runBudget`` jobs and stops early when an order is pending; the
+    /// the executors it stands in for, then its pool jobs; when none are left, it takes pool jobs from a busy
+    /// CPU before it parks. Each queue runs at most ``JobHub/runBudget`` jobs and stops early when an order is pending; the
     /// CPU posts itself a new look when jobs remain. Allocates nothing.
     func run(cpu: Int) {
         let state = hub.cpus[cpu]
@@ -89,7 +89,8 @@ final class ExecutorEngine: HotplugSubsystem {
         let pooled = runPool(on: cpu, control: control)
         ran += pooled.ran
         more = more || pooled.more
-        if ran == 0 && !more { more = steal(into: cpu, state: state) }
+        // Out of work (also right after a batch): take a share of a busy CPU's pool jobs before parking.
+        if !more { more = steal(into: cpu, state: state) }
         if more { control.postAndWakeIfIdle(.job) }   // running: a post, no wake
     }
 
@@ -126,6 +127,10 @@ final class ExecutorEngine: HotplugSubsystem {
         var ran = 0
         while ran < JobHub.runBudget {
             let link = queue.next()
+            if queue.offered {
+                queue.offered = false
+                hub.wakeIdlePoolCPU(besides: cpu)
+            }
             if link == 0 { return (ran, false) }
             queue.queued.subtract(1, ordering: .relaxed)
             JobRunner.run(link, executor: nil, pool: hub.poolReference)
@@ -148,6 +153,10 @@ final class ExecutorEngine: HotplugSubsystem {
             hub.pools[victim].queued.subtract(taken, ordering: .relaxed)
             hub.pools[cpu].queued.add(taken, ordering: .relaxed)
             hub.pools[cpu].keepBatch(of: chain)
+            if hub.pools[cpu].offered {
+                hub.pools[cpu].offered = false
+                hub.wakeIdlePoolCPU(besides: cpu)
+            }
             state.stealCursor = victim
             return true
         }

@@ -106,8 +106,9 @@ final class JobHub: @unchecked Sendable {
         return best
     }
 
-    /// Wakes one online CPU with no pool job queued, so that it comes to take a share of `busy`'s.
-    private func wakeIdlePoolCPU(besides busy: Int) {
+    /// Wakes one online CPU with no pool job queued (other than `busy`), so that it comes to take a share of the
+    /// jobs waiting on `busy`.
+    func wakeIdlePoolCPU(besides busy: Int) {
         let count = pools.count
         for step in 1..<max(count, 1) {
             let cpu = (busy + step) % count

@@ -9,8 +9,9 @@ import Synchronization
 /// - A CPU takes its pool jobs in batches of at most ``PoolQueue/batch``; the rest wait in a backlog that any CPU
 ///   may take. A CPU that runs dry takes the backlog of a busy CPU (or, if that is empty, the jobs queued there
 ///   and not yet looked at), keeps one batch and offers the rest as its own backlog, where a third CPU can take
-///   them in turn. When a CPU's queue grows past one waiting job, it wakes one online CPU whose pool queue is
-///   empty to come and take its share. So no CPU idles while another has more than a batch waiting.
+///   them in turn. When a CPU's queue grows past one waiting job, and whenever a CPU offers a backlog, it wakes
+///   one online CPU whose pool queue is empty to come and take it; a CPU that finishes its batch looks for a
+///   backlog before it parks. So no CPU idles while another has more than a batch waiting.
 /// - FIFO per CPU, roughly FIFO overall (a taken backlog runs before newer jobs of its new CPU). Priorities are not
 ///   ordered in the pool; a task that needs them prefers a ``CPUExecutor``.
 /// - Detaching a CPU moves its queued pool jobs, in order, to a surviving CPU; after ``Machine/shutdown()`` they
@@ -43,6 +44,8 @@ final class PoolQueue: @unchecked Sendable {
     let queued = Atomic<Int>(0)
     nonisolated(unsafe) var batchHead: UInt = 0
     nonisolated(unsafe) var batchTail: UInt = 0
+    /// Set by the owner when it has just offered a backlog (its CPU then wakes an idle one to take it).
+    nonisolated(unsafe) var offered = false
 
     /// The next job of the batch, refilled from the backlog, then from the inbox, when empty; 0 when none.
     @inline(__always)
@@ -80,7 +83,10 @@ final class PoolQueue: @unchecked Sendable {
         if batchHead == 0 { batchHead = chain } else { JobLink.setNext(batchTail, chain) }
         batchTail = last
         // Release: partner of the taker's acquiring exchange.
-        if rest != 0 { backlog.store(rest, ordering: .releasing) }
+        if rest != 0 {
+            backlog.store(rest, ordering: .releasing)
+            offered = true
+        }
     }
 
     /// Whether jobs wait here (any part).
