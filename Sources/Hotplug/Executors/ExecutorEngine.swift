@@ -144,7 +144,7 @@ final class ExecutorEngine: HotplugSubsystem {
     /// the rest as its own backlog. True when it took something.
     private func steal(into cpu: Int, state: CPUJobState) -> Bool {
         let count = hub.pools.count
-        guard count > 1 else { return false }
+        guard count > 1, hub.stealing else { return false }
         for step in 0..<count {
             let victim = (state.stealCursor + step) % count
             guard victim != cpu, hub.pools[victim].queued.load(ordering: .relaxed) > 0 else { continue }

@@ -33,6 +33,9 @@ final class JobHub: @unchecked Sendable {
     let fallback: FallbackRunner
     /// The pool executor's reference, for running its jobs (the subsystem keeps the executor).
     nonisolated(unsafe) var poolReference: UnownedTaskExecutor?
+    /// Whether idle CPUs take pool jobs from busy ones. Always true but in tests that must see where a job was
+    /// placed or moved, not where it was taken to (set before any pool job exists).
+    nonisolated(unsafe) var stealing = true
 
     init(cores: [CPUCore], machineID: UInt64, logger: Logger) {
         self.cores = cores
@@ -109,6 +112,7 @@ final class JobHub: @unchecked Sendable {
     /// Wakes one online CPU with no pool job queued (other than `busy`), so that it comes to take a share of the
     /// jobs waiting on `busy`.
     func wakeIdlePoolCPU(besides busy: Int) {
+        guard stealing else { return }
         let count = pools.count
         for step in 1..<max(count, 1) {
             let cpu = (busy + step) % count
