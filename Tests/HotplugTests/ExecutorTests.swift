@@ -275,6 +275,28 @@ private func occupy(_ m: Machine, _ cpu: Int) throws -> Gate {
         }
     }
 
+    @Test func aStandInRunsOnlyTheExecutorsItHosts() async throws {
+        try await bounded {
+            let m = try Machine(cpus: 3)
+            defer { m.shutdown() }
+            try m.offline(2)   // CPU 0 stands in for CPU 2's executor
+            let log = JobLog()
+            let gate = try occupy(m, 1)
+            let home = try m.executor(cpu: 1)
+            let tasks = (0..<50).map { id in Task(executorPreference: home) { log.record(id, m.currentCPU) } }
+            // CPU 0 runs its own and its guest's jobs meanwhile; CPU 1's executor is not its guest.
+            for _ in 0..<20 {
+                _ = await Task(executorPreference: try m.executor(cpu: 2)) { m.currentCPU }.value
+                _ = await Task(executorPreference: try m.executor(cpu: 0)) { m.currentCPU }.value
+            }
+            #expect(log.count == 0)
+            gate.release()
+            for task in tasks { await task.value }
+            #expect(log.ids == Array(0..<50))
+            #expect(log.cpus.allSatisfy { $0 == 1 })
+        }
+    }
+
     @Test func aSerialExecutorIsNeverConcurrentAcrossSeededDetachAttachWithFaults() async throws {
         try await bounded {
             let cycles = stressIterations(1_000, long: 10_000)

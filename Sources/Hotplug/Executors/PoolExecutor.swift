@@ -6,7 +6,7 @@ import Synchronization
 /// Placement and balance (docs/ARCHITECTURE.md, "Swift executors"):
 /// - A job enqueued on one of the machine's online CPUs stays on that CPU (a task that resumes keeps its cache).
 ///   A job enqueued from anywhere else goes to the online CPU with the fewest queued pool jobs.
-/// - A CPU takes its pool jobs in batches of at most ``PoolQueue/batch``; the rest wait in a backlog that any CPU
+/// - A CPU takes its pool jobs in batches of at most 16; the rest wait in a backlog that any CPU
 ///   may take. A CPU that runs dry takes the backlog of a busy CPU (or, if that is empty, the jobs queued there
 ///   and not yet looked at), keeps one batch and offers the rest as its own backlog, where a third CPU can take
 ///   them in turn. When a CPU's queue grows past one waiting job, and whenever a CPU offers a backlog, it wakes
