@@ -221,7 +221,7 @@ struct AsyncShards: AsyncParsableCommand {
             }
             report(line)
         }
-        report("async-shards: \(count) logical CPUs (one shard each), \(clients) clients, \(keys) keys, "
+        report("async-shards: \(count) logical CPUs (one shard each), clients \(clients), keys \(keys), "
                + "\(fixed(seconds, 1)) s, seed \(seed)")
 
         let hotplug = Hotplugger(machine: machine, seed: seed)
