@@ -76,7 +76,7 @@ actor Shard {
 
 /// A client's request counts, published as it goes for the watchdog. Relaxed: plain counters, read by the
 /// watchdog (any value will do) or after the client's task has ended (which orders them).
-final class Progress: Sendable {
+final class ClientProgress: Sendable {
     let issued = Atomic<Int>(0)
     let answered = Atomic<Int>(0)
 }
@@ -90,7 +90,7 @@ struct ClientReport: Sendable {
 }
 
 /// Sends requests to the shards until `deadline`, one at a time; records what it wrote and each request's latency.
-func runClient(_ id: Int, shards: [Shard], keys: Int, seed: UInt64, progress: Progress,
+func runClient(_ id: Int, shards: [Shard], keys: Int, seed: UInt64, progress: ClientProgress,
                until deadline: ContinuousClock.Instant) async -> ClientReport {
     var rng = SplitMix64(seed: seed, stream: UInt64(id))
     var report = ClientReport(id: id, written: Array(repeating: 0, count: keys))
@@ -213,7 +213,7 @@ struct AsyncShards: AsyncParsableCommand {
         let shards = try setUp("pin the shards", seed: seed) {
             try (0..<count).map { cpu throws(HotplugError) in try Shard(machine: machine, cpu: cpu, clients: clients) }
         }
-        let progress = (0..<clients).map { _ in Progress() }
+        let progress = (0..<clients).map { _ in ClientProgress() }
         Watchdog.start(afterSeconds: seconds + 60, program: "async-shards", seed: seed) { line in
             for (id, client) in progress.enumerated() {
                 let issued = client.issued.load(ordering: .relaxed), answered = client.answered.load(ordering: .relaxed)
