@@ -88,6 +88,17 @@ let package = Package(
             ],
             path: "Examples/numa-placement"
         ),
+        // A sharded key-value store on Swift concurrency: one actor per logical CPU while CPUs come and go.
+        .executableTarget(
+            name: "async-shards",
+            dependencies: [
+                "Hotplug",
+                "ExampleSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/async-shards"
+        ),
         .testTarget(
             name: "HotplugTests",
             dependencies: ["Hotplug", .product(name: "Logging", package: "swift-log")],
