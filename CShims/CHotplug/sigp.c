@@ -338,7 +338,8 @@ void chp_cpu_wake_mailbox(chp_cpu_t *cpu) { chp_wake_mailbox(cpu); }
 
 bool chp_cpu_post_and_wake_idle(chp_cpu_t *cpu, uint32_t bits) {
     uint32_t seen = chp_post(cpu, bits);   // release: P1; the returned word holds the class at the post (P2)
-    if ((seen & CHP_MB_STOPPED) || CLASS_OF(seen) != CHP_CLASS_IDLE) return false;
+    // A claimed CPU is woken by the claim's release; waking it now would only send it back to sleep.
+    if ((seen & (CHP_MB_STOPPED | CHP_MB_CLAIMED)) || CLASS_OF(seen) != CHP_CLASS_IDLE) return false;
     atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
     chp_wake_mailbox(cpu);
     return true;
@@ -370,6 +371,7 @@ int chp_sigp_deliver(chp_cpu_t *cpu, const chp_delivery_t *delivery, int64_t res
     }
     switch (CLASS_OF(seen)) {
     case CHP_CLASS_IDLE:
+        if (seen & CHP_MB_CLAIMED) return 0;   // the claim's release wakes it
         atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
         chp_wake_mailbox(cpu);
         return 0;
@@ -523,10 +525,36 @@ void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns) {
                                                     memory_order_acquire));
     chp_cpu_set_run_state(cpu, CHP_RUN_IDLE);
     // The kernel compares the whole word: any post since the CAS changed it, and futex_wait returns EAGAIN.
-    while (((mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire)) & CHP_MB_ORDERS) == 0) {
+    // Acquire: P1, and partner of chp_cpu_release_claim's release (a claimed CPU leaves only after the release,
+    // seeing everything the stop_machine body wrote).
+    while (((mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire)) & CHP_MB_ORDERS) == 0 ||
+           (mb & CHP_MB_CLAIMED)) {
         (void)chp_futex_wait(&cpu->mailbox, mb, -1);   // EINTR / EAGAIN / spurious: re-check
     }
     chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
+}
+
+bool chp_cpu_claim_idle(chp_cpu_t *cpu) {
+    uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire);
+    for (;;) {
+        // Only a CPU parked in its idle wait with nothing to do: it is at a safe point, holds no lock and runs
+        // nothing; an order already posted means it is (or will be) on its way out, so it must take part.
+        if (CLASS_OF(mb) != CHP_CLASS_IDLE || (mb & (CHP_MB_ORDERS | CHP_MB_STOPPED | CHP_MB_CLAIMED))) return false;
+        // Acq_rel: acquire pairs with the CPU's release CAS that entered IDLE (its earlier writes are visible).
+        if (atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, mb | CHP_MB_CLAIMED,
+                                                  memory_order_acq_rel, memory_order_acquire)) {
+            return true;
+        }
+    }
+}
+
+void chp_cpu_release_claim(chp_cpu_t *cpu) {
+    // Release: partner of the idle wait's acquire load.
+    uint32_t old = atomic_fetch_and_explicit(A32(&cpu->mailbox), ~(uint32_t)CHP_MB_CLAIMED, memory_order_acq_rel);
+    if (old & CHP_MB_ORDERS) {
+        atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
+        chp_wake_mailbox(cpu);
+    }
 }
 
 __attribute__((noinline)) void chp_cpu_absorb_stop(chp_cpu_t *cpu) {

@@ -134,7 +134,8 @@ chp_sigp_result_t chp_sigp_post(chp_cpu_t *cpu, int order, uint32_t parameter, i
     case CHP_SIGP_INITIAL_CPU_RESET: {
         // Clear every pending interruption and order; place the CPU in the stopped state.
         atomic_store_explicit(A32(&cpu->emergency_count), 0, memory_order_relaxed);
-        uint32_t keep = CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_TASKLET | CHP_MB_JOB | CHP_MB_STOPPED | CHP_MB_CLASS_MASK;
+        uint32_t keep = CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_TASKLET | CHP_MB_JOB | CHP_MB_STOPPED | CHP_MB_CLAIMED |
+                        CHP_MB_CLASS_MASK;
         uint64_t t = chp_take_ticket(cpu);
         for (;;) {
             uint32_t next = mb & keep;

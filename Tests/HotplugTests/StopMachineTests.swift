@@ -32,8 +32,40 @@ func expectTimeout(_ error: HotplugError, cpu: Int, operation: HotplugOperation,
 @Suite struct StopMachineTests {
     struct Boom: Error, Equatable { let cpu: Int }
 
-    @Test func everyOtherOnlineCPUSpinsWithItsSignalBlocked() throws {
+    @Test func idleCPUsAreClaimedWhereTheyParkAndRunNothingDuringTheBody() throws {
         let m = try Machine(cpus: 3)
+        defer { m.shutdown() }
+        let bit = UInt64(1) << UInt64(m.signal - 1)
+        let tids = try (0..<3).map { try #require(try m.threadID(of: $0)) }
+        #expect(eventually { (1..<3).allSatisfy { (try? m.runState(of: $0)) == .idle } })
+        let wakesBefore = try (1..<3).map { try m.deliveryStatistics(of: $0).futexWakes }
+        let ran = Counter()
+        let tasklet = Tasklet(m) { ran.value.add(1, ordering: .relaxed) }
+        let seen = Locked<[Int: (blocked: Bool, state: RunState)]>([:])
+        try m.stopMachine(active: [0]) { _ in
+            for other in 1..<3 {
+                let blocked = ((try? blockedSignals(ofThread: tids[other])) ?? 0) & bit != 0
+                seen.withLock { $0[other] = (blocked, (try? m.runState(of: other)) ?? .none) }
+            }
+            // Work posted to a claimed CPU waits for the end of the stop_machine.
+            _ = try? tasklet.schedule(on: 1)
+            usleep(20_000)
+            #expect(ran.value.load(ordering: .relaxed) == 0, "a claimed CPU ran a tasklet during the body")
+        }
+        for other in 1..<3 {
+            let entry = try #require(seen.withLock { $0[other] })
+            #expect(entry.state == .idle, "CPU \(other) was \(entry.state), not left parked")
+            #expect(!entry.blocked, "CPU \(other) was woken to block its signal")
+        }
+        // Not woken to be stopped: at most the wake that the tasklet's release needed.
+        let wakesAfter = try (1..<3).map { try m.deliveryStatistics(of: $0).futexWakes }
+        #expect(wakesAfter[0] - wakesBefore[0] <= 1 && wakesAfter[1] == wakesBefore[1])
+        #expect(eventually { ran.value.load(ordering: .relaxed) == 1 })
+    }
+
+    @Test func everyOtherOnlineCPUSpinsWithItsSignalBlocked() throws {
+        // CPUs that poll for a long time never park: none is idle, so every one is stopped in the barrier.
+        let m = try Machine(cpus: 3, configuration: .init(pollTime: .seconds(30)))
         defer { m.shutdown() }
         let bit = UInt64(1) << UInt64(m.signal - 1)
         let tids = try (0..<3).map { try #require(try m.threadID(of: $0)) }

@@ -179,6 +179,7 @@ enum {
     CHP_MB_CLASS_MASK = 3u << 8,
     CHP_MB_TASKLET = 1u << 10,        // tasklets are queued (Swift side); needs no signal, only an idle wake
     CHP_MB_JOB = 1u << 11,            // executor jobs are queued (Swift side); needs no signal, only an idle wake
+    CHP_MB_CLAIMED = 1u << 12,        // state, not an order: a stop_machine holds this idle CPU where it parks
     CHP_MB_ORDERS = CHP_MB_STOP | CHP_MB_STOP_STORE | CHP_MB_RESTART | CHP_MB_EXTERNAL_CALL | CHP_MB_EMERGENCY |
                     CHP_MB_CALL | CHP_MB_LIFECYCLE | CHP_MB_TASKLET | CHP_MB_JOB,
     CHP_MB_BUSY_MASK = CHP_MB_STOP | CHP_MB_RESTART,
@@ -420,9 +421,20 @@ uint32_t chp_cpu_take_emergency(chp_cpu_t *cpu);
 bool chp_cpu_stop_here(chp_cpu_t *cpu);
 
 /// Waits for orders: returns at once when some are pending; otherwise spins on the mailbox with class POLLING for
-/// at most `poll_ns`, then parks in futex_wait on it with class IDLE, until an order is posted. The class stays
-/// POLLING / IDLE until the next safe point takes the orders (so a post meanwhile needs no signal). Cannot fail.
+/// at most `poll_ns`, then parks in futex_wait on it with class IDLE, until an order is posted and no stop_machine
+/// claims it (CHP_MB_CLAIMED). The class stays POLLING / IDLE until the next safe point takes the orders (so a
+/// post meanwhile needs no signal). Cannot fail.
 void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns);
+
+/// Claims an idle CPU for a stop_machine without waking it: succeeds only while the CPU is parked in its idle wait
+/// (class IDLE) with no order pending, and then sets CHP_MB_CLAIMED in the same CAS. A claimed CPU stays in its
+/// idle wait, whatever is posted to it, until chp_cpu_release_claim: it is at a safe point that runs nothing.
+/// Acq_rel: everything the CPU wrote before it parked is visible to the claimer. Cannot fail.
+bool chp_cpu_claim_idle(chp_cpu_t *cpu);
+
+/// Releases a claim, and wakes the CPU when orders were posted to it meanwhile. Release: what the stop_machine
+/// body wrote is visible to the CPU when it leaves its wait (its acquire load). Cannot fail.
+void chp_cpu_release_claim(chp_cpu_t *cpu);
 
 /// Going offline absorbs a pending STOP-class order (an offline CPU is stopped): the order is cleared, and a
 /// STOP_AND_STORE_STATUS stores this call site as the status. Cannot fail.

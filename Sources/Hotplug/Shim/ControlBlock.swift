@@ -81,6 +81,11 @@ struct ControlBlock: @unchecked Sendable {
     func wakeMailbox() { chp_cpu_wake_mailbox(raw) }
     /// Posts bits that need no signal; wakes the CPU only when it is idle.
     func postAndWakeIfIdle(_ bits: Bits) { _ = chp_cpu_post_and_wake_idle(raw, bits.rawValue) }
+    /// Claims the CPU for a stop_machine if it is parked in its idle wait with nothing pending: it then stays
+    /// there, running nothing, until ``releaseClaim()``. False when it is not idle.
+    func claimIdle() -> Bool { chp_cpu_claim_idle(raw) }
+    /// Ends a claim; wakes the CPU when orders were posted meanwhile.
+    func releaseClaim() { chp_cpu_release_claim(raw) }
 
     var mailbox: Bits { Bits(rawValue: chp_cpu_mailbox(raw)) }
     var runState: RunState { RunState(shimValue: chp_cpu_run_state(raw)) }

@@ -158,11 +158,21 @@ extension Machine {
     /// The run itself; the caller holds `stopMachineSerial`.
     private func stopMachineSerialised(active: CPUSet?, timeout: Duration?,
                                        _ body: @escaping @Sendable (Int) -> Void) throws(HotplugError) {
-        let participants = online
-        guard let first = participants.first(where: { _ in true }) else { return }
-        let runners = active.map { CPUSet($0.filter { participants.contains($0) }) } ?? [first]
+        let online = self.online
+        guard let first = online.first(where: { _ in true }) else { return }
+        let runners = active.map { CPUSet($0.filter { online.contains($0) }) } ?? [first]
+        let me = currentCPU.flatMap { online.contains($0) ? $0 : nil }
+        // Idle CPUs that run no body are claimed where they park instead of being woken (docs/ARCHITECTURE.md,
+        // "stop_machine and the barrier"): one CAS each, and they count as stopped. A claimed CPU sits in its idle
+        // wait at a safe point, between two jobs or tasklets, holding no lock; whatever is posted to it meanwhile
+        // stays pending until the claim is released, after every participant has left the barrier.
+        var claimed = CPUSet()
+        for cpu in online where cpu != me && !runners.contains(cpu) && cores[cpu].control.claimIdle() {
+            claimed.insert(cpu)
+        }
+        defer { for cpu in claimed { cores[cpu].control.releaseClaim() } }
+        let participants = CPUSet(online.filter { !claimed.contains($0) })
         let run = StopMachineRun(participants: participants, active: runners, machineID: id, body: body)
-        let me = currentCPU.flatMap { participants.contains($0) ? $0 : nil }
         let waiter = currentCore
         let started = Shim.monotonicNanoseconds()
         let limit = Timeout.nanoseconds(timeout, default: responseNanoseconds)
