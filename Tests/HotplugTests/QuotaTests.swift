@@ -289,8 +289,10 @@ import Testing
             let fake = NSTemporaryDirectory() + "hotplug-quota-fake-\(getpid())"
             try FileManager.default.createDirectory(atPath: fake, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(atPath: fake) }
+            undoOnFailure.append { try? FileManager.default.removeItem(atPath: fake) }
             try "garbage\n".write(toFile: fake + "/cpu.cfs_quota_us", atomically: false, encoding: .utf8)
             check(mount(fake, group.directory, nil, UInt(MS_BIND), nil) == 0, "bind mount: \(errno)")
+            undoOnFailure.append { _ = umount(group.directory) }
             try withFollower { m, log, _ in
                 let problem = log.wait { if case .quotaUnusable(let p) = $0 { p } else { nil } }
                 check(problem?.reason == .malformed("garbage") && problem?.file == group.directory + "/cpu.cfs_quota_us",
@@ -306,6 +308,7 @@ import Testing
                 try FileManager.default.removeItem(atPath: fake + "/cpu.cfs_quota_us")
                 try FileManager.default.createDirectory(atPath: fake + "/cpu.cfs_quota_us", withIntermediateDirectories: false)
                 check(mount(fake, group.directory, nil, UInt(MS_BIND), nil) == 0, "bind mount: \(errno)")
+            undoOnFailure.append { _ = umount(group.directory) }
                 let unreadable = log.wait { event -> QuotaProblem? in
                     if case .quotaUnusable(let p) = event, case .unreadable = p.reason { p } else { nil }
                 }
@@ -384,10 +387,16 @@ private final class QuotaLog: Sendable {
     }
 }
 
-/// Inside an exit test: a failed check ends the child process with a message (the parent sees a failure).
+/// Inside an exit test: what a failed check must undo before the child exits (bind mounts, the groups it made),
+/// newest first. Only the exit test's own thread touches it.
+nonisolated(unsafe) private var undoOnFailure: [() -> Void] = []
+
+/// Inside an exit test: a failed check undoes what the child set up and ends it with a message (the parent sees a
+/// failure).
 private func check(_ condition: Bool, _ message: @autoclosure () -> String) {
     if !condition {
         FileHandle.standardError.write(Data("check failed: \(message())\n".utf8))
+        for undo in undoOnFailure.reversed() { undo() }
         exit(1)
     }
 }
@@ -414,6 +423,7 @@ private final class QuotaGroup {
         path = (parent?.path ?? (own == "/" ? "" : own)) + "/" + name
         directory = (parent?.directory ?? ownDirectory) + "/" + name
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        undoOnFailure.append { [self] in remove() }
     }
 
     /// Writes `cpu.cfs_quota_us` (-1: no limit); the period stays 100000 us.

@@ -181,10 +181,14 @@ private struct QuotaCgroup {
 
     init(name: String) throws(BenchFailure) {
         guard let mount = QuotaCgroup.cpuMount() else { throw BenchFailure("no cgroup v1 cpu hierarchy") }
-        let own = (KernelFile.read("/proc/self/cgroup") ?? "").split(separator: "\n").lazy
-            .map { $0.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false) }
-            .first { $0.count == 3 && $0[1].split(separator: ",").contains("cpu") }
-            .map { String($0[2]) } ?? "/"
+        var own = "/"
+        for line in (KernelFile.read("/proc/self/cgroup") ?? "").split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            if parts.count == 3 && parts[1].split(separator: ",").contains("cpu") {
+                own = String(parts[2])
+                break
+            }
+        }
         home = mount + (own == "/" ? "" : own)
         directory = home + "/" + name
         if mkdir(directory, 0o755) != 0 { throw .errno("mkdir(\(directory))", errno) }

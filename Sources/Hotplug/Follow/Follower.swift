@@ -27,11 +27,11 @@ import Synchronization
 ///
 /// Under a limit the follower keeps `min(usable, max(minimum, round(quota / period)))` logical CPUs online
 /// (``Limit/cpuCount(usable:minimum:rounding:)``: rounded up by default, as Go, the JDK and .NET do), choosing which
-/// to detach and attach by the NUMA-balancing rule of `CPUChoice` (docs/ARCHITECTURE.md, "Follow mode"). The CPUs it
-/// may count are the online ones on usable physical CPUs and the ones it detached itself on usable physical CPUs;
-/// the usability and the count are decided in the same poll, so a quota change and a cpuset change together end in
-/// one consistent set. Each change of the limit, and each detach or attach it causes, is one
-/// ``Event/resized(_:)``. A quota file that exists but cannot be read or parsed is reported once
+/// to detach and attach so that NUMA nodes stay balanced (the rule is in the DocC article "Following the machine it
+/// runs on", and in `CPUChoice`). The CPUs it may count are the online ones on usable physical CPUs and the ones it
+/// detached itself on usable physical CPUs; the usability and the count are decided in the same poll, so a quota
+/// change and a cpuset change together end in one consistent set. Each change of the limit, with the detaches or
+/// attaches it causes, is one ``Event/resized(_:)``. A quota file that exists but cannot be read or parsed is reported once
 /// (``Event/quotaUnusable(_:)``) and changes nothing: the limit in force stays. The CPU weight (`cpu.weight`,
 /// `cpu.shares`: the Kubernetes request) is reported with each resize for information, never followed.
 ///
@@ -178,8 +178,9 @@ public final class Follower: Sendable {
         var failing = Set<Int>()
         /// The limit in force (the last one read without a problem), nil before the first reading.
         var limit: Limit?
-        /// The last poll that saw the limit before its latest change: where a resize's latency starts.
-        var limitSince: ContinuousClock.Instant?
+        /// While the CPUs online do not match the limit yet (an operation failed and is retried): the last poll
+        /// that saw the limit before the change that is being followed, where the resize's latency starts.
+        var pendingSince: ContinuousClock.Instant?
         /// The previous poll.
         var lastPoll: ContinuousClock.Instant?
         /// Set while a quota problem has been reported and no reading has succeeded since.
@@ -347,7 +348,10 @@ public final class Follower: Sendable {
         // which (the follower's own CPU, if it runs on one, stays).
         let target = limit.cpuCount(usable: onlineUsable.count + waiting.count, minimum: options.minimumCPUs,
                                     rounding: options.rounding)
-        let limitSince = state.withLock { $0.limitSince } ?? seen
+        // The latency of a resize starts at the last poll that saw the old limit: the previous poll when this one saw
+        // the change, else (a count still to be reached, after a failure) where the change being followed started.
+        let limitSince = limitChanged ? previousPoll ?? seen
+            : state.withLock { $0.pendingSince } ?? previousPoll ?? seen
         let node = { [machine] (cpu: Int) in (try? machine.node(of: cpu)) ?? 0 }
         var detached: [Int] = [], attached: [Int] = []
         var lastEnd = seen
@@ -386,8 +390,8 @@ public final class Follower: Sendable {
                 if usable.contains(cpu) { state.lastUsable[cpu] = seen } else { state.lastUnusable[cpu] = seen }
             }
             state.lastPoll = seen
-            // Until the next change, a resize counts from the latest poll that saw the limit in force.
-            if !limitChanged && detached.isEmpty && attached.isEmpty { state.limitSince = seen }
+            let reached = onlineUsable.count - detached.count + attached.count == target
+            state.pendingSince = reached ? nil : limitSince
         }
     }
 
