@@ -354,7 +354,7 @@ public final class Follower: Sendable {
             : state.withLock { $0.pendingSince } ?? previousPoll ?? seen
         let node = { [machine] (cpu: Int) in (try? machine.node(of: cpu)) ?? 0 }
         var detached: [Int] = [], attached: [Int] = []
-        var lastEnd = seen
+        var lastEnd = seen   // the end of the last detach or attach for the limit
         if onlineUsable.count > target, let source = limit.source {
             for cpu in CPUChoice.toDetach(onlineUsable.count - target, online: onlineUsable, keep: machine.currentCPU,
                                           node: node) {
@@ -378,12 +378,13 @@ public final class Follower: Sendable {
                 lastEnd = end
             }
         }
-        let countChanged = limit.source != nil && !(detached.isEmpty && attached.isEmpty)
+        let moved = !(detached.isEmpty && attached.isEmpty)
+        let countChanged = limit.source != nil && moved
         if limitChanged || countChanged, let source = limit.source ?? oldSource {
             let weight = membership.flatMap { mounts.weight(membership: $0) }
             onEvent(.resized(Resize(source: source, limit: Limit(quota: limit.quota, cap: limit.cap, weight: weight),
                                     target: limit.source == nil ? nil : target, detached: detached, attached: attached,
-                                    latency: max(lastEnd, ContinuousClock.now) - limitSince)))
+                                    latency: (moved ? lastEnd : ContinuousClock.now) - limitSince)))
         }
         state.withLock { state in
             for cpu in physicalCPUs {
