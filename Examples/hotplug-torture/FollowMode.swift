@@ -29,6 +29,11 @@ import Musl
 /// - a parked CPU's thread burns no CPU time: its window is checked while it stays parked (the follower wakes it
 ///   on its own schedule, so the window cannot be closed just before the attach as the on/off thread does);
 /// - the progress check watches the workload (operations done), not the attaches and detaches.
+/// - the CPU limit (a cgroup quota, or `HOTPLUG_MAX_CPUS`): each `resized` event is printed (source, limit in CPUs,
+///   cgroup, target, CPUs detached and attached, latency) and must come within the deadline; the number of logical
+///   CPUs online on usable physical CPUs must equal what the limit allows, as this thread reads it itself
+///   (`Follower.currentLimit()` and `Limit.cpuCount`), within ``FollowMode/staleLimit``; a quota file the follower
+///   cannot use is a violation.
 /// At the end the follower gets time to attach what it detached (when the CPU is usable again) and is stopped; a
 /// logical CPU whose physical CPU is still unusable stays parked and is left out of the final attach.
 final class FollowMode: Sendable {
@@ -111,6 +116,17 @@ final class FollowMode: Sendable {
         case .repinned(let cpu, let physical):
             output("follow-event repinned cpu=\(cpu) physical=\(physical)")
             repins.add()
+        case .resized(let resize):
+            let nanoseconds = resize.latency.nanoseconds
+            output(FollowMode.line(resize, online: machine.online.count) + " at_ns=\(monotonicNanoseconds())")
+            stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
+            checks.check(.follow, nanoseconds <= deadline, "the follower resized to \(resize.target.map(String.init) ?? "every") "
+                         + "CPU(s) \(nanoseconds / 1_000) us after the \(resize.source.rawValue) changed (deadline "
+                         + "\(deadline / 1_000) us)")
+        case .quotaUnusable(let problem):
+            output("follow-event quota-unusable \(problem)")
+            failures.add()
+            checks.fail(.follow, "the follower could not use a quota file: \(problem)")
         case .failed(let cpu, let operation, let error):
             output("follow-event failed cpu=\(cpu) operation=\(operation) error=\(error)")
             failures.add()
@@ -118,6 +134,29 @@ final class FollowMode: Sendable {
             checks.fail(.follow, "the follower's \(operation) of logical CPU \(cpu) failed: \(error)")
         }
         pending.withLock { $0.append(event) }
+    }
+
+    /// A `resized` event as one line: `follow-event resized source=quota limit=1.50 quota=150000 period=100000
+    /// cgroup=/kubepods/pod1/ctr target=2 online=2 detached=3,1 attached= weight=... latency_us=N`.
+    static func line(_ resize: Follower.Resize, online: Int) -> String {
+        let quota = resize.limit.quota
+        return "follow-event resized source=\(resize.source.rawValue)"
+            + " limit=\(resize.limit.cpus.map { Follower.format(cpus: $0) } ?? "none")"
+            + (quota.map { " quota=\($0.quota) period=\($0.period) cgroup=\($0.cgroup)" } ?? "")
+            + (resize.limit.cap.map { " cap=\($0)" } ?? "")
+            + " target=\(resize.target.map(String.init) ?? "all") online=\(online)"
+            + " detached=\(resize.detached.map(String.init).joined(separator: ","))"
+            + " attached=\(resize.attached.map(String.init).joined(separator: ","))"
+            + (resize.limit.weight.map { " weight=\($0.value)(\($0.version == .v2 ? "cpu.weight" : "cpu.shares"))" } ?? "")
+            + " latency_us=\(resize.latency.nanoseconds / 1_000)"
+    }
+
+    /// How many logical CPUs should be online on usable physical CPUs, with `eligible` of them that the follower may
+    /// count, under the limit as this thread reads it now (nil when it cannot read it).
+    func expectedOnline(eligible: Int) -> Int? {
+        guard let follower = follower.withLock({ $0 }), let limit = follower.currentLimit() else { return nil }
+        let options = Machine.FollowOptions()
+        return limit.cpuCount(usable: eligible, minimum: options.minimumCPUs, rounding: options.rounding)
     }
 
     private func count(_ side: OnOffStats.Direction, _ nanoseconds: Int64) {
@@ -134,9 +173,14 @@ final class FollowMode: Sendable {
         let deadline = monotonicNanoseconds() + 5_000_000_000
         func waiting() -> Set<Int> {
             let now = self.usable()
-            return Set((0..<machine.possibleCount).filter { cpu in
+            let eligible = (0..<machine.possibleCount).filter { cpu in
                 guard let physical = try? machine.physicalCPU(of: cpu), now.contains(physical) else { return false }
-                return detachedCPUs.contains(cpu) || ThreadProbe.pinningProblem(machine, cpu: cpu) != nil
+                return machine.online.contains(cpu) || detachedCPUs.contains(cpu)
+            }
+            // Under a CPU limit the follower keeps some of them detached on purpose: only a wrong count waits.
+            let short = eligible.filter { machine.online.contains($0) }.count < (expectedOnline(eligible: eligible.count) ?? eligible.count)
+            return Set(eligible.filter { cpu in
+                short && detachedCPUs.contains(cpu) || ThreadProbe.pinningProblem(machine, cpu: cpu) != nil
                     && ((try? machine.threadID(of: cpu)) ?? nil) != nil
             })
         }
@@ -169,7 +213,7 @@ extension OnOffDriver {
             case .attached(let cpu, _, _, _):
                 closeWatchSoFar(cpu, &local)
                 checkPinning(follow, cpu)
-            case .repinned, .failed:
+            case .repinned, .failed, .resized, .quotaUnusable:
                 break
             }
         }
@@ -180,6 +224,10 @@ extension OnOffDriver {
     func followChecks(_ follow: FollowMode, _ local: inout Local) {
         // Read before the lock (files and system calls): the read lock holds the follower's operations back.
         let usable = follow.usable(), detached = follow.detachedCPUs
+        let eligible = (0..<machine.possibleCount).filter { cpu in
+            (try? machine.physicalCPU(of: cpu)).map(usable.contains) ?? false && (machine.online.contains(cpu) || detached.contains(cpu))
+        }.count
+        let expected = follow.expectedOnline(eligible: eligible)
         machine.withCPUsReadLocked {
             let online = machine.online
             for cpu in 0..<machine.possibleCount where local.operations % 16 == 0 || !online.contains(cpu) {
@@ -189,7 +237,7 @@ extension OnOffDriver {
             for cpu in local.watches.keys.sorted() where online.contains(cpu) { closeWatchSoFar(cpu, &local) }
             pollWatches(&local)
             for cpu in local.watches.keys.sorted() { checkWatchSoFar(cpu, &local) }
-            checkStaleness(usable: usable, detached: detached, online: online, &local)
+            checkStaleness(usable: usable, detached: detached, online: online, expected: expected, &local)
         }
         if local.operations % 16 == 0 {
             for cpu in 0..<machine.possibleCount { checkPinning(follow, cpu) }
@@ -206,14 +254,29 @@ extension OnOffDriver {
         }
     }
 
-    /// A logical CPU online on an unusable physical CPU, or held detached by the follower on a usable one, must not
-    /// stay so for ``FollowMode/staleLimit``.
-    private func checkStaleness(usable: Set<Int>, detached: Set<Int>, online: CPUSet, _ local: inout Local) {
+    /// A logical CPU online on an unusable physical CPU must not stay so for ``FollowMode/staleLimit``, nor may the
+    /// number of logical CPUs online on usable physical CPUs differ from what the CPU limit allows (`expected`; every
+    /// one the follower may attach, without a limit) for that long.
+    private func checkStaleness(usable: Set<Int>, detached: Set<Int>, online: CPUSet, expected: Int?, _ local: inout Local) {
         let now = monotonicNanoseconds()
+        let eligible = (0..<machine.possibleCount).filter { cpu in
+            (try? machine.physicalCPU(of: cpu)).map(usable.contains) ?? false && (online.contains(cpu) || detached.contains(cpu))
+        }
+        let onlineUsable = eligible.filter(online.contains).count
+        let want = expected ?? eligible.count
+        // Key -1: the count (the other keys are logical CPUs).
+        if onlineUsable == want {
+            local.staleSince[-1] = nil
+        } else {
+            let since = local.staleSince[-1] ?? now
+            local.staleSince[-1] = since
+            checks.check(.follow, now - since <= FollowMode.staleLimit,
+                         "\(onlineUsable) logical CPUs online on usable physical CPUs while the CPU limit allows \(want) "
+                         + "(of \(eligible.count)), for \((now - since) / 1_000_000) ms")
+        }
         for cpu in 0..<machine.possibleCount {
             guard let physical = try? machine.physicalCPU(of: cpu) else { continue }
-            let stale = online.contains(cpu) != usable.contains(physical)
-                && (online.contains(cpu) || detached.contains(cpu))
+            let stale = online.contains(cpu) && !usable.contains(physical)
             guard stale else {
                 local.staleSince[cpu] = nil
                 continue

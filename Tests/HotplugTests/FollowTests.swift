@@ -43,8 +43,7 @@ private final class EventLog: Sendable {
         defer { reference.finish() }
         let original = try Shim.affinity(of: reference.tid)
         let log = EventLog()
-        let follower = try m.follow(.init(affinityThread: reference.tid, followCgroup: false, followKernel: false),
-                                    onEvent: log.record)
+        let follower = try m.follow(affinityOnly(reference.tid), onEvent: log.record)
         defer { follower.stop() }
 
         // Like `taskset -a -p <first>`: the process mask and every thread's mask shrink to the first CPU.
@@ -72,8 +71,7 @@ private final class EventLog: Sendable {
         let reference = ReferenceThread()
         defer { reference.finish() }
         let log = EventLog()
-        let follower = try m.follow(.init(affinityThread: reference.tid, followCgroup: false, followKernel: false),
-                                    onEvent: log.record)
+        let follower = try m.follow(affinityOnly(reference.tid), onEvent: log.record)
         defer { follower.stop() }
         let tid = try #require(try m.threadID(of: 0))
         let physical = try m.physicalCPU(of: 0)
@@ -93,7 +91,7 @@ private final class EventLog: Sendable {
         defer { reference.finish() }
         let follower = Locked<Follower?>(nil)
         let handled = Locked<(events: Int, returned: Int, thread: Int32)>((0, 0, 0))
-        let made = try m.follow(.init(affinityThread: reference.tid, followCgroup: false, followKernel: false)) { _ in
+        let made = try m.follow(affinityOnly(reference.tid)) { _ in
             handled.withLock { $0.events += 1; $0.thread = Shim.currentThreadID }
             follower.withLock { $0 }?.stop()
             handled.withLock { $0.returned += 1 }
@@ -124,8 +122,7 @@ private final class EventLog: Sendable {
             let m = try Machine(cpus: 2)
             weakMachine = m
             try #require(m.topology.physicalCPUs.count >= 2, "needs two CPUs to break a pinning")
-            var follower: Follower? = try m.follow(.init(affinityThread: reference.tid, followCgroup: false,
-                                                         followKernel: false)) { _ in
+            var follower: Follower? = try m.follow(affinityOnly(reference.tid)) { _ in
                 thread.withLock { $0 = Shim.currentThreadID }
             }
             // One event tells which thread is the follower's.
@@ -149,8 +146,7 @@ private final class EventLog: Sendable {
         let reference = ReferenceThread()
         defer { reference.finish() }
         let log = EventLog()
-        let follower = try m.follow(.init(affinityThread: reference.tid, followCgroup: false, followKernel: false),
-                                    onEvent: log.record)
+        let follower = try m.follow(affinityOnly(reference.tid), onEvent: log.record)
         defer { follower.stop() }
         try Shim.setAffinity(thread: reference.tid, cpus: [second])   // CPU 0's physical CPU goes away
         #expect(eventually { log.first { if case .failed(0, .offline, .busy(0, .lastOnlineCPU)) = $0 { true } else { false } } != nil })
@@ -244,6 +240,12 @@ private final class EventLog: Sendable {
         print(String(decoding: result.standardOutputContent, as: UTF8.self), terminator: "")
         print(String(decoding: result.standardErrorContent, as: UTF8.self), terminator: "")
     }
+}
+
+/// Options that follow only the affinity mask of thread `tid`: no cgroup cpuset, kernel mask or CPU quota (a test
+/// runner in a container with a CPU limit would otherwise see its limit followed too).
+private func affinityOnly(_ tid: Int32) -> Machine.FollowOptions {
+    .init(affinityThread: tid, followCgroup: false, followKernel: false, followQuota: false)
 }
 
 /// Inside an exit test: a machine of 2 logical CPUs follows `shrink` (given the first CPU's physical CPU: the

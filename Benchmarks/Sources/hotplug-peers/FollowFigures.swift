@@ -118,6 +118,8 @@ private final class FollowRecorder: Sendable {
             note("an event for logical CPU \(cpu): \(event)")
         case .failed(let cpu, let operation, let error):
             note("\(operation) of logical CPU \(cpu) failed: \(error)")
+        case .resized, .quotaUnusable:
+            note("a CPU limit event: \(event)")
         case .repinned:
             break   // CPU 0's thread after each restore (the restore replaced its mask), and CPU 1's after a late one
         }

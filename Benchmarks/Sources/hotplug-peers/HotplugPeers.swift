@@ -72,7 +72,7 @@ struct HotplugPeers: ParsableCommand {
     var settleMicroseconds: Int = 20
 
     @Option(name: .customLong("figure"),
-            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, parked-cpu-time, partition-move, follow, or slab (the three slab figures).")
+            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, parked-cpu-time, partition-move, follow, follow-quota, or slab (the three slab figures).")
     var figures: [FigureSelection] = []
 
     @Option(name: .customLong("max-threads"),
@@ -389,6 +389,19 @@ struct HotplugPeers: ParsableCommand {
                 }
                 return plan
             }
+        case .followQuota:
+            // No measured peer: p99 <= 3 ms from the quota write to the event (QuotaFigures.swift).
+            var plan = Plan(titles: quotaTitles, ours: oursQuota(), peers: [])
+            plan.alone = quotaSeries
+            plan.followCycles = true
+            plan.skipped = quotaSkipReason(layout)
+            let cycles = followCycles
+            plan.seriesNote = { index, stats in
+                guard quotaSeries[index].goal.decides else { return nil }
+                let misses = quotaMisses.withLock { $0 }
+                return "max \(fixed(Double(stats.max) / 1e6, 3)) ms, \(misses) miss\(misses == 1 ? "" : "es") in \(cycles) cycles"
+            }
+            return [plan]
         }
     }
 
@@ -532,6 +545,7 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
     case parkedCPUTime = "parked-cpu-time"
     case partitionMove = "partition-move"
     case follow
+    case followQuota = "follow-quota"
 
     /// The slab allocator's figures (`--figure slab` selects them all).
     var isSlab: Bool { self == .slabPair1CPU || self == .slabPairAllCPUs || self == .slabRemoteFree }
@@ -553,6 +567,7 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
         case .parkedCPUTime: return "parked CPU time"
         case .partitionMove: return "partition move"
         case .follow: return "follow: process affinity shrink / restore"
+        case .followQuota: return "follow quota: cgroup CPU quota shrink / lift"
         }
     }
 }

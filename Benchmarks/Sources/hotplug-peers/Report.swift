@@ -168,6 +168,12 @@ struct Report {
                        + "every series; the goal bounds our p99 (absolute), no peer is measured; the peer column: "
                        + followGoNote)
         }
+        if rows.contains(where: { quotaTitles.contains($0.figure) && $0.ours != nil }) {
+            out.append("follow quota (ns): \(followCycles) cycles in \(rounds) blocks, in a cgroup of the v1 cpu hierarchy "
+                       + "that the run creates and removes; a cycle: a pause, cpu.cfs_quota_us = 100000 (1 CPU) until "
+                       + ".resized with target 1, a pause, -1 until .resized without a limit; a sample runs from just before "
+                       + "the write to the start of onEvent; the goal bounds our p99 (absolute); the peer column: " + quotaNote)
+        }
         out.append("CPUs: target (logical CPU 1 / peer partner) physical CPU \(layout.target); sender \(sender)")
         let placement = layout.cpus.count >= 2 ? "on physical CPU \(layout.cpus)[i]" : "unpinned (single CPU)"
         out.append("N-thread figures: N = \(threadCounts.lowerBound)...\(threadCounts.upperBound) (\(layout.cpus.count) "

@@ -69,6 +69,10 @@ enum Shim {
     /// The process id (the main thread's tid).
     static var processID: Int32 { getpid() }
 
+    /// The value of environment variable `name` (`getenv`), nil when it is not set (the follower's
+    /// `HOTPLUG_MAX_CPUS`).
+    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
     /// The size of a memory page.
     static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
 
