@@ -287,7 +287,8 @@ struct Outcome {
                          + "\(executors.actorCalls) actor calls, \(executors.asyncCrossCalls) async cross-calls, "
                          + "\(executors.yields) yields; moves: \(executors.hops) task hops between CPUs, "
                          + "\(executors.standInJobs) jobs on a stand-in, \(executors.rehomes) executor host changes; "
-                         + "longest wait for a unit \(fixed(executors.maximumWaitMilliseconds, 1)) ms")
+                         + "longest wait for a unit \(fixed(executors.maximumWaitMilliseconds, 1)) ms ("
+                         + "\(executors.longestWaitFor))")
         }
         if let misuse {
             lines.append("misuse: \(misuse.refusals) wrong calls refused (from \(misuse.fromCrossCalls) cross-calls, "

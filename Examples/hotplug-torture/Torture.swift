@@ -55,7 +55,7 @@ final class Torture {
     /// Bounds of the final phase.
     static let drainMilliseconds: Int64 = 30_000
     static let settleMilliseconds: Int64 = 5_000
-    static let executorDrainMilliseconds: Int64 = 15_000
+    static let executorDrainMilliseconds: Int64 = 20_000
     /// No attach or detach completing for this long is a livelock.
     static let progressDeadline: Int64 = 20_000_000_000
 

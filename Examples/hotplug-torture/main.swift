@@ -20,6 +20,9 @@
 //   and the hotplug read lock;
 // - the tasklets themselves (TaskletStorm.swift): each run counts itself, sometimes churns the slab, sometimes
 //   schedules another tasklet on a random CPU;
+// - the executor workload (ExecutorWorkload.swift; `--executors off` leaves it out): driver tasks, two per logical
+//   CPU, hop between the CPUs' executors and the pool, call actors pinned to every CPU (also actor to actor), run
+//   `Task.yield()` storms, task groups, unstructured tasks, continuations and async cross-calls;
 // - the main thread: the status line, the deadline, and the livelock check.
 //
 // With `--misuse` (Misuse.swift) a misuse thread also makes wrong calls at random, each of which must be refused at
@@ -66,7 +69,10 @@
 //   teardown, per CPU and state) and run on the thread their section names; cross-calls run on their target; SIGP
 //   orders answer as docs/ARCHITECTURE.md, "SIGP orders", says and every accepted interruption reaches the handler
 //   exactly once; stop_machine runs its body where asked with the online mask stable; nothing times out or stops
-//   progressing.
+//   progressing;
+// - and, for the executor workload: every unit of executor work ran exactly once and the task awaiting it resumed
+//   (bounded waits); no serial executor ran two jobs at once; every job ran on an online CPU, CPU n's executor's on n
+//   while n is online and on a stand-in while it is not, pool jobs on any online CPU.
 //
 // Random choices: every one (which CPU, which operation, which failure, which work, every worker's and every
 // tasklet's stream) comes from a SplitMix64 stream derived from `--seed`, so `--seed N` repeats the same plan.
