@@ -21,6 +21,8 @@ enum Invariant: Int, CaseIterable, Sendable {
     case taskletPlacement, rollback, callbacks, crossCalls, sigp, stopMachine, progress, follow
     /// `--misuse` only (Misuse.swift).
     case misuse, stopStorm, busyShutdown
+    /// The executor workload (ExecutorWorkload.swift; off with `--executors off`).
+    case executorJobs, executorSerial, executorPlacement
 
     /// What holds when the invariant holds; the FAILED line names it.
     var title: String {
@@ -41,6 +43,9 @@ enum Invariant: Int, CaseIterable, Sendable {
         case .misuse: "misuse is refused with the documented error, at once (--misuse)"
         case .stopStorm: "cross-calls keep their timeouts while a busy CPU is stopped and started (--misuse)"
         case .busyShutdown: "shutdown with a busy CPU leaves only it running and the process alive (--misuse)"
+        case .executorJobs: "executor jobs ran exactly once and every task awaiting one resumed"
+        case .executorSerial: "no serial executor ran two jobs at once"
+        case .executorPlacement: "executor jobs ran on online CPUs: CPU n's on n while it is online, else a stand-in"
         }
     }
 
@@ -63,6 +68,9 @@ enum Invariant: Int, CaseIterable, Sendable {
         case .misuse: "misuse"
         case .stopStorm: "stop_storm"
         case .busyShutdown: "busy_shutdown"
+        case .executorJobs: "executor_jobs"
+        case .executorSerial: "executor_serial"
+        case .executorPlacement: "executor_placement"
         }
     }
 }

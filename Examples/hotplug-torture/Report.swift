@@ -148,6 +148,8 @@ struct Outcome {
     let follow: FollowFigures?
     /// `--misuse` only.
     let misuse: MisuseFigures?
+    /// Unless `--executors off`.
+    let executors: ExecutorTally?
 
     struct MisuseFigures {
         let refusals: Int, fromCrossCalls: Int, fromTasklets: Int, fromCallbacks: Int, fromStopMachine: Int
@@ -159,7 +161,8 @@ struct Outcome {
     }
     let totalViolations: Int
 
-    init(torture: Torture, runSeconds: Double, finalSeconds: Double, tasklets: TaskletTally, slab: SlabTally) {
+    init(torture: Torture, runSeconds: Double, finalSeconds: Double, tasklets: TaskletTally, slab: SlabTally,
+         executors: ExecutorTally?) {
         let stats = torture.onoff.stats, workload = torture.workload, checks = torture.checks
         settings = torture.settings
         physicalCPUs = torture.machine.topology.physicalCPUs.count
@@ -172,6 +175,7 @@ struct Outcome {
         injectedAt = stats.injectedAt.withLock { $0 }
         self.tasklets = tasklets
         self.slab = slab
+        self.executors = executors
         slabShrinks = torture.slab.shrinks.load
         slabQuiescentChecks = torture.slab.quiescentChecks.load
         slabSkipped = torture.slab.skipped.load
@@ -222,7 +226,8 @@ struct Outcome {
 
     var okLine: String {
         "OK: every invariant held: \(cycles) detach+attach cycles, \(rollbacks) rollbacks, "
-            + "\(tasklets.executed) tasklet runs, \(slab.allocated) slab objects (seed \(settings.seed))"
+            + "\(tasklets.executed) tasklet runs, \(slab.allocated) slab objects"
+            + (executors.map { ", \($0.jobs) executor jobs" } ?? "") + " (seed \(settings.seed))"
     }
 
     // MARK: Summary table
@@ -274,6 +279,17 @@ struct Outcome {
         lines.append("cross-calls \(crossCalls) (\(crossCallsRefused) refused: CPU not online), runOnEach "
                      + "\(runOnEachCalls), stop_machine \(stopMachines) (\(stopMachineBodies) bodies), read-locked "
                      + "mask checks \(readLockedChecks); worker actions \(workerActions)")
+        if let executors {
+            lines.append("executors: \(executors.jobs) jobs checked (\(executors.serialJobs) on CPU executors, "
+                         + "\(executors.poolJobs) on the pool); \(executors.issued) units issued, \(executors.completed) "
+                         + "completed, \(executors.refused) refused (async run(on:) to a CPU not online); "
+                         + "\(executors.tasks) tasks, \(executors.drivers) drivers, \(executors.actors) pinned actors, "
+                         + "\(executors.actorCalls) actor calls, \(executors.asyncCrossCalls) async cross-calls, "
+                         + "\(executors.yields) yields; moves: \(executors.hops) task hops between CPUs, "
+                         + "\(executors.standInJobs) jobs on a stand-in, \(executors.rehomes) executor host changes; "
+                         + "longest wait for a unit \(fixed(executors.maximumWaitMilliseconds, 1)) ms ("
+                         + "\(executors.longestWaitFor))")
+        }
         if let misuse {
             lines.append("misuse: \(misuse.refusals) wrong calls refused (from \(misuse.fromCrossCalls) cross-calls, "
                          + "\(misuse.fromTasklets) tasklets, \(misuse.fromCallbacks) hotplug callbacks, "
@@ -346,6 +362,39 @@ struct Outcome {
         }
     }
 
+    struct ExecutorsJSON: Encodable {
+        let jobs: Int, serialJobs: Int, poolJobs: Int, issued: Int, completed: Int, refused: Int, stuckDrivers: Int
+        let tasks: Int, drivers: Int, actors: Int, actorCalls: Int, asyncCrossCalls: Int, yields: Int
+        let hops: Int, standInJobs: Int, rehomes: Int, maxWaitMs: Double
+
+        enum CodingKeys: String, CodingKey {
+            case jobs, issued, completed, refused, tasks, drivers, actors, yields, hops, rehomes
+            case serialJobs = "serial_jobs", poolJobs = "pool_jobs", stuckDrivers = "stuck_drivers"
+            case actorCalls = "actor_calls", asyncCrossCalls = "async_cross_calls", standInJobs = "stand_in_jobs"
+            case maxWaitMs = "max_wait_ms"
+        }
+
+        init(_ tally: ExecutorTally) {
+            jobs = tally.jobs
+            serialJobs = tally.serialJobs
+            poolJobs = tally.poolJobs
+            issued = tally.issued
+            completed = tally.completed
+            refused = tally.refused
+            stuckDrivers = tally.stuckDrivers
+            tasks = tally.tasks
+            drivers = tally.drivers
+            actors = tally.actors
+            actorCalls = tally.actorCalls
+            asyncCrossCalls = tally.asyncCrossCalls
+            yields = tally.yields
+            hops = tally.hops
+            standInJobs = tally.standInJobs
+            rehomes = tally.rehomes
+            maxWaitMs = (tally.maximumWaitMilliseconds * 10).rounded() / 10
+        }
+    }
+
     struct ReportJSON: Encodable {
         let seed: UInt64, seconds: Double, elapsedSeconds: Double, finalSeconds: Double, cpus: Int, physicalCpus: Int, workers: Int
         let failRate: Double, onoffIntervalMs: Double
@@ -360,11 +409,12 @@ struct Outcome {
         let violations: [ViolationJSON]
         let follow: FollowJSON?
         let misuse: MisuseJSON?
+        let executors: ExecutorsJSON?
         let passed: Bool
 
         enum CodingKeys: String, CodingKey {
             case seed, seconds, cpus, workers, cycles, attach, detach, rollbacks, tasklets, slab, invariants
-            case violations, passed, follow, misuse
+            case violations, passed, follow, misuse, executors
             case elapsedSeconds = "elapsed_seconds", finalSeconds = "final_seconds", physicalCpus = "physical_cpus", failRate = "fail_rate"
             case onoffIntervalMs = "onoff_interval_ms", injectedFailures = "injected_failures"
             case parkedCpuTimeGrowthUs = "parked_cpu_time_growth_us", parkedWindows = "parked_windows"
@@ -404,7 +454,7 @@ struct Outcome {
             misuse: misuse.map { MisuseJSON(refusals: $0.refusals, fromCrossCalls: $0.fromCrossCalls,
                                             fromTasklets: $0.fromTasklets, fromCallbacks: $0.fromCallbacks,
                                             fromStopMachine: $0.fromStopMachine, storms: $0.storms, probes: $0.probes) },
-            passed: passed)
+            executors: executors.map(ExecutorsJSON.init), passed: passed)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         return String(decoding: try encoder.encode(report), as: UTF8.self)

@@ -25,6 +25,10 @@ struct Settings: Sendable {
     var followPriority: Int32?
     /// `--misuse`: wrong calls at random, STOP storms, and the shutdown with a busy CPU at the end (Misuse.swift).
     var misuse: Bool
+    /// `--executors`: tasks and actors on the CPUs' executors and the pool (ExecutorWorkload.swift).
+    var executors = true
+    /// `--debug-drop-job`: one continuation is never resumed, so the executor jobs invariant must break.
+    var dropOneJob = false
 }
 
 /// One torture run: the machine, the workload on it, the on/off thread, and the final checks.
@@ -40,6 +44,8 @@ final class Torture {
     let workload: Workload
     /// `--misuse` only.
     let misuse: MisuseLoad?
+    /// Unless `--executors off`.
+    let executorLoad: ExecutorLoad?
     let topology: Topology
     let status: StatusLine
     let started: Int64
@@ -49,6 +55,7 @@ final class Torture {
     /// Bounds of the final phase.
     static let drainMilliseconds: Int64 = 30_000
     static let settleMilliseconds: Int64 = 5_000
+    static let executorDrainMilliseconds: Int64 = 20_000
     /// No attach or detach completing for this long is a livelock.
     static let progressDeadline: Int64 = 20_000_000_000
 
@@ -69,6 +76,9 @@ final class Torture {
         self.misuse = misuse
         self.topology = topology
         states = try TortureStates(machine: machine, slab: slab, checks: checks, misuse: misuse)
+        executorLoad = settings.executors
+            ? try ExecutorLoad(machine: machine, checks: checks, seed: settings.seed, dropOneJob: settings.dropOneJob)
+            : nil
         onoff = OnOffDriver(machine: machine, checks: checks, slab: slab, states: states, misuse: misuse,
                             seed: settings.seed,
                             intervalMilliseconds: settings.onoffIntervalMilliseconds, failRate: settings.failRate,
@@ -91,6 +101,7 @@ final class Torture {
         for index in 0..<settings.workers {
             workers.append(try OSThread { [workload] in workload.run(worker: index) })
         }
+        executorLoad?.start()
         var misuseThreads: [OSThread] = []
         if let misuse {
             misuse.callbacksMisbehave.store(true, ordering: .relaxed)
@@ -103,9 +114,12 @@ final class Torture {
         // The end, in an order where each step finds the previous one finished: no new work, every CPU online,
         // every tasklet run, every interruption delivered, every object freed.
         workload.stop.store(true, ordering: .relaxed)
+        executorLoad?.stop.store(true, ordering: .relaxed)
         for worker in workers { worker.join() }
         misuse?.stop.store(true, ordering: .relaxed)
         for thread in misuseThreads { thread.join() }
+        // While CPUs still come and go: a job stranded by a detach must not be rescued by the final attaches.
+        let executorTally = executorLoad?.finish(timeoutMilliseconds: Torture.executorDrainMilliseconds)
         misuse?.callbacksMisbehave.store(false, ordering: .relaxed)
         onoff.stop.store(true, ordering: .relaxed)
         onoffThread.join()
@@ -120,7 +134,7 @@ final class Torture {
         if misuse != nil { MisuseLoad.shutdownWithBusyCPU(topology: topology, checks: checks) }
         status.finish()
         return Outcome(torture: self, runSeconds: runSeconds, finalSeconds: elapsedSeconds - runSeconds,
-                       tasklets: tasklets, slab: slabTally)
+                       tasklets: tasklets, slab: slabTally, executors: executorTally)
     }
 
     /// The main thread while the run goes on: the status line, the deadline, the livelock check.
@@ -130,6 +144,7 @@ final class Torture {
         while monotonicNanoseconds() < deadline && !checks.failed.load(ordering: .relaxed) {
             usleep(50_000)
             let now = monotonicNanoseconds()
+            executorLoad?.watchdog(now: now)
             if settings.followDeadlineMilliseconds == nil {
                 checks.check(.progress, now - onoff.stats.lastProgress.load(ordering: .relaxed) <= Torture.progressDeadline,
                              "no attach or detach completed in \(Torture.progressDeadline / 1_000_000_000) s")
@@ -150,7 +165,7 @@ final class Torture {
     var operationCount: Int {
         storm.ledgers.reduce(0) { $0 + $1.executed.load(ordering: .relaxed) } + slab.allocated.load + slab.freed.load
             + workload.crossCalls.load + workload.runOnEachCalls.load + workload.stopMachines.load + sigp.total
-            + onoff.stats.operations
+            + onoff.stats.operations + (executorLoad?.actions.load ?? 0)
     }
 
     private func statusText(opsPerSecond: Double) -> String {

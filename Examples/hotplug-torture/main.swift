@@ -20,6 +20,9 @@
 //   and the hotplug read lock;
 // - the tasklets themselves (TaskletStorm.swift): each run counts itself, sometimes churns the slab, sometimes
 //   schedules another tasklet on a random CPU;
+// - the executor workload (ExecutorWorkload.swift; `--executors off` leaves it out): driver tasks, two per logical
+//   CPU, hop between the CPUs' executors and the pool, call actors pinned to every CPU (also actor to actor), run
+//   `Task.yield()` storms, task groups, unstructured tasks, continuations and async cross-calls;
 // - the main thread: the status line, the deadline, and the livelock check.
 //
 // With `--misuse` (Misuse.swift) a misuse thread also makes wrong calls at random, each of which must be refused at
@@ -66,7 +69,10 @@
 //   teardown, per CPU and state) and run on the thread their section names; cross-calls run on their target; SIGP
 //   orders answer as docs/ARCHITECTURE.md, "SIGP orders", says and every accepted interruption reaches the handler
 //   exactly once; stop_machine runs its body where asked with the online mask stable; nothing times out or stops
-//   progressing.
+//   progressing;
+// - and, for the executor workload: every unit of executor work ran exactly once and the task awaiting it resumed
+//   (bounded waits); no serial executor ran two jobs at once; every job ran on an online CPU, CPU n's executor's on n
+//   while n is online and on a stand-in while it is not, pool jobs on any online CPU.
 //
 // Random choices: every one (which CPU, which operation, which failure, which work, every worker's and every
 // tasklet's stream) comes from a SplitMix64 stream derived from `--seed`, so `--seed N` repeats the same plan.
@@ -129,6 +135,9 @@ struct HotplugTorture: ParsableCommand {
     @Flag(help: "Print one JSON object on standard output (progress and the verdict go to standard error).")
     var json = false
 
+    @Option(help: "The executor workload: tasks and actors on the logical CPUs' executors and the pool, checked (on or off).")
+    var executors: ExecutorsSwitch = .on
+
     @Option(help: "Log level of the library: trace, debug (every hotplug transition), info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .warning
 
@@ -136,6 +145,11 @@ struct HotplugTorture: ParsableCommand {
     /// invariant fails the run.
     @Flag(name: .customLong("debug-drop-tasklet"), help: .hidden)
     var debugDropTasklet = false
+
+    /// Breaks the executor invariant on purpose (one continuation is never resumed, as a lost job would leave it),
+    /// to show that the executor workload's checker reports it.
+    @Flag(name: .customLong("debug-drop-job"), help: .hidden)
+    var debugDropJob = false
 
     static let maximumCPUs = 1_024
     static let maximumWorkers = 64
@@ -154,6 +168,7 @@ struct HotplugTorture: ParsableCommand {
             throw ValidationError("--follow-deadline must be a positive number of milliseconds, at most 60000")
         }
         // The follower's detaches would meet the STOP storms' stopped CPUs, which only the on/off thread expects.
+        if debugDropJob && executors == .off { throw ValidationError("--debug-drop-job needs the executor workload (--executors on)") }
         if misuse && follow { throw ValidationError("--misuse works with the on/off thread, not with --follow") }
         guard (1...HotplugTorture.maximumWorkers).contains(workers) else {
             throw ValidationError("--workers must be between 1 and \(HotplugTorture.maximumWorkers)")
@@ -172,13 +187,14 @@ struct HotplugTorture: ParsableCommand {
         let settings = Settings(cpus: count, seconds: seconds, seed: seed, onoffIntervalMilliseconds: onoffInterval,
                                 failRate: failRate, workers: workers, json: json, dropOneTaskletRun: debugDropTasklet,
                                 sigpToSelf: sigpToSelf, followDeadlineMilliseconds: follow ? followDeadline : nil,
-                                followPriority: followRealtime ? 1 : nil, misuse: misuse)
+                                followPriority: followRealtime ? 1 : nil, misuse: misuse,
+                                executors: executors == .on, dropOneJob: debugDropJob)
         let physical = topology.physicalCPUs.count
         say("hotplug-torture: \(count) logical CPUs on \(physical) physical CPU\(physical == 1 ? "" : "s") "
             + "(\(count > physical ? "oversubscribed" : "one each")), \(workers) workers, "
             + (follow ? "following the machine (deadline \(followDeadline) ms), "
                       : "--fail-rate \(failRate), --onoff-interval \(onoffInterval) ms, ")
-            + (misuse ? "with misuse, " : "") + "seed \(seed), \(fixed(seconds, 1)) s")
+            + (misuse ? "with misuse, " : "") + (executors == .on ? "" : "executors off, ") + "seed \(seed), \(fixed(seconds, 1)) s")
 
         let status = StatusLine(toStandardError: json)
         let torture = try setUp("set up a machine of \(count) logical CPUs", seed: seed, output: say) {
@@ -197,6 +213,11 @@ struct HotplugTorture: ParsableCommand {
         }
         say(outcome.okLine)
     }
+}
+
+/// `--executors on|off`.
+enum ExecutorsSwitch: String, ExpressibleByArgument, CaseIterable {
+    case on, off
 }
 
 HotplugTorture.main()
