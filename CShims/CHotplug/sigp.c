@@ -97,6 +97,9 @@ static void acknowledge(chp_cpu_t *cpu) {
     }
 }
 
+// Debugging only: a claimed CPU leaves its idle wait like an unclaimed one (chp_debug_set_ignore_claims).
+static _Atomic bool chp_debug_ignore_claims = false;
+
 // Replaces the delivery class (the CPU's own thread only). Returns the word it replaced.
 static uint32_t set_class(chp_cpu_t *cpu, uint32_t cls) {
     uint32_t mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_relaxed);
@@ -339,7 +342,8 @@ void chp_cpu_wake_mailbox(chp_cpu_t *cpu) { chp_wake_mailbox(cpu); }
 bool chp_cpu_post_and_wake_idle(chp_cpu_t *cpu, uint32_t bits) {
     uint32_t seen = chp_post(cpu, bits);   // release: P1; the returned word holds the class at the post (P2)
     // A claimed CPU is woken by the claim's release; waking it now would only send it back to sleep.
-    if ((seen & (CHP_MB_STOPPED | CHP_MB_CLAIMED)) || CLASS_OF(seen) != CHP_CLASS_IDLE) return false;
+    bool claimed = (seen & CHP_MB_CLAIMED) && !atomic_load_explicit(&chp_debug_ignore_claims, memory_order_relaxed);
+    if ((seen & CHP_MB_STOPPED) || claimed || CLASS_OF(seen) != CHP_CLASS_IDLE) return false;
     atomic_fetch_add_explicit(A64(&cpu->futex_wakes), 1, memory_order_relaxed);
     chp_wake_mailbox(cpu);
     return true;
@@ -528,10 +532,14 @@ void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns) {
     // Acquire: P1, and partner of chp_cpu_release_claim's release (a claimed CPU leaves only after the release,
     // seeing everything the stop_machine body wrote).
     while (((mb = atomic_load_explicit(A32(&cpu->mailbox), memory_order_acquire)) & CHP_MB_ORDERS) == 0 ||
-           (mb & CHP_MB_CLAIMED)) {
+           ((mb & CHP_MB_CLAIMED) && !atomic_load_explicit(&chp_debug_ignore_claims, memory_order_relaxed))) {
         (void)chp_futex_wait(&cpu->mailbox, mb, -1);   // EINTR / EAGAIN / spurious: re-check
     }
     chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
+}
+
+void chp_debug_set_ignore_claims(bool ignore) {
+    atomic_store_explicit(&chp_debug_ignore_claims, ignore, memory_order_relaxed);
 }
 
 bool chp_cpu_claim_idle(chp_cpu_t *cpu) {

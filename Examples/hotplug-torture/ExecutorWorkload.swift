@@ -243,6 +243,7 @@ final class ExecutorLoad: Sendable {
                      "a job of logical CPU \(cpu)'s executor runs where the executor says it is not isolated")
         let here = placeSerial(cpu, watch)
         trail.at(here, hops)
+        checks.checkNoStopMachineBody("a job of logical CPU \(cpu)'s executor")
         let result = body()
         let work = spin(UInt64(truncatingIfNeeded: here))
         let left = watch.inFlight.subtract(1, ordering: .relaxed).newValue
@@ -256,6 +257,7 @@ final class ExecutorLoad: Sendable {
     @inline(__always)
     func onPool<T>(_ trail: inout Trail, _ body: () -> T) -> T {
         let here = machine.currentCPU
+        checks.checkNoStopMachineBody("a pool job")
         if let here {
             checks.check(.executorPlacement, mirror.contains(here),
                          "a pool job ran on logical CPU \(here), which is not online")

@@ -37,7 +37,7 @@ enum Invariant: Int, CaseIterable, Sendable {
         case .callbacks: "hotplug callbacks are balanced and run where their section says"
         case .crossCalls: "cross-calls run on their target CPU"
         case .sigp: "SIGP orders answer as documented and deliver each interruption once"
-        case .stopMachine: "stop_machine runs where asked; it and the read lock hold the online mask still"
+        case .stopMachine: "stop_machine runs where asked, stops every other CPU; it and the read lock hold the online mask still"
         case .progress: "the run makes progress (no livelock, no timeout)"
         case .follow: "the machine follows the CPUs the process may use (--follow), each change within the deadline"
         case .misuse: "misuse is refused with the documented error, at once (--misuse)"
@@ -92,6 +92,17 @@ final class Checks: Sendable {
     private let started: Int64
     /// Set by the first violation: the run stops early (what follows a broken invariant is noise).
     let failed = Atomic<Bool>(false)
+    /// stop_machine bodies of the workload running now: while one runs, every other CPU is stopped (in the
+    /// barrier, or claimed where it parked), so no tasklet and no executor job may run anywhere.
+    let stopMachineBodies = Counter()
+
+    /// Checks, from a tasklet or a job, that no stop_machine body runs meanwhile.
+    @inline(__always)
+    func checkNoStopMachineBody(_ what: @autoclosure () -> String) {
+        if stopMachineBodies.load != 0 {
+            fail(.stopMachine, "\(what()) ran while a stop_machine body ran (every CPU must be stopped)")
+        }
+    }
 
     /// Violations kept in full; later ones are only counted.
     static let keptLimit = 100

@@ -142,6 +142,7 @@ final class TaskletStorm: Sendable {
         let cpu = machine.currentCPU
         let concurrent = ledger.inside.add(1, ordering: .acquiringAndReleasing).newValue
         checks.check(.taskletPlacement, concurrent == 1, "tasklet \(index) ran concurrently with itself")
+        checks.checkNoStopMachineBody("tasklet \(index)")
         if let cpu {
             checks.check(.taskletPlacement, machine.online.contains(cpu),
                          "tasklet \(index) ran on logical CPU \(cpu), which is not online")

@@ -297,7 +297,12 @@ final class Workload: Sendable {
         let seen = Mutex<(ran: [Int], wrong: [String], online: CPUSet?)>(([], [], nil))
         let machine = self.machine
         let ran: Void? = tolerate("stopMachine", as: .stopMachine) {
-            try machine.stopMachine(active: active) { cpu in
+            try machine.stopMachine(active: active) { [checks] cpu in
+                checks.stopMachineBodies.add()
+                defer { checks.stopMachineBodies.add(-1) }
+                // Long enough (about 20 us) for a CPU that should be stopped but is not to run something meanwhile.
+                let until = ContinuousClock.now + .microseconds(20)
+                while ContinuousClock.now < until {}
                 let here = machine.currentCPU, online = machine.online
                 seen.withLock { seen in
                     seen.ran.append(cpu)

@@ -80,7 +80,7 @@
 // failed should be rerun with its seed (and `--log-level debug` for the library's hotplug transitions).
 import ArgumentParser
 import ExampleSupport
-import Hotplug
+@_spi(Debugging) import Hotplug
 import Logging
 
 struct HotplugTorture: ParsableCommand {
@@ -151,6 +151,11 @@ struct HotplugTorture: ParsableCommand {
     @Flag(name: .customLong("debug-drop-job"), help: .hidden)
     var debugDropJob = false
 
+    /// Breaks stop_machine on purpose (an idle CPU it claimed runs what is posted to it during the body), to show
+    /// that the checker reports work running while a stop_machine body runs.
+    @Flag(name: .customLong("debug-leak-claimed-cpus"), help: .hidden)
+    var debugLeakClaimedCPUs = false
+
     static let maximumCPUs = 1_024
     static let maximumWorkers = 64
 
@@ -177,6 +182,7 @@ struct HotplugTorture: ParsableCommand {
 
     func run() throws {
         bootstrapLogging(level: logLevel)
+        if debugLeakClaimedCPUs { Machine.debugLetClaimedCPUsRun(true) }
         let seed = self.seed ?? UInt64.random(in: .min ... .max)
         // With --json, standard output carries the JSON object alone.
         let say: @Sendable (String) -> Void

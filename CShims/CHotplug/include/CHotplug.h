@@ -432,6 +432,10 @@ void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns);
 /// Acq_rel: everything the CPU wrote before it parked is visible to the claimer. Cannot fail.
 bool chp_cpu_claim_idle(chp_cpu_t *cpu);
 
+/// Debugging only (the torture's proof that it catches a broken claim): when set, a claimed CPU leaves its idle
+/// wait as soon as an order is posted, as if it had never been claimed. Never set in normal use.
+void chp_debug_set_ignore_claims(bool ignore);
+
 /// Releases a claim, and wakes the CPU when orders were posted to it meanwhile. Release: what the stop_machine
 /// body wrote is visible to the CPU when it leaves its wait (its acquire load). Cannot fail.
 void chp_cpu_release_claim(chp_cpu_t *cpu);

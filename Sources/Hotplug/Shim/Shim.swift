@@ -25,6 +25,9 @@ enum Shim {
 
     static func monotonicNanoseconds() -> Int64 { chp_monotonic_ns() }
 
+    /// Debugging only: claimed idle CPUs leave their wait like unclaimed ones (see `Machine.debugLetClaimedCPUsRun`).
+    static func debugIgnoreClaims(_ ignore: Bool) { chp_debug_set_ignore_claims(ignore) }
+
     /// CPU time of a thread of this process, in nanoseconds.
     /// - Throws: ``HotplugError/system(call:errno:)`` (EINVAL when no such thread exists).
     static func threadCPUTime(_ tid: Int32) throws(HotplugError) -> Int64 {
