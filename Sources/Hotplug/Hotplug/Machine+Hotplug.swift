@@ -43,8 +43,11 @@ extension Machine {
         trace(cpu, target == .online ? "attach" : "detach", started)
     }
 
-    private func walkOrRollBack(_ cpu: Int, to target: HotplugState) throws(HotplugError) {
-        let start = registry.current(cpu)
+    /// Walks `cpu` to `target`; on a failure walks it back to `start` (by default where it is now) and throws the
+    /// failure, saying whether it got back.
+    func walkOrRollBack(_ cpu: Int, to target: HotplugState, rollingBackTo start: HotplugState? = nil)
+        throws(HotplugError) {
+        let start = start ?? registry.current(cpu)
         do {
             try walk(cpu, to: target, mode: .operation)
         } catch {
@@ -194,7 +197,7 @@ extension Machine {
 
     // MARK: Failures
 
-    private func reportRollbackFailure(_ cpu: Int, _ step: HotplugState, _ direction: HotplugDirection,
+    func reportRollbackFailure(_ cpu: Int, _ step: HotplugState, _ direction: HotplugDirection,
                                        _ error: any Error) -> Bool {
         logger.critical("hotplug rollback failed: the CPU stays where it stopped", metadata: [
             "cpu": "\(cpu)", "state": "\(registry.name(step))", "direction": "\(direction.rawValue)",
@@ -203,7 +206,7 @@ extension Machine {
         return false
     }
 
-    private func failure(_ step: HotplugState, _ cpu: Int, _ direction: HotplugDirection, _ error: any Error,
+    func failure(_ step: HotplugState, _ cpu: Int, _ direction: HotplugDirection, _ error: any Error,
                          rolledBack: Bool) -> HotplugError {
         if let hotplug = error as? HotplugError, case .timeout = hotplug, rolledBack { return hotplug }
         return .callbackFailed(HotplugCallbackFailure(state: step, name: registry.name(step), cpu: cpu,
