@@ -355,26 +355,21 @@ public final class Follower: Sendable {
         let node = { [machine] (cpu: Int) in (try? machine.node(of: cpu)) ?? 0 }
         var detached: [Int] = [], attached: [Int] = []
         var lastEnd = seen   // the end of the last detach or attach for the limit
+        // A resize moves its whole set in one bulk operation (one stop_machine for all the CPUs).
         if onlineUsable.count > target, let source = limit.source {
-            for cpu in CPUChoice.toDetach(onlineUsable.count - target, online: onlineUsable, keep: machine.currentCPU,
-                                          node: node) {
-                if stopped.load(ordering: .acquiring) { return }   // acquire: as above
-                guard let physical = try? machine.physicalCPU(of: cpu),
-                      let end = detach(cpu, physical: physical, sources: [source], since: limitSince) else { continue }
-                detached.append(cpu)
+            if stopped.load(ordering: .acquiring) { return }   // acquire: as above
+            let chosen = CPUChoice.toDetach(onlineUsable.count - target, online: onlineUsable, keep: machine.currentCPU,
+                                            node: node)
+            if let (done, end) = detachAll(chosen, sources: [source], since: limitSince) {
+                detached = done
                 lastEnd = end
             }
         } else if onlineUsable.count < target {
-            for cpu in CPUChoice.toAttach(target - onlineUsable.count, candidates: waiting, online: onlineUsable,
-                                          node: node) {
-                if stopped.load(ordering: .acquiring) { return }   // acquire: as above
-                guard let physical = try? machine.physicalCPU(of: cpu), let cpuState = try? machine.state(of: cpu) else { continue }
-                // A CPU whose physical CPU just came back counts from the last poll that saw it unusable; one the
-                // limit lets back, from the last poll that saw the old limit.
-                let unusableSince = state.withLock { $0.lastUnusable[physical] }
-                let since = unusableSince.flatMap { $0 == previousPoll ? $0 : nil } ?? limitSince
-                guard let end = attach(cpu, physical: physical, state: cpuState, since: since) else { continue }
-                attached.append(cpu)
+            if stopped.load(ordering: .acquiring) { return }   // acquire: as above
+            let chosen = CPUChoice.toAttach(target - onlineUsable.count, candidates: waiting, online: onlineUsable,
+                                            node: node)
+            if let (done, end) = attachAll(chosen, since: limitSince, previousPoll: previousPoll) {
+                attached = done
                 lastEnd = end
             }
         }
@@ -456,27 +451,75 @@ public final class Follower: Sendable {
         }
     }
 
-    /// Attaches `cpu` (configuring and re-pinning it first); the end of the attach, nil when it failed.
-    private func attach(_ cpu: Int, physical: Int, state cpuState: LogicalCPUState,
-                        since: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+    /// Detaches `cpus` in one bulk operation; the CPUs detached and the end, nil when none was.
+    private func detachAll(_ cpus: [Int], sources: [Source], since: ContinuousClock.Instant)
+        -> (detached: [Int], end: ContinuousClock.Instant)? {
+        guard !cpus.isEmpty else { return nil }
+        let start = ContinuousClock.now
+        let result: HotplugBatchResult
         do {
-            let start = ContinuousClock.now
-            try atDefaultPriority { () throws(HotplugError) in
-                if cpuState == .standby { try machine.configure(cpu) }
-                if let tid = try machine.threadID(of: cpu) { try Shim.pin(thread: tid, to: physical) }
-                try machine.online(cpu)
-            }
-            let end = ContinuousClock.now
-            state.withLock { state in
-                state.detachedByMe.remove(cpu)
-                state.failing.remove(cpu)
-            }
-            onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: end - since, operation: end - start))
-            return end
+            result = try atDefaultPriority { () throws(HotplugError) in try machine.offline(CPUSet(cpus)) }
         } catch {
-            failed(cpu, .online, error)
+            for cpu in cpus { failed(cpu, .offline, error) }
             return nil
         }
+        let end = ContinuousClock.now
+        for (cpu, error) in result.failures { failed(cpu, .offline, error) }
+        let done = cpus.filter { result.changed.contains($0) }
+        for cpu in done {
+            state.withLock { state in
+                state.detachedByMe.insert(cpu)
+                state.failing.remove(cpu)
+            }
+            onEvent(.detached(cpu: cpu, physicalCPU: (try? machine.physicalCPU(of: cpu)) ?? -1, sources: sources,
+                              latency: end - since, operation: end - start))
+        }
+        return done.isEmpty ? nil : (done, end)
+    }
+
+    /// Attaches `cpus` (configuring and re-pinning each first) in one bulk operation; the CPUs attached and the
+    /// end, nil when none was. A CPU whose physical CPU just came back counts its latency from the last poll that
+    /// saw it unusable; one the limit lets back, from `since` (the last poll that saw the old limit).
+    private func attachAll(_ cpus: [Int], since: ContinuousClock.Instant, previousPoll: ContinuousClock.Instant?)
+        -> (attached: [Int], end: ContinuousClock.Instant)? {
+        let start = ContinuousClock.now
+        var ready = CPUSet()
+        var physicals: [Int: Int] = [:]
+        for cpu in cpus {
+            guard let physical = try? machine.physicalCPU(of: cpu), let cpuState = try? machine.state(of: cpu) else { continue }
+            do {
+                try atDefaultPriority { () throws(HotplugError) in
+                    if cpuState == .standby { try machine.configure(cpu) }
+                    if let tid = try machine.threadID(of: cpu) { try Shim.pin(thread: tid, to: physical) }
+                }
+                ready.insert(cpu)
+                physicals[cpu] = physical
+            } catch {
+                failed(cpu, .online, error)
+            }
+        }
+        guard !ready.isEmpty else { return nil }
+        let result: HotplugBatchResult
+        do {
+            result = try atDefaultPriority { () throws(HotplugError) in try machine.online(ready) }
+        } catch {
+            for cpu in ready { failed(cpu, .online, error) }
+            return nil
+        }
+        let end = ContinuousClock.now
+        for (cpu, error) in result.failures { failed(cpu, .online, error) }
+        let done = cpus.filter { result.changed.contains($0) }
+        for cpu in done {
+            let physical = physicals[cpu] ?? -1
+            let unusableSince = state.withLock { state -> ContinuousClock.Instant? in
+                state.detachedByMe.remove(cpu)
+                state.failing.remove(cpu)
+                return state.lastUnusable[physical]
+            }
+            let from = unusableSince.flatMap { $0 == previousPoll ? $0 : nil } ?? since
+            onEvent(.attached(cpu: cpu, physicalCPU: physical, latency: end - from, operation: end - start))
+        }
+        return done.isEmpty ? nil : (done, end)
     }
 
     /// The effective cpuset of the process's cgroup (v2, else v1), nil when there is none to read.
