@@ -60,17 +60,19 @@ extension HotplugPeers {
             if let counting { plan.skipped = counting }
             return plan
         }
-        // HOTPLUG_PEERS_PROFILE_OURS: measure our side only (every peer "not available", no allocation rows), so
-        // that `perf record` on the runner sees nothing else.
-        let profiling = getenv("HOTPLUG_PEERS_PROFILE_OURS") != nil
+        // For `perf record` on the runner: HOTPLUG_PEERS_PROFILE=timed leaves out the allocation rows (whose
+        // counters trap every allocation into the kernel); HOTPLUG_PEERS_PROFILE=ours also every peer (its rows say
+        // "not measured"), so that the profile holds our side alone.
+        let profile = getenv("HOTPLUG_PEERS_PROFILE").map { String(cString: $0) }
         func plans(_ plans: [Plan]) -> [Plan] {
-            guard profiling else { return plans }
+            guard profile == "timed" || profile == "ours" else { return plans }
             return plans.filter { $0.unit != mallocUnit }.map { plan in
+                guard profile == "ours" else { return plan }
                 var plan = plan
                 plan.peers = plan.peers.map { peer, goal in
                     var peer = peer
                     peer.available = false
-                    peer.unavailableNote = "not measured: HOTPLUG_PEERS_PROFILE_OURS is set"
+                    peer.unavailableNote = "not measured: HOTPLUG_PEERS_PROFILE=ours"
                     return (peer, goal)
                 }
                 return plan
@@ -127,6 +129,8 @@ extension HotplugPeers {
                            measure: peerDispatchActors(crossing: true)),
                  Goal(limit: nil)),
                 (Contender(name: "SIGP to a polling CPU round trip (floor)", measure: peerSIGPFloor), Goal(limit: nil)),
+                (Contender(name: "cache-line ping-pong round trip (physical floor)", measure: peerPingPongFloor),
+                 Goal(limit: nil)),
             ]), samples: cross, msPerSample: 5)
             time.skipped = twoCPUs
             var mallocs = allocations(Plan("executor: actor round trip across two CPUs: allocations/round trip, actors pinned to CPUs 0 and 1",
@@ -138,16 +142,26 @@ extension HotplugPeers {
             mallocs.skipped = mallocs.skipped ?? twoCPUs
             return plans([time, mallocs])
         case .executorDetach:
-            var plan = Plan(titles: ["executor: detach of CPU 1 with \(detachQueuedJobs) jobs queued on its executor, called on CPU 0",
-                                     "executor: detach of CPU 1 with \(detachQueuedJobs) pool jobs queued on it, called on CPU 0"],
-                            ours: oursDetachWithJobs, peers: [
-                (Contender(name: "empty detach (same protocol, nothing queued)", measure: peerEmptyDetach),
-                 Goal(limit: nil, maxP99AbovePeer: detachGoalAboveNs, text: "p99 <= empty p99 + 100 us")),
+            // Deciding: CPU 1 is held until the stop_machine of the detach has asked it in, so it takes part before it
+            // looks at its queue. Information: CPU 1 is let go as the detach starts, so it may reach its safe point
+            // first and start on its queue (the worst case for the stop_machine's wait).
+            func detachPlan(_ release: HoldRelease, samples: Int, goal: Goal) -> Plan {
+                let how = release == .afterRequest ? "CPU 1 held until asked in" : "CPU 1 let go as the detach starts"
+                var plan = Plan(titles: ["executor: detach of CPU 1 with \(detachQueuedJobs) jobs queued on its executor, \(how), called on CPU 0",
+                                         "executor: detach of CPU 1 with \(detachQueuedJobs) pool jobs queued on it, \(how), called on CPU 0"],
+                                ours: oursDetachWithJobs(release), peers: [
+                    (Contender(name: "empty detach (same protocol, nothing queued)", measure: peerEmptyDetach(release)), goal),
+                ])
+                plan.samples = samples
+                plan.msPerSample = 100
+                plan.skipped = twoCPUs
+                return plan
+            }
+            return plans([
+                detachPlan(.afterRequest, samples: detaches,
+                           goal: Goal(limit: nil, maxP99AbovePeer: detachGoalAboveNs, text: "p99 <= empty p99 + 100 us")),
+                detachPlan(.atStart, samples: max(rounds, detaches / 2), goal: Goal(limit: nil)),
             ])
-            plan.samples = detaches
-            plan.msPerSample = 100
-            plan.skipped = twoCPUs
-            return plans([plan])
         default:
             return []
         }
@@ -550,6 +564,14 @@ func peerSIGPFloor(_ layout: Layout, _ settings: Settings, into out: UnsafeMutab
     for i in out.indices { out[i] *= picosecondsPerNanosecond }
 }
 
+/// The physical floor, for information: the "SIGP to a polling CPU" figure's peer (`peerPingPong`), one cache-line
+/// round trip between the two physical CPUs per sample, in picoseconds.
+func peerPingPongFloor(_ layout: Layout, _ settings: Settings, into out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) {
+    cpr_mcount_close()   // no allocation counter stays open through a timed block (see `sampler`)
+    try peerPingPong(layout, settings, into: out)
+    for i in out.indices { out[i] *= picosecondsPerNanosecond }
+}
+
 // MARK: Detach with queued jobs
 
 /// What the detach figure queues on logical CPU 1 before it takes it down.
@@ -563,30 +585,44 @@ enum QueuedJobs: Sendable {
     case pool
 }
 
+/// When the call holding CPU 1 lets it go, once the jobs are queued.
+enum HoldRelease: Sendable {
+    /// When the detach reaches `cpu:teardown` (its stop_machine is about to ask CPU 1 in): CPU 1 may get back to
+    /// its safe point before the request and start on its queue.
+    case atStart
+    /// When the stop_machine's request has reached CPU 1 (its delivery signal was received: the request is queued
+    /// before the call returns), so CPU 1 takes part before it looks at its queue.
+    case afterRequest
+}
+
 /// Ours: series 0 with `detachQueuedJobs` jobs queued on CPU 1's executor, series 1 with as many pool jobs on
 /// CPU 1, alternating sample by sample, on one `Machine(cpus: 2)` per block.
-func oursDetachWithJobs(_ layout: Layout, _ settings: Settings, _ blocks: [UnsafeMutableBufferPointer<Int64>]) throws(BenchFailure) {
-    let rig = try DetachRig(settings)
-    defer { rig.close() }
-    let serial = SampleBlock(blocks[0]), pool = SampleBlock(blocks[1])
-    for i in 0..<(detachWarmup + serial.count) {
-        let a = try rig.sample(.executor, jobs: detachQueuedJobs)
-        let b = try rig.sample(.pool, jobs: detachQueuedJobs)
-        if i >= detachWarmup {
-            serial[i - detachWarmup] = a
-            pool[i - detachWarmup] = b
+func oursDetachWithJobs(_ release: HoldRelease) -> MultiSide {
+    { (layout: Layout, settings: Settings, blocks: [UnsafeMutableBufferPointer<Int64>]) throws(BenchFailure) in
+        let rig = try DetachRig(settings, release)
+        defer { rig.close() }
+        let serial = SampleBlock(blocks[0]), pool = SampleBlock(blocks[1])
+        for i in 0..<(detachWarmup + serial.count) {
+            let a = try rig.sample(.executor, jobs: detachQueuedJobs)
+            let b = try rig.sample(.pool, jobs: detachQueuedJobs)
+            if i >= detachWarmup {
+                serial[i - detachWarmup] = a
+                pool[i - detachWarmup] = b
+            }
         }
     }
 }
 
 /// The peer: the same protocol with nothing queued.
-func peerEmptyDetach(_ layout: Layout, _ settings: Settings, into out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) {
-    let rig = try DetachRig(settings)
-    defer { rig.close() }
-    let samples = SampleBlock(out)
-    for i in 0..<(detachWarmup + samples.count) {
-        let ns = try rig.sample(.none, jobs: 0)
-        if i >= detachWarmup { samples[i - detachWarmup] = ns }
+func peerEmptyDetach(_ release: HoldRelease) -> Side {
+    { (layout: Layout, settings: Settings, out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) in
+        let rig = try DetachRig(settings, release)
+        defer { rig.close() }
+        let samples = SampleBlock(out)
+        for i in 0..<(detachWarmup + samples.count) {
+            let ns = try rig.sample(.none, jobs: 0)
+            if i >= detachWarmup { samples[i - detachWarmup] = ns }
+        }
     }
 }
 
@@ -597,7 +633,8 @@ private let detachWarmup = 5
 /// One machine and the words of the detach figure's protocol. A sample:
 /// 1. a cross-call holds logical CPU 1 (it spins); it waits for a go, then makes the jobs (tasks preferring CPU
 ///    1's executor, or the pool), says so, and spins on until the detach has reached `cpu:teardown` (its
-///    stop_machine is about to ask CPU 1 in), then returns;
+///    stop_machine is about to ask CPU 1 in) and, with `.afterRequest`, until that request has reached CPU 1 (a
+///    delivery signal more than before), then returns;
 /// 2. a cross-call on logical CPU 0 gives the go, waits until the jobs are queued (CPU 0 is busy meanwhile, so it
 ///    cannot take pool jobs from CPU 1), then times `offline(1)`, called on CPU 0 like the attach / detach figure's
 ///    deciding rows;
@@ -613,12 +650,14 @@ final class DetachRig: @unchecked Sendable {
     let queued = SharedWord64()
     /// Why the holding call on CPU 1 gave up (0: it did not).
     let holdFailure = SharedWord64()
+    let release: HoldRelease
     private var sequence: UInt64 = 0
 
-    init(_ settings: Settings) throws(BenchFailure) {
+    init(_ settings: Settings, _ release: HoldRelease) throws(BenchFailure) {
         cpr_mcount_close()   // no allocation counter stays open through a timed block (see `sampler`)
         machine = try makeAllOnlineMachine(cpus: 2, timeoutNs: settings.timeoutNs)
         self.settings = settings
+        self.release = release
     }
 
     func close() {
@@ -632,7 +671,7 @@ final class DetachRig: @unchecked Sendable {
     /// One detach of CPU 1 with `jobs` jobs of `kind` queued on it; returns the detach's time in ns.
     func sample(_ kind: QueuedJobs, jobs: Int) throws(BenchFailure) -> Int64 {
         sequence += 1
-        let seq = sequence, machine = self.machine, timeoutNs = settings.timeoutNs
+        let seq = sequence, machine = self.machine, timeoutNs = settings.timeoutNs, release = self.release
         let ran = self.ran, go = self.go, queued = self.queued, holdFailure = self.holdFailure
         let before = ran.value
         let executor = try cpuExecutor(machine, executorCPU)
@@ -651,15 +690,25 @@ final class DetachRig: @unchecked Sendable {
                     case .pool: Task(executorPreference: pool) { ran.bump() }
                     }
                 }
+                let signals = (try? machine.deliveryStatistics(of: executorCPU).signalsReceived) ?? 0
                 cpr_store_release_u64(queued.pointer, seq)   // Release: partner of waitWord's acquire on CPU 0.
-                // Hold on until the detach reaches cpu:teardown: its stop_machine then finds CPU 1's request
-                // already queued (or about to be) when CPU 1 gets back to its safe point.
+                // Hold on until the detach reaches cpu:teardown (atStart: the hotplug state, behind the registry's
+                // lock, so looked at every 16th spin), or until stop_machine's cross-call has been delivered
+                // (afterRequest: the only signal CPU 1 receives after the jobs are queued; it is sent to a running
+                // CPU once the call is queued).
                 let limit = cpr_now_ns() + timeoutNs
                 var spins: UInt32 = 0
-                while ((try? machine.hotplug.currentState(of: executorCPU))?.rawValue ?? 0) >= HotplugState.teardownCPU.rawValue {
+                while true {
+                    if release == .afterRequest {
+                        if ((try? machine.deliveryStatistics(of: executorCPU).signalsReceived) ?? 0) > signals { break }
+                    } else if spins % 16 == 0,
+                              ((try? machine.hotplug.currentState(of: executorCPU))?.rawValue ?? 0)
+                                < HotplugState.teardownCPU.rawValue {
+                        break
+                    }
                     cpr_spin_step(spins)
                     spins &+= 1
-                    if cpr_now_ns() > limit {
+                    if spins % UInt32(CPR_CHECK_EVERY) == 0 && cpr_now_ns() > limit {
                         cpr_store_release_u64(holdFailure.pointer, 2)
                         return
                     }
@@ -692,7 +741,9 @@ final class DetachRig: @unchecked Sendable {
         switch holdFailure.value {
         case 0: break
         case 1: throw BenchFailure("the holding call on CPU 1 got no go within \(timeoutNs / 1_000_000) ms")
-        default: throw BenchFailure("the detach did not reach cpu:teardown within \(timeoutNs / 1_000_000) ms")
+        default:
+            throw BenchFailure("the detach did not reach cpu:teardown" + (release == .afterRequest ? " (its request did not reach CPU 1)" : "")
+                               + " within \(timeoutNs / 1_000_000) ms")
         }
         guard timed.queuedSeen >= jobs else {
             throw BenchFailure("\(timed.queuedSeen) jobs queued on CPU 1 before the detach, not \(jobs)")
@@ -710,7 +761,7 @@ final class DetachRig: @unchecked Sendable {
             var pause = timespec(tv_sec: 0, tv_nsec: 50_000)
             _ = nanosleep(&pause, nil)
         }
-        ExecutorLog.recordDetach(kind, ranBeforeDetach: Int(timed.ranBefore))
+        ExecutorLog.recordDetach(kind, release, ranBeforeDetach: Int(timed.ranBefore))
         return timed.ns
     }
 }
@@ -755,14 +806,16 @@ enum ExecutorLog {
         }
     }
 
-    static func recordDetach(_ kind: QueuedJobs, ranBeforeDetach: Int) {
+    static func recordDetach(_ kind: QueuedJobs, _ release: HoldRelease, ranBeforeDetach: Int) {
         guard kind != .none else { return }
+        let key = "\(kind == .pool ? "pool jobs" : "jobs on the executor"), "
+            + (release == .afterRequest ? "CPU 1 held until asked in" : "CPU 1 let go as the detach starts")
         detaches.withLock {
-            var entry = $0["\(kind)", default: Detaches()]
+            var entry = $0[key, default: Detaches()]
             entry.samples += 1
             entry.total += ranBeforeDetach
             entry.most = max(entry.most, ranBeforeDetach)
-            $0["\(kind)"] = entry
+            $0[key] = entry
         }
     }
 
@@ -784,7 +837,7 @@ enum ExecutorLog {
                          + "(glibc relays an alignment of at most 16 bytes to malloc, so these are among the allocations)")
         }
         for (kind, entry) in detaches.withLock({ $0 }).sorted(by: { $0.key < $1.key }) where entry.samples > 0 {
-            lines.append("  detach with \(detachQueuedJobs) \(kind == "pool" ? "pool jobs" : "jobs on the executor"): "
+            lines.append("  detach with \(detachQueuedJobs) \(kind): "
                          + "jobs that ran on CPU 1 between its release and its detach: mean "
                          + "\(fixed(Double(entry.total) / Double(entry.samples), 1)), max \(entry.most) "
                          + "(\(entry.samples) samples)")
