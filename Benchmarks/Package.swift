@@ -14,6 +14,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         // Only the MallocInterposer trait: the default traits would also pull in the runtime interposer.
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        // The executor figures' peer: NIO's event loops are serial executors.
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         // The raw peers (signal handlers, futex, barriers) must be C.
@@ -41,6 +43,8 @@ let package = Package(
                 "CPeers",
                 .product(name: "Hotplug", package: "swift-hotplug"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Sources/hotplug-peers"
         ),

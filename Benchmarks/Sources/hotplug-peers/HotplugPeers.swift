@@ -72,7 +72,7 @@ struct HotplugPeers: ParsableCommand {
     var settleMicroseconds: Int = 20
 
     @Option(name: .customLong("figure"),
-            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, parked-cpu-time, partition-move, follow, follow-quota, or slab (the three slab figures).")
+            help: "Run only these figures: polling, running, parked, barrier, stop-machine, attach-detach, tasklet-throughput, tasklet-latency, slab-pair-1cpu, slab-pair-allcpus, slab-remote-free, parked-cpu-time, partition-move, follow, follow-quota, executor-yield, executor-round-trip, executor-cross-cpu, executor-detach, slab (the three slab figures), or executors (the four executor figures).")
     var figures: [FigureSelection] = []
 
     @Option(name: .customLong("max-threads"),
@@ -200,6 +200,10 @@ struct HotplugPeers: ParsableCommand {
         var skipped: String?
         /// A note for series `index`'s row, given its statistics (alone figures only).
         var seriesNote: (@Sendable (_ index: Int, _ stats: Stats) -> String?)?
+        /// Samples per side when the figure sets its own count (the executor figures), and the time a sample may
+        /// take on average before the watchdog calls the figure hung.
+        var samples: Int?
+        var msPerSample: Int64 = 1
 
         init(_ title: String, ours: @escaping Side, peers: [(Contender, Goal)],
              bestOf: (prefix: String, note: String)? = nil) {
@@ -365,6 +369,8 @@ struct HotplugPeers: ParsableCommand {
             ])
             plan.slow = true
             return [plan]
+        case .executorYield, .executorRoundTrip, .executorCrossCPU, .executorDetach:
+            return executorPlans(figure, layout: layout)
         case .follow:
             // No measured peer: the goal is absolute (p99 <= 10 ms from the change to the event); Go's runtime is
             // named beside the deciding rows for information. One row per follower policy.
@@ -424,12 +430,13 @@ struct HotplugPeers: ParsableCommand {
             }
         }
 
-        let count = plan.followCycles ? followCycles : plan.cpuTimeWindows ? cpuTimeWindows : plan.batches ? batches
-            : plan.slow ? slowIterations : iterations
+        let count = plan.samples ?? (plan.followCycles ? followCycles : plan.cpuTimeWindows ? cpuTimeWindows
+            : plan.batches ? batches : plan.slow ? slowIterations : iterations)
         // Allow 1 ms a sample on average (10 ms for the slow figures, 20 ms a cycle for the follow figure, 5 us an
         // operation for the batch figures, the windows themselves for the parked CPU time figure) before calling a
         // figure hung.
-        let secondsPerSide = plan.followCycles ? Int64(count / 50)
+        let secondsPerSide = plan.samples != nil ? Int64(count) * plan.msPerSample / 1_000
+            : plan.followCycles ? Int64(count / 50)
             : plan.cpuTimeWindows ? Int64(count * cpuTimeWindowMilliseconds) / 1_000
             : plan.batches ? Int64(count) * Int64(batchSize) / 200_000
             : Int64(count / (plan.slow ? 100 : 1_000))
@@ -546,9 +553,16 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
     case partitionMove = "partition-move"
     case follow
     case followQuota = "follow-quota"
+    case executorYield = "executor-yield"
+    case executorRoundTrip = "executor-round-trip"
+    case executorCrossCPU = "executor-cross-cpu"
+    case executorDetach = "executor-detach"
 
     /// The slab allocator's figures (`--figure slab` selects them all).
     var isSlab: Bool { self == .slabPair1CPU || self == .slabPairAllCPUs || self == .slabRemoteFree }
+
+    /// The Swift executor figures (`--figure executors` selects them all).
+    var isExecutor: Bool { rawValue.hasPrefix("executor-") }
 
     /// The title of a single-series figure (the N-thread ones name N in theirs).
     var title: String {
@@ -568,6 +582,10 @@ enum FigureID: String, CaseIterable, ExpressibleByArgument, Sendable {
         case .partitionMove: return "partition move"
         case .follow: return "follow: process affinity shrink / restore"
         case .followQuota: return "follow quota: cgroup CPU quota shrink / lift"
+        case .executorYield: return "executor: Task.yield on one CPU"
+        case .executorRoundTrip: return "executor: actor round trip on one CPU"
+        case .executorCrossCPU: return "executor: actor round trip across two CPUs"
+        case .executorDetach: return "executor: detach with 10,000 queued jobs"
         }
     }
 }
@@ -579,6 +597,8 @@ struct FigureSelection: ExpressibleByArgument, Sendable {
     init?(argument: String) {
         if argument == "slab" {
             figures = FigureID.allCases.filter(\.isSlab)
+        } else if argument == "executors" {
+            figures = FigureID.allCases.filter(\.isExecutor)
         } else if let figure = FigureID(rawValue: argument) {
             figures = [figure]
         } else {
@@ -586,6 +606,6 @@ struct FigureSelection: ExpressibleByArgument, Sendable {
         }
     }
 
-    static var allValueStrings: [String] { FigureID.allCases.map(\.rawValue) + ["slab"] }
+    static var allValueStrings: [String] { FigureID.allCases.map(\.rawValue) + ["slab", "executors"] }
 }
 

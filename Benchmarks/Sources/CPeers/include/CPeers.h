@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
+#include "malloc_count.h"   // the executor figures' allocation counters
 
 #ifdef __cplusplus
 extern "C" {
