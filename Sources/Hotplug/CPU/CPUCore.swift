@@ -37,9 +37,10 @@ final class CPUCore: @unchecked Sendable {
     /// Runs the executor jobs this CPU hosts (set once by the executor subsystem, before the thread starts).
     nonisolated(unsafe) var jobHook: (@Sendable (Int) -> Void)?
     nonisolated(unsafe) var startError: HotplugError?
-    /// Set by a bulk attach before SIGP START (published by the START post, read after it): a CPU it started waits
-    /// here, after acknowledging, until every CPU of the batch has started and the stop_machine has ended, so that
-    /// the next CPU's STARTING callbacks still run with every other online CPU held.
+    /// Set by a bulk attach before SIGP START (published by the START post, read after it) and cleared by the CPU
+    /// itself once passed: a CPU it started waits here, after acknowledging, until every CPU of the batch has
+    /// started and the stop_machine has ended, so that the next CPU's STARTING callbacks still run with every
+    /// other online CPU held.
     nonisolated(unsafe) var startHold: Completion?
 
     init(id: Int, slot: Topology.CPU, machineID: UInt64, pollNanoseconds: Int64,
@@ -93,7 +94,10 @@ final class CPUCore: @unchecked Sendable {
             startingHook(id)             // STARTING startups, interrupts still off
             try? Shim.blockSIGP(false)   // interrupts on; cannot fail for a valid signal
             ack.signal()   // online
-            _ = startHold?.wait()   // a bulk attach holds it until the whole batch is up
+            if let hold = startHold {   // a bulk attach holds it until the whole batch is up
+                startHold = nil
+                _ = hold.wait()
+            }
             runOnline()
             ack.signal()   // offline (run state OFFLINE already, SIGP blocked)
         }

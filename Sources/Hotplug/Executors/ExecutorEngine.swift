@@ -211,18 +211,17 @@ final class ExecutorEngine: HotplugSubsystem {
                 if executor.hasWork { hub.fallback.schedule(executor) }
             }
         }
-        let (oldest, count) = hub.pools[dead].takeEverything()
-        guard oldest != 0 else { return }
-        if let survivor = standIn(for: dead, excluding: dead) {
-            let newest = JobLink.reverse(oldest).first   // the inbox is a stack: newest on top
-            if hub.pools[survivor].inbox.push(first: newest, last: oldest) != nil {
-                hub.pools[survivor].queued.add(count, ordering: .relaxed)
-                cores[survivor].control.postAndWakeIfIdle(.job)
-                return
-            }
-            _ = JobLink.reverse(newest)   // closed meanwhile (it cannot be: hotplug is serialised): back in order
+        let (newest, oldest, count) = hub.pools[dead].takeEverything()
+        guard newest != 0 else { return }
+        // One splice onto a survivor's inbox, whatever the count (the chain is already newest first).
+        if let survivor = standIn(for: dead, excluding: dead),
+           hub.pools[survivor].inbox.push(first: newest, last: oldest) != nil {
+            hub.pools[survivor].queued.add(count, ordering: .relaxed)
+            cores[survivor].control.postAndWakeIfIdle(.job)
+            return
         }
-        var link = oldest
+        // No CPU left (shutdown): the fallback thread, oldest first.
+        var link = JobLink.reverse(newest).first
         while link != 0 {
             let next = JobLink.next(link)
             hub.fallback.schedule(job: link)

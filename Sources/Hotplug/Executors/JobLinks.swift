@@ -28,20 +28,32 @@ enum JobLink {
     @inline(__always)
     static func job(_ link: UInt) -> UnownedJob { unsafeBitCast(link, to: UnownedJob.self) }
 
-    /// The job's two executor-private words (stable for the job's life).
+    /// The distance from a job's address to its executor-private words: the runtime's job layout, the same for
+    /// every job, learnt from the first job taken (0 until then). Relaxed: every link reaches a reader through a
+    /// queue's release/acquire pair after `take` stored it on the enqueuing thread.
+    private static let privateOffset = Atomic<Int>(0)
+
+    /// The job's two executor-private words (stable for the job's life): its address plus the runtime's offset,
+    /// without a call into the runtime.
     @inline(__always)
     static func words(_ link: UInt) -> UnsafeMutablePointer<UInt> {
-        ExecutorJob(job(link)).withUnsafeExecutorPrivateData {
-            $0.baseAddress!.assumingMemoryBound(to: UInt.self)
-        }
+        UnsafeMutablePointer(bitPattern: link &+ UInt(bitPattern: privateOffset.load(ordering: .relaxed)))!
     }
 
-    /// Takes an enqueued job: records its kind and returns its link.
+    /// Takes an enqueued job: records its kind and returns its link. Asks the runtime where the job's private
+    /// words are only for the first job (see ``privateOffset``).
     @inline(__always)
     static func take(_ job: consuming ExecutorJob, kind: JobKind) -> UInt {
-        let words = job.withUnsafeExecutorPrivateData { $0.baseAddress!.assumingMemoryBound(to: UInt.self) }
-        words[1] = kind.rawValue
-        return link(UnownedJob(job))
+        if privateOffset.load(ordering: .relaxed) == 0 {
+            let base = job.withUnsafeExecutorPrivateData { UInt(bitPattern: $0.baseAddress) }
+            let link = link(UnownedJob(job))
+            privateOffset.store(Int(bitPattern: base &- link), ordering: .relaxed)
+            words(link)[1] = kind.rawValue
+            return link
+        }
+        let link = link(UnownedJob(job))
+        words(link)[1] = kind.rawValue
+        return link
     }
 
     @inline(__always) static func next(_ link: UInt) -> UInt { words(link)[0] }

@@ -105,21 +105,37 @@ final class PoolQueue: @unchecked Sendable {
         return JobLink.reverse(inbox.takeAll())
     }
 
-    /// The dead CPU's jobs, oldest first, for the takeover (its inbox is closed now, so nothing comes in after).
-    func takeEverything() -> (first: UInt, count: Int) {
-        var links: [UInt] = []
-        var link = batchHead
-        while link != 0 { links.append(link); link = JobLink.next(link) }
+    /// The dead CPU's jobs as one chain, newest first (ready to push onto another CPU's inbox as one splice),
+    /// with its last (oldest) link and its length; its inbox is closed now, so nothing comes in after. No
+    /// allocation: the inbox is already newest first; the backlog and the batch (oldest first) are reversed in place
+    /// and linked behind it.
+    func takeEverything() -> (newest: UInt, oldest: UInt, count: Int) {
+        let stack = inbox.close()
+        // Acquire: partner of the owner's release store.
+        let backlogOldest = backlog.exchange(0, ordering: .acquiring)
+        let batchOldest = batchHead
         batchHead = 0
         batchTail = 0
-        link = backlog.exchange(0, ordering: .acquiring)
-        while link != 0 { links.append(link); link = JobLink.next(link) }
-        link = JobLink.reverse(inbox.close()).first
-        while link != 0 { links.append(link); link = JobLink.next(link) }
         queued.store(0, ordering: .relaxed)
-        for (index, link) in links.enumerated() {
-            JobLink.setNext(link, index + 1 < links.count ? links[index + 1] : 0)
+        var newest: UInt = 0, oldest: UInt = 0, count = 0
+        // Appends a newest-first chain whose last link is `last`.
+        func append(_ first: UInt, last: UInt, length: Int) {
+            guard first != 0 else { return }
+            if newest == 0 { newest = first } else { JobLink.setNext(oldest, first) }
+            oldest = last
+            count += length
         }
-        return (links.first ?? 0, links.count)
+        var stackLast = stack
+        var stackCount = stack == 0 ? 0 : 1
+        while stackLast != 0, JobLink.next(stackLast) != 0 {
+            stackLast = JobLink.next(stackLast)
+            stackCount += 1
+        }
+        append(stack, last: stackLast, length: stackCount)
+        let backlogNewest = JobLink.reverse(backlogOldest)
+        append(backlogNewest.first, last: backlogOldest, length: backlogNewest.count)
+        let batchNewest = JobLink.reverse(batchOldest)
+        append(batchNewest.first, last: batchOldest, length: batchNewest.count)
+        return (newest, oldest, count)
     }
 }

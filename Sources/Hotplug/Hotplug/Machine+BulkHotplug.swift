@@ -133,10 +133,9 @@ extension Machine {
             core.startHold = hold
             registry.setCurrent(cpu, .bringup)   // counts as done while it runs, as the walk keeps it
         }
-        defer {
-            hold.signal()
-            for cpu in cpus { cores[cpu].startHold = nil }
-        }
+        // Signalled in every case; each CPU clears its own `startHold` once it has passed it (a CPU that was never
+        // started finds it signalled the next time it starts).
+        defer { hold.signal() }
         try stopMachineLocked(active: nil, timeout: nil) { [self] _ in
             for cpu in cpus {
                 let core = cores[cpu]
