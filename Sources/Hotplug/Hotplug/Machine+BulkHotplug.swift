@@ -136,7 +136,7 @@ extension Machine {
         // Signalled in every case; each CPU clears its own `startHold` once it has passed it (a CPU that was never
         // started finds it signalled the next time it starts).
         defer { hold.signal() }
-        try stopMachineLocked(active: nil, timeout: nil) { [self] _ in
+        try stopMachineLocked(active: nil, timeout: nil, anywhere: true) { [self] _ in
             for cpu in cpus {
                 let core = cores[cpu]
                 state.withLock {

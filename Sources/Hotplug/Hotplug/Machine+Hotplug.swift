@@ -156,7 +156,7 @@ extension Machine {
         if online.isEmpty {
             try start(cpu)   // the first CPU of a machine: nobody to synchronise
         } else {
-            try stopMachineLocked(active: nil, timeout: nil, start)
+            try stopMachineLocked(active: nil, timeout: nil, anywhere: true, start)
         }
     }
 

@@ -119,10 +119,10 @@ extension Machine {
 
     /// stop_machine with a throwing body, over the current online CPUs; the caller keeps the online mask stable.
     /// Throws the lowest-numbered failing CPU's error unchanged, or a ``HotplugError``.
-    func stopMachineLocked(active: CPUSet?, timeout: Duration?,
+    func stopMachineLocked(active: CPUSet?, timeout: Duration?, anywhere: Bool = false,
                            _ body: @escaping @Sendable (Int) throws -> Void) throws {
         let failures = Locked([Int: any Error]())
-        try stopMachineLocked(active: active, timeout: timeout) { cpu in
+        try stopMachineLocked(active: active, timeout: timeout, anywhere: anywhere) { cpu in
             do { try body(cpu) } catch { failures.withLock { $0[cpu] = error } }
         }
         if let first = failures.withLock({ $0.min { $0.key < $1.key } }) { throw first.value }
@@ -133,11 +133,22 @@ extension Machine {
     /// A caller that is not one of this machine's CPUs hands the run to the first online CPU, which takes part
     /// inline: an outside controller would compete with the participants for their cores and sleep through
     /// futex wake-ups (measured: 3-5 us coordinated by a CPU, about 200 us by an outside thread, 2 cores).
-    func stopMachineLocked(active: CPUSet?, timeout: Duration?,
+    ///
+    /// From outside, when every online CPU that runs no body is idle, the caller coordinates itself instead: it
+    /// claims them (one CAS each; see `stopMachineSerialised`) and nobody is woken to coordinate. With `anywhere`
+    /// (the machine's own bodies, which may run on any thread: `cpu:bringup`), an `active: nil` body then runs
+    /// right here, on the calling thread, with every online CPU claimed: no CPU is woken at all.
+    func stopMachineLocked(active: CPUSet?, timeout: Duration?, anywhere: Bool = false,
                            _ body: @escaping @Sendable (Int) -> Void) throws(HotplugError) {
         try stopMachineSerial.withLock { () throws(HotplugError) in
             guard currentCPU == nil, let coordinator = online.first(where: { _ in true }) else {
                 return try stopMachineSerialised(active: active, timeout: timeout, body)
+            }
+            let inline = anywhere && active == nil
+            let runners = inline ? CPUSet() : active.map { CPUSet($0.filter { online.contains($0) }) } ?? [coordinator]
+            if let claimed = claimAll(besides: runners) {
+                return try stopMachineSerialised(active: inline ? [] : active, timeout: timeout, claimed: claimed,
+                                                 inlineCPU: inline ? coordinator : nil, body)
             }
             // The run's own errors come back as a value, so a timeout thrown by `run` is the hand-over's.
             let outcome: Result<Void, HotplugError>
@@ -155,8 +166,25 @@ extension Machine {
         }
     }
 
-    /// The run itself; the caller holds `stopMachineSerial`.
-    private func stopMachineSerialised(active: CPUSet?, timeout: Duration?,
+    /// Claims every online CPU outside `runners` (see `stopMachineSerialised`); nil, with nothing claimed, when
+    /// one of them is not idle.
+    private func claimAll(besides runners: CPUSet) -> CPUSet? {
+        var claimed = CPUSet()
+        for cpu in online where !runners.contains(cpu) {
+            guard cores[cpu].control.claimIdle() else {
+                for held in claimed { cores[held].control.releaseClaim() }
+                return nil
+            }
+            claimed.insert(cpu)
+        }
+        return claimed
+    }
+
+    /// The run itself; the caller holds `stopMachineSerial`. `claimed`: CPUs the caller has claimed already (the
+    /// run releases them); `inlineCPU`: the body runs on the calling thread, as that CPU's, with every online CPU
+    /// claimed.
+    private func stopMachineSerialised(active: CPUSet?, timeout: Duration?, claimed preclaimed: CPUSet? = nil,
+                                       inlineCPU: Int? = nil,
                                        _ body: @escaping @Sendable (Int) -> Void) throws(HotplugError) {
         let online = self.online
         guard let first = online.first(where: { _ in true }) else { return }
@@ -166,11 +194,17 @@ extension Machine {
         // "stop_machine and the barrier"): one CAS each, and they count as stopped. A claimed CPU sits in its idle
         // wait at a safe point, between two jobs or tasklets, holding no lock; whatever is posted to it meanwhile
         // stays pending until the claim is released, after every participant has left the barrier.
-        var claimed = CPUSet()
-        for cpu in online where cpu != me && !runners.contains(cpu) && cores[cpu].control.claimIdle() {
-            claimed.insert(cpu)
+        var claimed = preclaimed ?? CPUSet()
+        if preclaimed == nil {
+            for cpu in online where cpu != me && !runners.contains(cpu) && cores[cpu].control.claimIdle() {
+                claimed.insert(cpu)
+            }
         }
         defer { for cpu in claimed { cores[cpu].control.releaseClaim() } }
+        if let inlineCPU {
+            ThreadContext.stopMachineBody.enter(machineID: id) { body(inlineCPU) }
+            return
+        }
         let participants = CPUSet(online.filter { !claimed.contains($0) })
         let run = StopMachineRun(participants: participants, active: runners, machineID: id, body: body)
         let waiter = currentCore
