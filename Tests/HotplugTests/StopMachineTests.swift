@@ -253,3 +253,23 @@ func expectTimeout(_ error: HotplugError, cpu: Int, operation: HotplugOperation,
         }
     }
 }
+
+@Suite struct StopMachineFromOutsideTests {
+    /// From a plain thread, with every online CPU idle: an active set with no online CPU runs the body nowhere, at
+    /// once (it once waited for a participant that did not exist until the timeout).
+    @Test func anActiveSetWithNoOnlineCPURunsNowhereAtOnce() throws {
+        let m = try Machine(cpus: 3, configuration: .init(responseTimeout: .seconds(2)))
+        defer { m.shutdown() }
+        try m.offline(2)
+        #expect(eventually { (0..<2).allSatisfy { (try? m.runState(of: $0)) == .idle } })
+        let ran = Counter()
+        let started = ContinuousClock.now
+        try m.stopMachine(active: [2]) { _ in ran.value.add(1, ordering: .relaxed) }
+        #expect(ran.value.load(ordering: .relaxed) == 0)
+        #expect(ContinuousClock.now - started < .seconds(1))
+        // And with a body to run, from outside, it runs where asked.
+        let here = Locked<[Int?]>([])
+        try m.stopMachine(active: [1]) { _ in here.withLock { $0.append(m.currentCPU) } }
+        #expect(here.withLock { $0 } == [1])
+    }
+}

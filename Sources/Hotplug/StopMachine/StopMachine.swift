@@ -206,6 +206,9 @@ extension Machine {
             return
         }
         let participants = CPUSet(online.filter { !claimed.contains($0) })
+        // Every online CPU claimed and none to run a body (an active set with no online CPU, called from outside):
+        // the body runs nowhere, and every CPU was held meanwhile.
+        if participants.isEmpty { return }
         let run = StopMachineRun(participants: participants, active: runners, machineID: id, body: body)
         let waiter = currentCore
         let started = Shim.monotonicNanoseconds()
