@@ -212,3 +212,25 @@ private func expectConsistent(_ pool: CPUPool, _ partitions: [Partition], source
         _ = try Balancer(pool: pool, partitions: [a, b], queueScale: 0.5)
     }
 }
+
+@Suite struct BulkPartitionMoveTests {
+    @Test func severalProcessorsMoveInOneBulkOperationEachWay() throws {
+        let pool = try CPUPool(processors: 5)
+        let a = try pool.makePartition("a", owning: [0, 1, 2, 3])
+        let b = try pool.makePartition("b", owning: [4])
+        let move = try pool.move([1, 2, 3], from: a, to: b)
+        #expect(move.moved == [1, 2, 3] && move.failures.isEmpty)
+        #expect(a.ownedProcessors == [0] && b.ownedProcessors == [1, 2, 3, 4])
+        try expectConsistent(pool, [a, b])
+        // Every processor of a, at once: refused whole, nothing moved.
+        #expect(throws: HotplugError.self) { try pool.move([0], from: a, to: b) }
+        #expect(a.ownedProcessors == [0])
+        // A processor whose attach fails in the target goes back; the others move.
+        try a.machine.hotplug.injectFailure(cpu: a.logicalCPU(of: 2), at: .bringup, direction: .startup)
+        let back = try pool.move([2, 3], from: b, to: a)
+        #expect(back.moved == [3])
+        #expect(Set(back.failures.keys) == [2])
+        #expect(a.ownedProcessors == [0, 3] && b.ownedProcessors == [1, 2, 4])
+        try expectConsistent(pool, [a, b])
+    }
+}

@@ -158,6 +158,73 @@ public final class CPUPool: Sendable {
     }
 }
 
+extension CPUPool {
+    /// What a bulk move did: the processors that moved, and those that did not with the reason (each back with
+    /// `from`, or owned by nobody when even that failed: a critical log message says so).
+    public struct BulkMove: Sendable {
+        public var moved: [Int] = []
+        public var failures: [Int: HotplugError] = [:]
+        /// The bulk detach in `from` and the bulk attach in `to`.
+        public var detach: Duration = .zero
+        public var attach: Duration = .zero
+    }
+
+    /// Moves several processors from `from` to `to` with one bulk detach there and one bulk attach here
+    /// (``Machine/offline(_:)-(CPUSet)`` and ``Machine/online(_:)-(CPUSet)``: one stop_machine on each side, not one
+    /// per processor). A processor whose detach fails stays with `from`; one whose attach fails goes back to
+    /// `from` (one bulk attach there); the others move regardless.
+    /// - Throws: ``HotplugError/invalidConfiguration(_:)`` when `from` does not own one of the processors or the
+    ///   partitions are the same or not of this pool; ``HotplugError/busy(cpu:reason:)`` with
+    ///   ``BusyReason/lastOnlineCPU`` when `from` would be left with none (nothing moved then).
+    @discardableResult
+    public func move(_ processors: [Int], from: Partition, to: Partition) throws(HotplugError) -> BulkMove {
+        try operations.withLock { () throws(HotplugError) -> BulkMove in
+            guard from.pool === self, to.pool === self, from !== to else {
+                throw .invalidConfiguration("a move needs two different partitions of this pool")
+            }
+            for processor in processors where !(0..<processorCount).contains(processor) || !from.owns(processor) {
+                throw .invalidConfiguration("partition '\(from.name)' does not own processor \(processor)")
+            }
+            var result = BulkMove()
+            let clock = ContinuousClock()
+            let started = clock.now
+            let leaving = CPUSet(processors.map { from.logicalCPU(of: $0) })
+            let detached = try from.machine.offline(leaving)   // refused whole if it would leave `from` empty
+            for processor in processors {
+                if let error = detached.failures[from.logicalCPU(of: processor)] { result.failures[processor] = error }
+            }
+            let gone = processors.filter { detached.changed.contains(from.logicalCPU(of: $0)) }
+            let middle = clock.now
+            result.detach = middle - started
+            guard !gone.isEmpty else { return result }
+            let arrived: HotplugBatchResult
+            do throws(HotplugError) {
+                arrived = try to.machine.online(CPUSet(gone.map { to.logicalCPU(of: $0) }))
+            } catch {
+                arrived = HotplugBatchResult()
+                for processor in gone { result.failures[processor] = error }
+            }
+            var back: [Int] = []
+            for processor in gone {
+                if arrived.changed.contains(to.logicalCPU(of: processor)) {
+                    result.moved.append(processor)
+                } else {
+                    if let error = arrived.failures[to.logicalCPU(of: processor)] { result.failures[processor] = error }
+                    if !to.machine.online.contains(to.logicalCPU(of: processor)) { back.append(processor) }
+                }
+            }
+            result.attach = clock.now - middle
+            if !back.isEmpty {
+                let returned = try? from.machine.online(CPUSet(back.map { from.logicalCPU(of: $0) }))
+                for processor in back where returned?.changed.contains(from.logicalCPU(of: processor)) != true {
+                    logger.critical("processor \(processor) is owned by no partition: its attach in '\(to.name)' and its return to '\(from.name)' failed")
+                }
+            }
+            return result
+        }
+    }
+}
+
 /// One partition of a ``CPUPool``: a ``Machine`` whose online CPUs are the processors it owns.
 public final class Partition: Sendable {
     public let name: String
