@@ -328,7 +328,7 @@ private func occupy(_ m: Machine, _ cpu: Int) throws -> Gate {
                     return done
                 }
             }
-            var rng = SplitMix(seed: 17)
+            var rng = SeededGenerator(seed: 17)
             let points: [HotplugState] = [.bringup, .executorsDead, .teardownCPU]
             for _ in 0..<cycles {
                 let cpu = 1 + Int(rng.next() % 2)
@@ -357,18 +357,6 @@ final class Flag: Sendable {
     var isSet: Bool { value.load(ordering: .acquiring) }
 }
 
-/// A small seeded generator (SplitMix64) for repeatable plans.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite struct PoolExecutorTests {
     @Test func aJobEnqueuedOnACPUStaysThere() async throws {

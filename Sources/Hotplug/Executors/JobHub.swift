@@ -99,14 +99,8 @@ final class JobHub: @unchecked Sendable {
     }
 
     private func leastLoadedPool() -> Int? {
-        var best: Int?
-        var load = Int.max
-        for cpu in pools.indices where cpus[cpu].active.load(ordering: .relaxed) {
-            let queued = pools[cpu].queued.load(ordering: .relaxed)
-            if queued < load { best = cpu; load = queued }
-            if queued <= 0 { break }
-        }
-        return best
+        leastLoaded(pools.count, eligible: { cpus[$0].active.load(ordering: .relaxed) },
+                    load: { pools[$0].queued.load(ordering: .relaxed) })
     }
 
     /// Wakes one online CPU with no pool job queued (other than `busy`), so that it comes to take a share of the

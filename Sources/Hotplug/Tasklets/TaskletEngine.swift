@@ -123,13 +123,8 @@ final class TaskletEngine: HotplugSubsystem {
     }
 
     private func leastLoaded() -> Int? {
-        var best: Int?
-        var load = Int.max
-        for cpu in queues.indices where queues[cpu].active.load(ordering: .relaxed) {
-            let pending = queues[cpu].pending.load(ordering: .relaxed)
-            if pending < load { best = cpu; load = pending }
-        }
-        return best
+        Hotplug.leastLoaded(queues.count, eligible: { queues[$0].active.load(ordering: .relaxed) },
+                            load: { queues[$0].pending.load(ordering: .relaxed) })
     }
 
     // MARK: The CPU side
