@@ -160,9 +160,17 @@ extension Machine {
         metrics.cpusOnline.record(online)
         metrics.cpusPresent.record(present)
         metrics.cpusActive.record(active)
+        // The jobs per CPU in one pass over the executors (as `queuedJobs(on:)` counts them for one CPU): linear in
+        // the CPUs, not quadratic, at the end of every operation.
+        let engine = executorEngine
+        var jobs = (0..<possibleCount).map { max(0, engine.hub.pools[$0].queued.load(ordering: .relaxed)) }
+        for executor in engine.executors {
+            let host = executor.host.load(ordering: .relaxed)
+            if jobs.indices.contains(host) { jobs[host] += executor.queuedJobs }
+        }
         for cpu in 0..<possibleCount {
             metrics.taskletsQueued[cpu].record(max(0, tasklets.queues[cpu].pending.load(ordering: .relaxed)))
-            metrics.jobsQueued[cpu].record((try? queuedJobs(on: cpu)) ?? 0)
+            metrics.jobsQueued[cpu].record(jobs[cpu])
         }
     }
 }
