@@ -5,10 +5,14 @@ let package = Package(
     name: "swift-hotplug",
     products: [
         .library(name: "Hotplug", targets: ["Hotplug"]),
+        // Service types for swift-service-lifecycle: a product of its own, so the core does not force the dependency.
+        .library(name: "HotplugServiceLifecycle", targets: ["HotplugServiceLifecycle"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         .target(
@@ -30,8 +34,18 @@ let package = Package(
                 "CHotplug",
                 "CNuma",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             path: "Sources/Hotplug"
+        ),
+        .target(
+            name: "HotplugServiceLifecycle",
+            dependencies: [
+                "Hotplug",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/HotplugServiceLifecycle"
         ),
         // The README's Usage section as a program: the first example to read and run.
         .executableTarget(
@@ -101,8 +115,22 @@ let package = Package(
         ),
         .testTarget(
             name: "HotplugTests",
-            dependencies: ["Hotplug", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Hotplug",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             path: "Tests/HotplugTests"
+        ),
+        .testTarget(
+            name: "HotplugServiceLifecycleTests",
+            dependencies: [
+                "Hotplug",
+                "HotplugServiceLifecycle",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/HotplugServiceLifecycleTests"
         ),
     ]
 )

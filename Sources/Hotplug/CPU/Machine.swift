@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -39,10 +40,16 @@ public final class Machine: Sendable {
         /// Receives what SIGP orders leave for a CPU's safe point (external calls, emergency signals, restarts),
         /// on that CPU's own thread.
         public var interruptHandler: (@Sendable (_ cpu: Int, _ interruption: SIGPInterruption) -> Void)?
+        /// Where the machine's metrics go (the DocC article "Metrics"); nil: `MetricsSystem.factory` as it is when
+        /// the machine is created (a no-op until the application bootstraps a backend). Its metric objects are
+        /// made once, at creation.
+        public var metricsFactory: (any MetricsFactory)?
 
         public init(signal: Int32? = nil, initiallyOnline: Int? = nil, pollTime: Duration = .microseconds(20),
                     responseTimeout: Duration = .seconds(5), resendInterval: Duration = .milliseconds(10),
+                    metricsFactory: (any MetricsFactory)? = nil,
                     interruptHandler: (@Sendable (_ cpu: Int, _ interruption: SIGPInterruption) -> Void)? = nil) {
+            self.metricsFactory = metricsFactory
             self.signal = signal
             self.initiallyOnline = initiallyOnline
             self.pollTime = pollTime
@@ -82,6 +89,8 @@ public final class Machine: Sendable {
     /// The subsystems with built-in hotplug states (tasklets, slab caches).
     let subsystems: BuiltinSubsystems
     let id: UInt64
+    /// This machine's metric objects (made once, here; recorded on cold paths only).
+    let metrics: HotplugMetrics
 
     /// The tasklet lists of every CPU.
     var tasklets: TaskletEngine { subsystems.tasklets }
@@ -140,6 +149,7 @@ public final class Machine: Sendable {
         self.responseNanoseconds = configuration.responseTimeout.timeoutNanoseconds
         self.resendNanoseconds = configuration.resendInterval.timeoutNanoseconds
         self.id = id
+        self.metrics = HotplugMetrics(factory: configuration.metricsFactory ?? MetricsSystem.factory, possible: possible)
         self.state = Locked(State(cpus: Array(repeating: .standby, count: possible),
                                  threads: Array(repeating: nil, count: possible)))
         do {
@@ -396,6 +406,7 @@ public final class Machine: Sendable {
             let dropped = tasklets.droppedAtShutdown.load(ordering: .relaxed)
             if dropped > 0 { logger.warning("shutdown: \(dropped) scheduled tasklet run(s) had no CPU left and did not run") }
             state.withLock { $0.isShutDown = true }
+            sampleOperationMetrics()
             slabs.close()
             Shim.uninstallSIGP(signal: signal)   // the handler stays while a CPU thread is left (see Shim)
             return leftRunning
@@ -486,5 +497,6 @@ public final class Machine: Sendable {
             "cpu": "\(cpu)", "operation": "\(operation)",
             "duration_us": "\(Double(Shim.monotonicNanoseconds() - started) / 1000)",
         ])
+        sampleOperationMetrics()
     }
 }

@@ -190,7 +190,12 @@ public final class Follower: Sendable {
     init(machine: Machine, options: Machine.FollowOptions, cap: Int?, onEvent: @escaping @Sendable (Event) -> Void) {
         self.machine = machine
         self.options = options
-        self.onEvent = onEvent
+        // Counted before the handler sees it: events are rare, and the counters exist once per machine.
+        let metrics = machine.metrics
+        self.onEvent = { event in
+            metrics.recordFollowerEvent(event)
+            onEvent(event)
+        }
         self.cap = Locked(cap)
         mounts = CgroupMounts.read()
         physicalCPUs = machine.topology.physicalCPUs
@@ -223,6 +228,12 @@ public final class Follower: Sendable {
             return loop
         }
         thread?.stop()   // outside the lock: waiting for the thread must not hold it
+    }
+
+    /// Whether the follower still polls: false once ``stop()`` was called (its thread ends after the current poll).
+    public var isFollowing: Bool {
+        // Acquire: partner of the release in `stop()`.
+        !stopped.load(ordering: .acquiring) && loop.withLock { $0 != nil }
     }
 
     /// The logical CPUs this follower detached and has not attached again.

@@ -117,6 +117,7 @@ extension Machine {
                 }
             }
         }
+        metrics.recordOperation(attach: true, HotplugOutcome(result), started: started)
         trace(-1, "bulk attach of \(pending.count)", started)
         return result
     }
@@ -218,6 +219,7 @@ extension Machine {
                 }
             }
         }
+        metrics.recordOperation(attach: false, HotplugOutcome(result), started: started)
         trace(-1, "bulk detach of \(pending.count)", started)
         return result
     }
@@ -250,6 +252,7 @@ extension Machine {
     /// Walks a CPU whose bulk step failed back to `start`, and the error to report for it.
     private func rollBack(_ cpu: Int, to start: HotplugState, after step: HotplugState,
                           _ direction: HotplugDirection, _ error: any Error) -> HotplugError {
+        metrics.recordRollback(injected: error is InjectedFailure)
         var rolledBack = true
         do throws(StepFailure) {
             try walk(cpu, to: start, mode: .rollback)

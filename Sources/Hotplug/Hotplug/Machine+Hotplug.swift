@@ -33,13 +33,20 @@ extension Machine {
     ///   started; the timeout itself when the CPU did not take part in time and is back where it started.
     private func operate(_ cpu: Int, to target: HotplugState) throws(HotplugError) {
         let started = Shim.monotonicNanoseconds()
-        try hotplugLock.withWriteLock { () throws(HotplugError) in
-            // The target changes under the write lock only (as Linux sets it under cpus_write_lock): a holder of
-            // the read lock sees every CPU where it is heading.
-            registry.setTarget(cpu, target)
-            defer { registry.setTarget(cpu, registry.current(cpu)) }
-            try walkOrRollBack(cpu, to: target)
+        do {
+            try hotplugLock.withWriteLock { () throws(HotplugError) in
+                // The target changes under the write lock only (as Linux sets it under cpus_write_lock): a holder of
+                // the read lock sees every CPU where it is heading.
+                registry.setTarget(cpu, target)
+                defer { registry.setTarget(cpu, registry.current(cpu)) }
+                try walkOrRollBack(cpu, to: target)
+            }
+        } catch {
+            metrics.recordOperation(attach: target == .online, HotplugOutcome(error), started: started)
+            sampleOperationMetrics()
+            throw error
         }
+        metrics.recordOperation(attach: target == .online, .success, started: started)
         trace(cpu, target == .online ? "attach" : "detach", started)
     }
 
@@ -51,6 +58,7 @@ extension Machine {
         do {
             try walk(cpu, to: target, mode: .operation)
         } catch {
+            metrics.recordRollback(injected: error.error is InjectedFailure)
             let rolledBack: Bool
             if let undo = error.undoFailure {
                 rolledBack = reportRollbackFailure(cpu, undo.state, undo.direction, undo.error)
@@ -199,6 +207,7 @@ extension Machine {
 
     func reportRollbackFailure(_ cpu: Int, _ step: HotplugState, _ direction: HotplugDirection,
                                        _ error: any Error) -> Bool {
+        metrics.rollbackFailures.increment()
         logger.critical("hotplug rollback failed: the CPU stays where it stopped", metadata: [
             "cpu": "\(cpu)", "state": "\(registry.name(step))", "direction": "\(direction.rawValue)",
             "error": "\(error)", "current": "\(registry.current(cpu).rawValue)",

@@ -194,6 +194,9 @@ public final class Balancer: @unchecked Sendable {
         }
     }
 
+    /// Whether the thread of ``start(interval:onOutcome:)`` runs (started and not stopped).
+    public var isRunning: Bool { loop.withLock { $0 != nil } }
+
     /// Stops the thread of ``start(interval:onOutcome:)`` and waits for it. Called from `onOutcome` (the
     /// balancer's own thread) it returns at once, and the thread ends when the handler returns.
     public func stop() {

@@ -53,6 +53,9 @@ final class SlabRegistry: HotplugSubsystem {
     /// The live caches (strong references for the duration of a callback).
     private var live: [SlabCache] { contents.withLock { $0.caches.compactMap(\.cache) } }
 
+    /// The caches still alive (for ``Machine/sampleMetrics()``).
+    var liveCaches: [SlabCache] { live }
+
     /// `slab:prepare` startup: magazines for an attaching CPU.
     func prepare(cpu: Int) { for cache in live { cache.prepare(cpu: cpu) } }
 
