@@ -88,7 +88,7 @@ extension HotplugPeers {
     }
 
     /// For `perf record` on the runner, like the executor figures' switch: HOTPLUG_PEERS_PROFILE=ours leaves out
-    /// every peer (their rows say "not measured"), HOTPLUG_PEERS_PROFILE=peer measures each plan's first peer alone
+    /// every peer (the row shows our side alone), HOTPLUG_PEERS_PROFILE=peer measures each plan's first peer alone
     /// (as the row's "ours", the peer column saying so), so that a profile holds one side alone.
     private func profiled(_ plans: [Plan]) -> [Plan] {
         let profile = getenv("HOTPLUG_PEERS_PROFILE").map { String(cString: $0) }
@@ -96,12 +96,8 @@ extension HotplugPeers {
         case "ours":
             return plans.map { plan in
                 var plan = plan
-                plan.peers = plan.peers.map { peer, goal in
-                    var peer = peer
-                    peer.available = false
-                    peer.unavailableNote = "not measured: HOTPLUG_PEERS_PROFILE=ours"
-                    return (peer, goal)
-                }
+                plan.peers = []
+                plan.alone = [(peer: "not measured: HOTPLUG_PEERS_PROFILE=ours", goal: Goal(limit: nil))]
                 return plan
             }
         case "peer":
@@ -302,13 +298,18 @@ func oursBulkHotplug(_ kind: HotplugOperationKind, cpus: Int) -> Side {
 // MARK: tasklet schedule + run on one CPU vs one atomic add
 
 /// Ours: `Machine(cpus: 2)`, `batchSize` tasklets made up front, each body one release increment of a shared
-/// counter, the last one's body also reading the clock first. A sample is one batch: in one cross-call on logical
-/// CPU 1 the clock is read and every tasklet scheduled once on CPU 1; they run at CPU 1's next safe point, after
-/// the call returned; the last body's clock reading ends the sample (both readings on CPU 1), / the batch size.
-/// The measuring thread (on the other physical CPU) only waits for the counter.
+/// counter that nobody reads meanwhile (like the peer's word); the last body also reads the clock and then raises
+/// a separate `done` word, the only one the measuring thread polls (polling the counter itself would pull its cache
+/// line away from CPU 1 at every increment). A sample is one batch: in one cross-call on logical CPU 1 the clock is
+/// read and every tasklet scheduled once on CPU 1; they run at CPU 1's next safe point, after the call returned;
+/// the last body's clock reading ends the sample (both readings on CPU 1), / the batch size. Afterwards the counter
+/// must have moved by the batch size.
 func oursTaskletOneCPU(_ layout: Layout, _ settings: Settings, into out: UnsafeMutableBufferPointer<Int64>) throws(BenchFailure) {
-    let counter = SharedWord64()
-    defer { counter.deallocate() }
+    let counter = SharedWord64(), done = SharedWord64()
+    defer {
+        counter.deallocate()
+        done.deallocate()
+    }
     let stamp = ClockStamp()
     let machine = try makeAllOnlineMachine(cpus: 2, timeoutNs: settings.timeoutNs)
     defer { machine.shutdown() }
@@ -316,16 +317,17 @@ func oursTaskletOneCPU(_ layout: Layout, _ settings: Settings, into out: UnsafeM
     let tasklets = (0..<size).map { index in
         index == size - 1
             ? Tasklet(machine, priority: .normal) {
-                // Release: partner of the measuring thread's acquire load after it saw the counter.
+                counter.bump()
+                // Release: partner of the measuring thread's acquire load after it saw `done`.
                 stamp.value.store(cpr_now_ns(), ordering: .releasing)
-                counter.bump()   // Release: partner of cpr_wait_at_least's acquire.
+                done.bump()   // Release: partner of cpr_wait_at_least's acquire (the counter's increments too).
             }
-            : Tasklet(machine, priority: .normal) { counter.bump() }   // Release: as above.
+            : Tasklet(machine, priority: .normal) { counter.bump() }
     }
     let samples = SampleBlock(out)
     try PinnedThread.run(pinnedTo: layout.sender) { () throws(BenchFailure) in
         for i in 0..<(settings.batchWarmup + samples.count) {
-            let target = counter.value + UInt64(size)
+            let before = counter.value
             let t0: Int64
             do {
                 t0 = try machine.run(on: scalingTarget, timeout: .nanoseconds(settings.timeoutNs)) {
@@ -336,8 +338,11 @@ func oursTaskletOneCPU(_ layout: Layout, _ settings: Settings, into out: UnsafeM
             } catch {
                 throw BenchFailure("run(on: 1) { schedule(on: 1) x \(size) }: \(error)")
             }
-            guard cpr_wait_at_least(counter.pointer, target, settings.timeoutNs) == 0 else {
+            guard cpr_wait_at_least(done.pointer, UInt64(i + 1), settings.timeoutNs) == 0 else {
                 throw BenchFailure("the batch's \(size) tasklets did not all run within \(settings.timeoutNs / 1_000_000) ms")
+            }
+            guard counter.value == before + UInt64(size) else {
+                throw BenchFailure("the batch ran \(counter.value - before) of \(size) tasklets before its last one")
             }
             // Acquire: partner of the last body's release store.
             let t1 = stamp.value.load(ordering: .acquiring)
