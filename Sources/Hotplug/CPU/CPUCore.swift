@@ -96,7 +96,7 @@ final class CPUCore: @unchecked Sendable {
             ack.signal()   // online
             if let hold = startHold {   // a bulk attach holds it until the whole batch is up
                 startHold = nil
-                _ = hold.wait()
+                _ = hold.wait(spins: 0)   // park at once: the batch's other CPUs need the cores meanwhile
             }
             runOnline()
             ack.signal()   // offline (run state OFFLINE already, SIGP blocked)

@@ -1,5 +1,3 @@
-import Synchronization
-
 /// What a bulk attach or detach did: the CPUs it moved, and each CPU it could not move with the reason. A CPU that
 /// failed is back where it started unless its error says otherwise (``HotplugCallbackFailure/rolledBack``); the
 /// others completed regardless.
@@ -228,7 +226,7 @@ extension Machine {
     /// walk their STARTING teardowns, so each runs while every other online CPU is stopped; then each leaves the
     /// online mask and is told to park, and this waits until all have parked.
     private func takeDownAll(_ cpus: [Int]) throws {
-        let turn = TurnTicket()
+        let turn = TurnTicket(cpus.count)
         for cpu in cpus {
             cores[cpu].ack.reset()
             registry.setCurrent(cpu, HotplugTable.state(before: .teardownCPU))
@@ -263,14 +261,20 @@ extension Machine {
     }
 }
 
-/// Turns taken in order by the bodies of one stop_machine (each spins, giving way, until its turn comes).
+/// Turns taken in order by the bodies of one stop_machine: each waits parked on its own event until the previous
+/// one hands it the turn (a spin would take the cores from the CPU whose turn it is: the dying CPUs of a batch
+/// outnumber the cores).
 private final class TurnTicket: Sendable {
-    private let next = Atomic<Int>(0)
+    private let turns: [Completion]
+
+    init(_ count: Int) { turns = (0..<count).map { _ in Completion() } }
 
     func wait(for turn: Int) {
-        // Acquire: partner of the previous holder's release in `pass` (what it wrote is visible).
-        while next.load(ordering: .acquiring) != turn { Shim.yield() }
+        guard turn > 0 else { return }
+        _ = turns[turn].wait(spins: 0)   // acquire: partner of the previous holder's release in `pass`
     }
 
-    func pass(to turn: Int) { next.store(turn, ordering: .releasing) }
+    func pass(to turn: Int) {
+        if turn < turns.count { turns[turn].signal() }   // release
+    }
 }

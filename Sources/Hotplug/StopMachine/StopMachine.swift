@@ -25,9 +25,16 @@ final class StopMachineRun: Sendable {
     let finished = Atomic<Int>(0)
     let allFinished = Completion()
 
-    init(participants: CPUSet, active: CPUSet, machineID: UInt64, body: @escaping @Sendable (Int) -> Void) {
+    /// Pause iterations a participant spins in the barrier before it parks: the default while the participants
+    /// fit on the physical CPUs; none when they outnumber them (a spinner would take the core from a participant
+    /// still on its way, as in a bulk detach of many CPUs sharing few cores).
+    let spinBudget: UInt32
+
+    init(participants: CPUSet, active: CPUSet, machineID: UInt64, physicalCPUs: Int,
+         body: @escaping @Sendable (Int) -> Void) {
         expected = participants.count
         barrier = SpinBarrier(participants: max(1, participants.count))
+        spinBudget = participants.count <= max(1, physicalCPUs) ? SpinBarrier.defaultSpinBudget : 0
         activeCPUs = active
         self.machineID = machineID
         self.body = body
@@ -58,7 +65,7 @@ final class StopMachineRun: Sendable {
                 if activeCPUs.contains(cpu) { ThreadContext.stopMachineBody.enter(machineID: machineID) { body(cpu) } }
             case .exit: try? Shim.blockSIGP(false)
             }
-            barrier.wait(&me)
+            barrier.wait(&me, spinBudget: spinBudget)
         }
         if finished.add(1, ordering: .acquiringAndReleasing).newValue == expected { allFinished.signal() }
     }
@@ -209,7 +216,8 @@ extension Machine {
         // Every online CPU claimed and none to run a body (an active set with no online CPU, called from outside):
         // the body runs nowhere, and every CPU was held meanwhile.
         if participants.isEmpty { return }
-        let run = StopMachineRun(participants: participants, active: runners, machineID: id, body: body)
+        let run = StopMachineRun(participants: participants, active: runners, machineID: id,
+                                 physicalCPUs: Set(topology.cpus.map(\.physicalID)).count, body: body)
         let waiter = currentCore
         let started = Shim.monotonicNanoseconds()
         let limit = Timeout.nanoseconds(timeout, default: responseNanoseconds)
