@@ -14,11 +14,12 @@ import Musl
 /// What is done, and what must come back (`HotplugError.wouldDeadlock(operation:reason:)` for each wrong call):
 /// - from a cross-call (`run(on:)`, `submit(on:)`) or a tasklet on CPU N: `offline(N)` or `deconfigure(N)`, refused
 ///   with `calledOnTargetCPU`, or `callerGoingOffline` when N runs it on its way offline (out of the online mask);
+///   from a cross-call also the bulk `offline([N, N + 1])`, refused the same way (N anywhere in the set);
 /// - from inside this run's own hotplug callbacks (`torture:prepare`, `torture:starting`, `torture:online`, with
-///   probability `callbackRate`): `online`, `offline`, `hotplug.register` or `stopMachine`, refused with
-///   `insideHotplugCallback`;
-/// - from inside a `stopMachine` body: `offline`, `stopMachine`, and `run(on:)` to another CPU, refused with
-///   `insideStopMachine`;
+///   probability `callbackRate`): `online`, `offline` (single or bulk), `hotplug.register` or `stopMachine`,
+///   refused with `insideHotplugCallback`;
+/// - from inside a `stopMachine` body: `offline` (single and bulk), `stopMachine`, and `run(on:)` to another CPU,
+///   refused with `insideStopMachine`;
 /// - SIGP STOP, then START, to a CPU busy in a cross-call, with the hotplug read lock held so that the CPU stays
 ///   online meanwhile (a detach of it meanwhile throws `stoppedByOrder`, which the on/off thread expects), while the prober thread keeps making `run(on:timeout: .milliseconds(5))` calls to the other
 ///   CPUs: each must return (done, or timed out) within its timeout plus `stormSlack`, and the busy call must end
@@ -100,7 +101,7 @@ final class MisuseLoad: Sendable {
     }
 
     /// On a CPU running a cross-call or a tasklet: taking that very CPU down.
-    private func selfOffline(deconfigure: Bool) {
+    private func selfOffline(deconfigure: Bool, bulk: Bool = false) {
         guard let me = machine.currentCPU else {
             checks.fail(.misuse, "a cross-call or tasklet ran on no logical CPU")
             return
@@ -110,6 +111,12 @@ final class MisuseLoad: Sendable {
         if deconfigure {
             expectRefusal("deconfigure(\(me))", .wouldDeadlock(operation: .deconfigure, reason: reason)) {
                 () throws(HotplugError) in try machine.deconfigure(me)
+            }
+        } else if bulk {
+            // The set's CPUs are checked in ascending order: for the last CPU its neighbour comes first.
+            let set: CPUSet = [me, (me + 1) % machine.possibleCount]
+            expectRefusal("offline(\(set))", .wouldDeadlock(operation: .offline, reason: reason)) {
+                () throws(HotplugError) in _ = try machine.offline(set)
             }
         } else {
             expectRefusal("offline(\(me))", .wouldDeadlock(operation: .offline, reason: reason)) {
@@ -130,9 +137,17 @@ final class MisuseLoad: Sendable {
             .wouldDeadlock(operation: operation, reason: .insideHotplugCallback)
         }
         switch Int.random(in: 0..<4, using: &rng) {
+        case 0 where rng.chance(0.5):
+            expectRefusal("online([\(other)]) in \(name)", refused(.online)) { () throws(HotplugError) in
+                _ = try machine.online([other] as CPUSet)
+            }
         case 0:
             expectRefusal("online(\(other)) in \(name)", refused(.online)) { () throws(HotplugError) in
                 try machine.online(other)
+            }
+        case 1 where rng.chance(0.5):
+            expectRefusal("offline([\(other)]) in \(name)", refused(.offline)) { () throws(HotplugError) in
+                _ = try machine.offline([other] as CPUSet)
             }
         case 1:
             expectRefusal("offline(\(other)) in \(name)", refused(.offline)) { () throws(HotplugError) in
@@ -181,12 +196,12 @@ final class MisuseLoad: Sendable {
     /// offline or deconfigure of the CPU a cross-call runs on, the call made with `run(on:)` or `submit(on:)`.
     private func crossCall(_ rng: inout SplitMix64) {
         let cpu = Int.random(in: 0..<machine.possibleCount, using: &rng)
-        let deconfigure = rng.chance(0.5), wait = rng.chance(0.5)
+        let deconfigure = rng.chance(0.5), wait = rng.chance(0.5), bulk = rng.chance(0.5)
         do throws(HotplugError) {
             if wait {
-                try machine.run(on: cpu) { [self] in selfOffline(deconfigure: deconfigure) }
+                try machine.run(on: cpu) { [self] in selfOffline(deconfigure: deconfigure, bulk: bulk) }
             } else {
-                let call = try machine.submit(on: cpu) { [self] in selfOffline(deconfigure: deconfigure) }
+                let call = try machine.submit(on: cpu) { [self] in selfOffline(deconfigure: deconfigure, bulk: bulk) }
                 checks.check(.progress, call.wait(timeout: .seconds(5)),
                              "a call submitted to logical CPU \(cpu) did not start within 5 s")
             }
@@ -208,6 +223,9 @@ final class MisuseLoad: Sendable {
             try machine.stopMachine { [self] cpu in
                 expectRefusal("offline(\(victim)) in a stop_machine body", refused(.offline)) {
                     () throws(HotplugError) in try machine.offline(victim)
+                }
+                expectRefusal("offline([\(victim)]) in a stop_machine body", refused(.offline)) {
+                    () throws(HotplugError) in _ = try machine.offline([victim] as CPUSet)
                 }
                 expectRefusal("stopMachine in a stop_machine body", refused(.stopMachine)) {
                     () throws(HotplugError) in try machine.stopMachine { _ in }

@@ -20,8 +20,28 @@ final class OnOffStats: Sendable {
         let latencies = Mutex<[Int64]>([])
     }
 
+    /// Bulk operations of one direction (`Machine.online(_: CPUSet)`, `Machine.offline(_: CPUSet)`).
+    final class Bulk: Sendable {
+        /// Calls made (the refused ones included).
+        let calls = Counter()
+        /// Per CPU of the sets: attempts are the CPUs asked to move (not already at the target), successes the
+        /// CPUs moved, rollbacks, timeouts and refusals as for single operations, latencies the call's wall time
+        /// divided by the CPUs it moved.
+        let cpus = Direction()
+        /// CPUs of a set already at the target (the call must leave them alone).
+        let alreadyThere = Counter()
+        /// Detach sets holding every online CPU, refused whole as documented.
+        let refusedWhole = Counter()
+        /// The most CPUs one call moved.
+        let mostMoved = Counter()
+        /// Wall time of each call that moved at least one CPU, in nanoseconds.
+        let latencies = Mutex<[Int64]>([])
+    }
+
     let attach = Direction()
     let detach = Direction()
+    let bulkAttach = Bulk()
+    let bulkDetach = Bulk()
     let injected = Counter()
     let injectedAt = Mutex<[String: Int]>([:])
     /// Successful attaches of a CPU this run had detached before: detach + attach cycles.
@@ -43,13 +63,19 @@ final class OnOffStats: Sendable {
         lastProgress = Atomic(monotonicNanoseconds())
     }
 
-    var operations: Int { attach.attempts.load + detach.attempts.load }
-    var rollbacks: Int { attach.rollbacks.load + detach.rollbacks.load }
+    var operations: Int { attach.attempts.load + detach.attempts.load + bulkAttach.calls.load + bulkDetach.calls.load }
+    /// CPUs rolled back after an injected failure, by single and bulk operations.
+    var rollbacks: Int {
+        attach.rollbacks.load + detach.rollbacks.load + bulkAttach.cpus.rollbacks.load + bulkDetach.cpus.rollbacks.load
+    }
+    /// Detaches refused because a STOP storm held the CPU (`--misuse`), single and bulk.
+    var refusedStopped: Int { detach.refusedStopped.load + bulkDetach.cpus.refusedStopped.load }
 }
 
-/// The on/off thread (rcutorture's onoff): attaches and detaches random CPUs every `--onoff-interval`, injects a
-/// failure into an operation with probability `--fail-rate`, and between two operations, when it alone could
-/// change the masks and nothing is in flight, checks what must hold then.
+/// The on/off thread (rcutorture's onoff): attaches and detaches random CPUs every `--onoff-interval`, one at a time
+/// or (a third of the operations, OnOffBulk.swift) a set at a time, injects a failure into an operation (each CPU of
+/// a set) with probability `--fail-rate`, and between two operations, when it alone could change the masks and
+/// nothing is in flight, checks what must hold then.
 ///
 /// It is the only thread that attaches or detaches, so between its operations the online mask is stable without
 /// any lock: the checks of offline caches, callback balances, pinning, parked CPU time and the slab's quiescent
@@ -129,7 +155,7 @@ final class OnOffDriver: Sendable {
                 followStep(follow, &local)
                 followChecks(follow, &local)
             } else {
-                step(&local)
+                if local.rng.chance(OnOffDriver.bulkShare) { bulkStep(&local) } else { step(&local) }
                 betweenOperations(&local)
             }
             pause(&local)
@@ -221,22 +247,21 @@ final class OnOffDriver: Sendable {
         }
         let latency = monotonicNanoseconds() - started
         local.operations += 1
+        let what = "\(attach ? "attach" : "detach") of CPU \(cpu)"
         switch outcome {
-        case .success: succeeded(cpu, attach: attach, latency: latency, expected: expected, &local)
-        case .failure(.stoppedByOrder(cpu)) where !attach && mark.map({ misuse?.wasStopped(cpu, since: $0) == true }) == true:
-            // --misuse: a STOP storm held the CPU; the detach was refused before it began (a failure injected
-            // for it is still armed, and the next detach of the CPU meets it).
-            stats.detach.refusedStopped.add()
-            stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
-            if let expected { local.pending[cpu * 2] = expected }
-        case .failure(let error): failed(cpu, attach: attach, error, expected: expected, &local)
+        case .success:
+            side.successes.add()
+            side.latencies.withLock { $0.append(latency) }
+            moved(cpu, attach: attach, expected: expected, what: what, &local)
+        case .failure(let error):
+            notMoved(cpu, attach: attach, error, expected: expected, mark: mark, side: side, what: what, &local)
         }
         checkWhere(cpu, online: attach == outcome.isSuccess)
     }
 
     /// The failure this operation must meet: one left armed by an earlier operation that did not reach it, or,
     /// with probability `--fail-rate`, one injected now at a random point of the operation's direction.
-    private func injection(cpu: Int, attach: Bool, _ local: inout Local) -> InjectionPoint? {
+    func injection(cpu: Int, attach: Bool, _ local: inout Local) -> InjectionPoint? {
         if let left = local.pending.removeValue(forKey: cpu * 2 + (attach ? 1 : 0)) { return left }
         guard local.rng.chance(failRate),
               let point = (attach ? attachPoints : detachPoints).randomElement(using: &local.rng) else { return nil }
@@ -252,15 +277,12 @@ final class OnOffDriver: Sendable {
         return point
     }
 
-    /// A successful operation: it had no failure to meet; an attached CPU is pinned, a detached one is watched.
-    private func succeeded(_ cpu: Int, attach: Bool, latency: Int64, expected: InjectionPoint?, _ local: inout Local) {
-        let side = attach ? stats.attach : stats.detach
-        side.successes.add()
-        side.latencies.withLock { $0.append(latency) }
+    /// A CPU an operation (single or bulk) moved: it had no failure to meet; an attached CPU is pinned, a detached
+    /// one is watched.
+    func moved(_ cpu: Int, attach: Bool, expected: InjectionPoint?, what: String, _ local: inout Local) {
         stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
         checks.check(.rollback, expected == nil,
-                     "\(attach ? "attach" : "detach") of CPU \(cpu) succeeded although a failure was injected at "
-                     + "\(expected?.name ?? "")")
+                     "\(what) succeeded although a failure was injected at \(expected?.name ?? "")")
         if attach {
             if local.everDetached.contains(cpu) { stats.cycles.add() }
             checkPinning(cpu)
@@ -271,33 +293,39 @@ final class OnOffDriver: Sendable {
         }
     }
 
-    /// A failed operation: it must be the injected failure, rolled back, at the injected state.
-    private func failed(_ cpu: Int, attach: Bool, _ error: HotplugError, expected: InjectionPoint?,
-                        _ local: inout Local) {
-        let operation = attach ? "attach" : "detach"
-        let side = attach ? stats.attach : stats.detach
+    /// A CPU an operation (single or bulk) did not move: it must be the injected failure, rolled back, at the
+    /// injected state; or, with `--misuse`, a detach refused because a STOP storm held the CPU (`mark`, taken before
+    /// the operation, tells whether one may have).
+    func notMoved(_ cpu: Int, attach: Bool, _ error: HotplugError, expected: InjectionPoint?,
+                  mark: (held: Bool, sent: Int)?, side: OnOffStats.Direction, what: String, _ local: inout Local) {
+        let key = cpu * 2 + (attach ? 1 : 0)
         switch error {
+        case .stoppedByOrder(cpu) where !attach && mark.map({ misuse?.wasStopped(cpu, since: $0) == true }) == true:
+            // --misuse: a STOP storm held the CPU; the detach was refused before it began (a failure injected
+            // for it is still armed, and the next detach of the CPU meets it).
+            side.refusedStopped.add()
+            stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
+            if let expected { local.pending[key] = expected }
         case .callbackFailed(let failure):
             let injected = failure.underlying is InjectedFailure
             if let expected, injected, failure.state == expected.state, failure.rolledBack, failure.cpu == cpu {
                 side.rollbacks.add()
                 stats.lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
             } else {
-                checks.fail(.rollback, "\(operation) of CPU \(cpu) failed: \(failure) (injected: "
-                            + "\(expected?.name ?? "nothing"))")
+                checks.fail(.rollback, "\(what) failed: \(failure) (injected: \(expected?.name ?? "nothing"))")
             }
         case .timeout:
             side.timeouts.add()
-            if let expected { local.pending[cpu * 2 + (attach ? 1 : 0)] = expected }
-            checks.fail(.progress, "\(operation) of CPU \(cpu): \(error)")
+            if let expected { local.pending[key] = expected }
+            checks.fail(.progress, "\(what): \(error)")
         default:
-            checks.fail(.rollback, "\(operation) of CPU \(cpu) threw \(error)")
+            checks.fail(.rollback, "\(what) threw \(error)")
         }
         if attach { startWatch(cpu, after: "a failed attach (\(error))", &local) }   // it may have run meanwhile
     }
 
     /// After an operation: the CPU is where it should be, in its state and in the masks.
-    private func checkWhere(_ cpu: Int, online: Bool) {
+    func checkWhere(_ cpu: Int, online: Bool) {
         let state = try? machine.state(of: cpu)
         let hotplugState = try? machine.hotplug.currentState(of: cpu)
         let masks = machine.online, active = machine.active
@@ -406,7 +434,7 @@ final class OnOffDriver: Sendable {
 
     /// Ends a parked window (before the CPU is attached again): the thread's CPU time may have grown by at most
     /// 0.1% of the window, plus the source's resolution and ``parkedSlack``.
-    private func finishWatch(_ cpu: Int, _ local: inout Local) {
+    func finishWatch(_ cpu: Int, _ local: inout Local) {
         arm(cpu, &local)
         guard let watch = local.watches.removeValue(forKey: cpu) else { return }
         guard let armed = watch.armed, let time = ProcFS.threadCPUTimeWithResolution(watch.tid) else {
@@ -473,12 +501,35 @@ final class OnOffDriver: Sendable {
             }
             if let lastError { checks.fail(.progress, "the final attach of CPU \(cpu) failed: \(lastError)") }
         }
+        meetArmedDetachFailures(&local)
         for cpu in 0..<machine.possibleCount {
             states.checkBalance(machine, cpu: cpu, checks: checks)
             if let follow { checkPinning(follow, cpu) } else { checkPinning(cpu) }
         }
         leftParkedAtEnd.withLock { $0 = local.leftParked }
         slab.checkOfflineCaches(online: machine.online)
+    }
+}
+
+extension OnOffDriver {
+    /// Failures left armed for a detach (by a bulk detach refused whole, or a detach refused while a STOP storm held
+    /// the CPU) must still fire, at their state, on the CPU's next detach: each CPU with one is detached once more
+    /// (every CPU is online now, so none is the last), which must fail and roll the CPU forward to online.
+    func meetArmedDetachFailures(_ local: inout Local) {
+        for key in local.pending.keys.sorted() where key % 2 == 0 {
+            let cpu = key / 2
+            guard let point = local.pending.removeValue(forKey: key), machine.online.contains(cpu) else { continue }
+            stats.detach.attempts.add()
+            let what = "the final detach of CPU \(cpu) (a failure left armed at \(point.name))"
+            switch Result(catching: { () throws(HotplugError) in try machine.offline(cpu) }) {
+            case .success:
+                checks.fail(.rollback, "\(what) succeeded")
+                _ = try? machine.online(cpu)
+            case .failure(let error):
+                notMoved(cpu, attach: false, error, expected: point, mark: nil, side: stats.detach, what: what, &local)
+            }
+            checkWhere(cpu, online: true)
+        }
     }
 }
 

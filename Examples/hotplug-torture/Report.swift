@@ -121,6 +121,33 @@ struct Outcome {
         }
     }
 
+    /// Bulk operations of one direction.
+    struct Bulk {
+        let calls: Int, cpusAsked: Int, moved: Int, alreadyThere: Int, rollbacks: Int, timeouts: Int
+        let refusedWhole: Int, refusedStopped: Int, mostMoved: Int
+        /// Wall time of each call that moved a CPU.
+        let latencies: Percentiles
+        /// The same divided by the CPUs each moved.
+        let perCPU: Percentiles
+
+        init(_ stats: OnOffStats.Bulk) {
+            calls = stats.calls.load
+            cpusAsked = stats.cpus.attempts.load
+            moved = stats.cpus.successes.load
+            alreadyThere = stats.alreadyThere.load
+            rollbacks = stats.cpus.rollbacks.load
+            timeouts = stats.cpus.timeouts.load
+            refusedWhole = stats.refusedWhole.load
+            refusedStopped = stats.cpus.refusedStopped.load
+            mostMoved = stats.mostMoved.load
+            latencies = stats.latencies.withLock { Percentiles($0) }
+            perCPU = stats.cpus.latencies.withLock { Percentiles($0) }
+        }
+
+        /// CPUs moved per call that moved any.
+        var meanMoved: Double { latencies.sorted.isEmpty ? 0 : Double(moved) / Double(latencies.sorted.count) }
+    }
+
     let settings: Settings
     let physicalCPUs: Int
     let runSeconds: Double
@@ -128,6 +155,8 @@ struct Outcome {
     let finalSeconds: Double
     let attach: Direction
     let detach: Direction
+    let bulkAttach: Bulk
+    let bulkDetach: Bulk
     let cycles: Int
     let injected: Int
     let injectedAt: [String: Int]
@@ -170,6 +199,8 @@ struct Outcome {
         self.finalSeconds = finalSeconds
         attach = Direction(stats.attach)
         detach = Direction(stats.detach)
+        bulkAttach = Bulk(stats.bulkAttach)
+        bulkDetach = Bulk(stats.bulkDetach)
         cycles = stats.cycles.load
         injected = stats.injected.load
         injectedAt = stats.injectedAt.withLock { $0 }
@@ -201,7 +232,7 @@ struct Outcome {
             MisuseFigures(refusals: load.refusals.load, fromCrossCalls: load.fromCrossCalls.load,
                           fromTasklets: load.taskletsRan.load, fromCallbacks: load.fromCallbacks.load,
                           fromStopMachine: load.fromStopMachine.load, storms: load.storms.load, probes: load.probes.load,
-                          detachesRefusedStopped: stats.detach.refusedStopped.load)
+                          detachesRefusedStopped: stats.refusedStopped)
         }
         follow = torture.onoff.follow.map { mode in
             FollowFigures(sources: mode.sources.withLock { $0.map(\.rawValue) },
@@ -211,7 +242,7 @@ struct Outcome {
     }
 
     var passed: Bool { totalViolations == 0 }
-    var rollbacks: Int { attach.rollbacks + detach.rollbacks }
+    var rollbacks: Int { attach.rollbacks + detach.rollbacks + bulkAttach.rollbacks + bulkDetach.rollbacks }
 
     /// The line that ends a failed run: the first broken invariant, what broke, the other invariants that broke,
     /// and how to reproduce it.
@@ -225,7 +256,8 @@ struct Outcome {
     }
 
     var okLine: String {
-        "OK: every invariant held: \(cycles) detach+attach cycles, \(rollbacks) rollbacks, "
+        "OK: every invariant held: \(cycles) detach+attach cycles, "
+            + (follow == nil ? "\(bulkAttach.calls + bulkDetach.calls) bulk operations, " : "") + "\(rollbacks) rollbacks, "
             + "\(tasklets.executed) tasklet runs, \(slab.allocated) slab objects"
             + (executors.map { ", \($0.jobs) executor jobs" } ?? "") + " (seed \(settings.seed))"
     }
@@ -247,6 +279,25 @@ struct Outcome {
                                                  "\(side.timeouts)", p.minimum, p.microseconds(0.5),
                                                  p.microseconds(0.99), p.maximum].map { padLeft($0, 10) }.joined())
         }
+        if follow == nil {
+            lines.append("  " + pad("bulk", 10) + ["calls", "CPUs asked", "moved", "already", "rollbacks", "refused",
+                                                   "p50 us", "p99 us", "max us", "us/CPU p50", "us/CPU p99"]
+                .map { padLeft($0, 11) }.joined())
+            for (name, side) in [("attach", bulkAttach), ("detach", bulkDetach)] {
+                let p = side.latencies
+                lines.append("  " + pad(name, 10) + ["\(side.calls)", "\(side.cpusAsked)", "\(side.moved)",
+                                                     "\(side.alreadyThere)", "\(side.rollbacks)",
+                                                     "\(side.refusedWhole + side.refusedStopped)", p.microseconds(0.5),
+                                                     p.microseconds(0.99), p.maximum, side.perCPU.microseconds(0.5),
+                                                     side.perCPU.microseconds(0.99)].map { padLeft($0, 11) }.joined())
+            }
+            lines.append("  bulk: CPUs moved per call \(fixed(bulkAttach.meanMoved, 1)) (attach) / "
+                         + "\(fixed(bulkDetach.meanMoved, 1)) (detach) on average, at most \(bulkAttach.mostMoved) / "
+                         + "\(bulkDetach.mostMoved); \(bulkDetach.refusedWhole) detaches of every online CPU refused "
+                         + "whole, \(bulkDetach.refusedStopped) CPUs refused while a STOP storm held them, "
+                         + "\(bulkAttach.timeouts + bulkDetach.timeouts) timeouts; \"already\": CPUs of a set already at "
+                         + "the target, left alone")
+        }
         if let follow {
             lines.append("  follow: sources \(follow.sources.joined(separator: ", ")); latencies are from the last poll "
                          + "that saw the CPU in its old condition (deadline \(follow.deadlineMilliseconds) ms); "
@@ -260,6 +311,12 @@ struct Outcome {
         for (name, side) in [("attach", attach), ("detach", detach)] {
             lines.append("\(name) latency (us), successful operations:")
             lines += Histogram.lines(side.latencies)
+        }
+        if follow == nil {
+            for (name, side) in [("attach", bulkAttach), ("detach", bulkDetach)] {
+                lines.append("bulk \(name) latency (us), calls that moved CPUs:")
+                lines += Histogram.lines(side.latencies)
+            }
         }
         lines.append("tasklets: \(tasklets.scheduled) scheduled, \(tasklets.executed) executed, lost \(tasklets.lost), "
                      + "duplicated \(tasklets.duplicated); \(tasklets.coalesced) coalesced, \(tasklets.chained) "
@@ -319,6 +376,41 @@ struct Outcome {
             case minUs = "min_us", p50Us = "p50_us", p99Us = "p99_us", maxUs = "max_us"
         }
     }
+
+    struct BulkJSON: Encodable {
+        let calls: Int, cpusAsked: Int, moved: Int, alreadyThere: Int, rollbacks: Int, timeouts: Int
+        let refusedWhole: Int, refusedStopped: Int, mostMoved: Int, meanMoved: Double
+        let minUs: Int?, p50Us: Int?, p99Us: Int?, maxUs: Int?, p50UsPerCpu: Int?, p99UsPerCpu: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case calls, moved, rollbacks, timeouts
+            case cpusAsked = "cpus_asked", alreadyThere = "already_there", refusedWhole = "refused_whole"
+            case refusedStopped = "refused_stopped", mostMoved = "most_moved", meanMoved = "mean_moved"
+            case minUs = "min_us", p50Us = "p50_us", p99Us = "p99_us", maxUs = "max_us"
+            case p50UsPerCpu = "p50_us_per_cpu", p99UsPerCpu = "p99_us_per_cpu"
+        }
+
+        init(_ side: Bulk) {
+            calls = side.calls
+            cpusAsked = side.cpusAsked
+            moved = side.moved
+            alreadyThere = side.alreadyThere
+            rollbacks = side.rollbacks
+            timeouts = side.timeouts
+            refusedWhole = side.refusedWhole
+            refusedStopped = side.refusedStopped
+            mostMoved = side.mostMoved
+            meanMoved = (side.meanMoved * 100).rounded() / 100
+            minUs = side.latencies.microsecondsValue(0)
+            p50Us = side.latencies.microsecondsValue(0.5)
+            p99Us = side.latencies.microsecondsValue(0.99)
+            maxUs = side.latencies.microsecondsValue(1)
+            p50UsPerCpu = side.perCPU.microsecondsValue(0.5)
+            p99UsPerCpu = side.perCPU.microsecondsValue(0.99)
+        }
+    }
+
+    struct BulkPairJSON: Encodable { let attach: BulkJSON, detach: BulkJSON }
 
     struct TaskletsJSON: Encodable {
         let scheduled: Int, executed: Int, lost: Int, duplicated: Int, coalesced: Int, chained: Int
@@ -400,6 +492,8 @@ struct Outcome {
         let failRate: Double, onoffIntervalMs: Double
         let cycles: Int
         let attach: LatencyJSON, detach: LatencyJSON
+        /// Nil in follow mode (the on/off thread makes no operation then).
+        let bulk: BulkPairJSON?
         let injectedFailures: Int, rollbacks: Int
         let tasklets: TaskletsJSON
         let slab: SlabJSON
@@ -413,7 +507,7 @@ struct Outcome {
         let passed: Bool
 
         enum CodingKeys: String, CodingKey {
-            case seed, seconds, cpus, workers, cycles, attach, detach, rollbacks, tasklets, slab, invariants
+            case seed, seconds, cpus, workers, cycles, attach, detach, bulk, rollbacks, tasklets, slab, invariants
             case violations, passed, follow, misuse, executors
             case elapsedSeconds = "elapsed_seconds", finalSeconds = "final_seconds", physicalCpus = "physical_cpus", failRate = "fail_rate"
             case onoffIntervalMs = "onoff_interval_ms", injectedFailures = "injected_failures"
@@ -436,6 +530,7 @@ struct Outcome {
             cpus: settings.cpus, physicalCpus: physicalCPUs, workers: settings.workers, failRate: settings.failRate,
             onoffIntervalMs: settings.onoffIntervalMilliseconds, cycles: cycles,
             attach: Outcome.latencyJSON(attach), detach: Outcome.latencyJSON(detach),
+            bulk: follow == nil ? BulkPairJSON(attach: BulkJSON(bulkAttach), detach: BulkJSON(bulkDetach)) : nil,
             injectedFailures: injected, rollbacks: rollbacks,
             tasklets: TaskletsJSON(scheduled: tasklets.scheduled, executed: tasklets.executed, lost: tasklets.lost,
                                    duplicated: tasklets.duplicated, coalesced: tasklets.coalesced,

@@ -173,7 +173,9 @@ final class Torture {
         let attach = stats.attach.latencies.withLock { Percentiles($0) }
         let detach = stats.detach.latencies.withLock { Percentiles($0) }
         return "[\(fixed(elapsedSeconds, 1)) s] \(Int(opsPerSecond)) ops/s, online \(machine.online), "
-            + "attaches \(stats.attach.successes.load), detaches \(stats.detach.successes.load), "
+            + "attaches \(stats.attach.successes.load), detaches \(stats.detach.successes.load), bulk "
+            + "\(stats.bulkAttach.calls.load + stats.bulkDetach.calls.load) (\(stats.bulkAttach.cpus.successes.load) / "
+            + "\(stats.bulkDetach.cpus.successes.load) CPUs), "
             + "rollbacks \(stats.rollbacks), p50 attach \(attach.microseconds(0.5)) us / detach "
             + "\(detach.microseconds(0.5)) us"
             + (checks.totalViolations > 0 ? ", VIOLATIONS \(checks.totalViolations)" : "")

@@ -9,8 +9,12 @@
 //   detaches it if online (never the last one), attaches it if parked. With probability `--fail-rate` it first
 //   injects a one-shot failure at a random point where the hotplug walk lets one happen (docs/ARCHITECTURE.md, "The
 //   hotplug walk"): on attach the bring-up, the built-in `slab:prepare` startup, or the startups of this run's own
-//   PREPARE and ONLINE states; on detach the CPU's teardown (it refuses to die) or the ONLINE state's teardown. It
-//   measures the wall time of every successful attach and detach;
+//   PREPARE and ONLINE states; on detach the CPU's teardown (it refuses to die) or the ONLINE state's teardown. A
+//   third of its operations are bulk operations instead (OnOffBulk.swift): `online(_:)` or `offline(_:)` of a random
+//   set of CPUs (2 up to half the machine, at most 16; now and then with a CPU already at the target), each CPU of
+//   the set with its own chance of an injected failure, every CPU of the set checked as a single operation's CPU
+//   is; now and then a detach of every online CPU, which must be refused whole. It measures the wall time of every
+//   successful attach and detach, and of every bulk call (also per CPU moved);
 // - `--workers` worker threads (Workload.swift), each drawing actions from its own seeded stream: tasklet storms
 //   (from the worker, and from logical CPUs in cross-calls), tasklets held disabled on a CPU while it may be
 //   detached, slab churn (on the worker, on a CPU, on every CPU at once), cross-calls (`run(on:)`, `submit(on:)`,
@@ -65,7 +69,8 @@
 // - every CPU's thread is pinned: `Cpus_allowed_list` of every present CPU's thread is exactly its physical CPU;
 // - and: tasklets run only on online CPUs and never concurrently with themselves; an injected failure fails its
 //   operation at exactly that state with `rolledBack: true` and leaves the CPU, its masks and its hotplug state
-//   where they were, and an operation without one succeeds; this run's hotplug callbacks balance (one startup per
+//   where they were, and an operation without one succeeds (in a bulk operation: per CPU of the set, the others
+//   moved, CPUs already at the target left alone, a set of every online CPU refused whole); this run's hotplug callbacks balance (one startup per
 //   teardown, per CPU and state) and run on the thread their section names; cross-calls run on their target; SIGP
 //   orders answer as docs/ARCHITECTURE.md, "SIGP orders", says and every accepted interruption reaches the handler
 //   exactly once; stop_machine runs its body where asked with the online mask stable; nothing times out or stops
