@@ -20,13 +20,13 @@ trap cleanup EXIT
 
 port=""
 for _ in $(seq 1 100); do   # at most 10 s for the server to listen
-    port=$(sed -n 's/^elastic-http listening on [^ ]*:\([0-9]*\),.*/\1/p' "$log")
+    port=$(sed -n 's/.*elastic-http listening on [^ ]*:\([0-9]*\),.*/\1/p' "$log" | head -1)
     [[ -n $port ]] && break
     kill -0 "$server" 2> /dev/null || { cat "$log"; echo "FAILED: server exited"; exit 1; }
     sleep 0.1
 done
 [[ -n $port ]] || { cat "$log"; echo "FAILED: server did not listen within 10 s"; exit 1; }
-head -1 "$log"
+grep -m1 "listening" "$log"
 base="http://127.0.0.1:$port"
 
 # One connection per thread: the Lua script pairs each response with its request (Scripts/mix.lua).

@@ -79,15 +79,16 @@ struct ElasticHTTP: AsyncParsableCommand {
 
         var logger = Logger(label: "elastic-http")
         logger.logLevel = .notice
-        let host = host, executor = executor, follow = follow
+        let host = host, executor = executor, follow = follow, announcer = logger
         let app = Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "elastic-http"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? -1
-                print("elastic-http listening on \(host):\(port), executor \(executor.rawValue), "
-                      + "\(machine.possibleCount) logical CPUs (\(machine.online.count) online), "
-                      + "follow \(follow ? "on" : "off")")
+                // Through the logger (standard error, unbuffered): a script waiting for this line sees it at once.
+                let line = "elastic-http listening on \(host):\(port), executor \(executor.rawValue), "
+                    + "\(machine.possibleCount) logical CPUs (\(machine.online.count) online), follow \(follow ? "on" : "off")"
+                announcer.notice("\(line)")
             },
             logger: logger)
         try await app.runService()
@@ -103,16 +104,16 @@ struct Routes: Sendable {
     let workExecutor: (any TaskExecutor)?
 
     /// Requests answered, per route: the server's own metric beside the library's.
-    let requests: [String: Counter]
+    let requests: [String: Metrics.Counter]
 
     init(machine: Machine, store: Store, registry: PrometheusCollectorRegistry, workExecutor: (any TaskExecutor)?) {
         self.machine = machine
         self.store = store
         self.registry = registry
         self.workExecutor = workExecutor
-        var requests: [String: Counter] = [:]
+        var requests: [String: Metrics.Counter] = [:]
         for route in ["kv_put", "kv_get", "work", "metrics"] {
-            requests[route] = Counter(label: "elastic_http_requests_total", dimensions: [("route", route)])
+            requests[route] = Metrics.Counter(label: "elastic_http_requests_total", dimensions: [("route", route)])
         }
         self.requests = requests
     }
@@ -127,7 +128,7 @@ struct Routes: Sendable {
         router.get("/kv/:key") { _, context -> String in
             let key = try context.parameters.require("key")
             guard let value = await store.value(of: key) else {
-                throw HTTPError(.notFound, message: "no key \(key)\n")
+                throw HTTPError(.notFound, message: "no key \(key)")
             }
             requests["kv_get"]?.increment()
             return "\(value)\n"
@@ -155,10 +156,10 @@ struct Routes: Sendable {
     }
 
     /// The `rounds` query parameter: absent means the default; anything but an integer in range is a 400.
-    static func rounds(_ text: Substring?) throws -> Int {
+    static func rounds(_ text: String?) throws -> Int {
         guard let text else { return ElasticHTTP.defaultRounds }
         guard let rounds = Int(text), (1...ElasticHTTP.maximumRounds).contains(rounds) else {
-            throw HTTPError(.badRequest, message: "rounds must be an integer in 1...\(ElasticHTTP.maximumRounds), got \(text)\n")
+            throw HTTPError(.badRequest, message: "rounds must be an integer in 1...\(ElasticHTTP.maximumRounds), got \(text)")
         }
         return rounds
     }
