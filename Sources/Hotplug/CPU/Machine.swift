@@ -69,6 +69,9 @@ public final class Machine: Sendable {
     }
 
     public let topology: Topology
+    /// The physical CPUs the topology's slots use (stop_machine parks instead of spinning when its participants
+    /// outnumber them); counted once.
+    let physicalCPUCount: Int
     /// The number of possible logical CPUs.
     public let possibleCount: Int
     /// The signal carrying SIGP orders.
@@ -139,6 +142,7 @@ public final class Machine: Sendable {
             throw error
         }
         self.topology = topology
+        physicalCPUCount = Set(topology.cpus.map(\.physicalID)).count
         self.possibleCount = possible
         self.signal = signal
         self.cores = cores

@@ -217,7 +217,7 @@ extension Machine {
         // the body runs nowhere, and every CPU was held meanwhile.
         if participants.isEmpty { return }
         let run = StopMachineRun(participants: participants, active: runners, machineID: id,
-                                 physicalCPUs: Set(topology.cpus.map(\.physicalID)).count, body: body)
+                                 physicalCPUs: physicalCPUCount, body: body)
         let waiter = currentCore
         let started = Shim.monotonicNanoseconds()
         let limit = Timeout.nanoseconds(timeout, default: responseNanoseconds)
