@@ -72,10 +72,13 @@ struct LparBalancer: ParsableCommand {
         try setUp("start the balancer", seed: seed) {
             try balancer.start(interval: .milliseconds(intervalMilliseconds)) { outcome in
                 switch outcome {
-                case .moved(let move):
-                    log.moves.withLock { $0.append(move) }
-                    log.times.withLock { $0.append(monotonicNanoseconds()) }
-                case .failed: log.failed.add(1, ordering: .relaxed)
+                case .moved(let moves, let failures):
+                    // One bulk move per step: every processor of it gets the step's time.
+                    let now = monotonicNanoseconds()
+                    log.moves.withLock { $0.append(contentsOf: moves) }
+                    log.times.withLock { $0.append(contentsOf: Array(repeating: now, count: moves.count)) }
+                    log.failed.add(failures.count, ordering: .relaxed)
+                case .failed(_, _, let processors, _): log.failed.add(processors.count, ordering: .relaxed)
                 case .stayed: break
                 }
             }

@@ -143,7 +143,7 @@ private func expectConsistent(_ pool: CPUPool, _ partitions: [Partition], source
                                     policy: try HysteresisPolicy(high: 0.5, low: 0.3, patience: 2, cooldown: 1))
         // Nothing is loaded: hysteresis moves nothing.
         for _ in 0..<10 {
-            if case .moved(let move) = balancer.step() { Issue.record("moved without load: \(move)") }
+            if case .moved(let move, _) = balancer.step() { Issue.record("moved without load: \(move)") }
             usleep(10_000)
         }
         #expect(idle.ownedProcessors == [0, 1, 2] && busy.ownedProcessors == [3])
@@ -198,6 +198,71 @@ private func expectConsistent(_ pool: CPUPool, _ partitions: [Partition], source
         let policy = try HysteresisPolicy(high: 0.5, low: 0.5, patience: 1, cooldown: 0)
         #expect(policy.high == 0.5 && policy.patience == 1 && policy.cooldown == 0)
         #expect(HysteresisPolicy.standard.high == 0.6 && HysteresisPolicy.standard.low == 0.3)
+        #expect(throws: HotplugError.invalidArgument(name: "maxStep", value: "0", valid: ">= 1")) {
+            try HysteresisPolicy(maxStep: 0)
+        }
+        #expect(HysteresisPolicy.standard.maxStep == 8)
+    }
+
+    /// How many processors one decision moves: enough for the receiver's work to sit at the middle pressure, as far
+    /// as the donor can give, at most `maxStep`, at least one.
+    @Test func thePolicyMovesAsManyProcessorsAsTheLoadAsks() throws {
+        func load(_ processors: Int, _ pressure: Double) -> PartitionLoad {
+            PartitionLoad(name: "p", processors: processors, queuedTasklets: 0, busy: min(1, pressure), pressure: pressure)
+        }
+        func decision(_ policy: HysteresisPolicy, _ loads: [PartitionLoad]) -> BalancerDecision? {
+            var policy = policy
+            return policy.decide(loads)
+        }
+        let one = try HysteresisPolicy(high: 0.6, low: 0.3, patience: 1, cooldown: 0)   // middle 0.45
+        // Saturated on 1 processor: work 1 -> 3 processors at 0.45: 2 more.
+        #expect(decision(one, [load(6, 0), load(1, 1)]) == BalancerDecision(from: 0, to: 1, count: 2))
+        // Queued far beyond its 2 processors (work 8): wants 16 more, maxStep 8 gives 5 (the donor keeps 1).
+        #expect(decision(one, [load(6, 0), load(2, 4)]) == BalancerDecision(from: 0, to: 1, count: 5))
+        #expect(decision(one, [load(12, 0), load(2, 4)]) == BalancerDecision(from: 0, to: 1, count: 8))
+        // The donor's own work bounds it: 6 processors at 0.3 (work 1.8) keep 4.
+        #expect(decision(one, [load(6, 0.3), load(2, 4)]) == BalancerDecision(from: 0, to: 1, count: 2))
+        // maxStep 1: one processor per move, as before.
+        let single = try HysteresisPolicy(high: 0.6, low: 0.3, patience: 1, cooldown: 0, maxStep: 1)
+        #expect(decision(single, [load(12, 0), load(2, 4)]) == BalancerDecision(from: 0, to: 1, count: 1))
+        // Nothing pressed: no move.
+        #expect(decision(one, [load(6, 0), load(1, 0.5)]) == nil)
+    }
+
+    /// A policy that asks for a fixed move.
+    struct FixedPolicy: BalancerPolicy {
+        let decision: BalancerDecision
+        mutating func decide(_ loads: [PartitionLoad]) -> BalancerDecision? { decision }
+    }
+
+    /// One step moves several processors in one bulk move, keeps the donor's last, and reports a processor whose
+    /// attach fails apart while the others move.
+    @Test func aStepMovesSeveralProcessorsInOneBulkMove() throws {
+        let pool = try CPUPool(processors: 5)
+        let a = try pool.makePartition("a", owning: [0, 1, 2, 3])
+        let b = try pool.makePartition("b", owning: [4])
+        let balancer = try Balancer(pool: pool, partitions: [a, b],
+                                    policy: FixedPolicy(decision: BalancerDecision(from: 0, to: 1, count: 9)))
+        // The attach of processor 2 in b fails: 3 and 1 move, 2 goes back to a.
+        try b.machine.hotplug.injectFailure(cpu: b.logicalCPU(of: 2), at: .bringup, direction: .startup)
+        guard case .moved(let moves, let failures) = balancer.step() else {
+            Issue.record("the step moved nothing")
+            return
+        }
+        #expect(Set(moves.map(\.processor)) == [1, 3] && moves.allSatisfy { $0.from == "a" && $0.to == "b" })
+        #expect(Array(failures.keys) == [2])
+        #expect(a.ownedProcessors == [0, 2] && b.ownedProcessors == [1, 3, 4])
+        try expectConsistent(pool, [a, b])
+        // Asked for more than the donor can give: it keeps one.
+        guard case .moved(let more, let none) = balancer.step() else {
+            Issue.record("the second step moved nothing")
+            return
+        }
+        #expect(more.map(\.processor) == [2] && none.isEmpty)
+        #expect(a.ownedProcessors == [0] && b.ownedProcessors == [1, 2, 3, 4])
+        // Nothing left to give: the step stays.
+        if case .stayed = balancer.step() {} else { Issue.record("a partition with one processor gave it away") }
+        try expectConsistent(pool, [a, b])
     }
 
     @Test func balancerQueueScaleIsValidated() throws {

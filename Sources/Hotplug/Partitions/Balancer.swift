@@ -12,36 +12,62 @@ public struct PartitionLoad: Sendable, Equatable {
     public let pressure: Double
 }
 
-/// Decides which partition gives a processor to which, from their loads. Pluggable: a ``Balancer`` asks its policy
-/// after every sample.
-public protocol BalancerPolicy: Sendable {
-    /// A move to make now, as indices into `loads` (`from` keeps at least one processor: the balancer checks), or nil.
-    mutating func decide(_ loads: [PartitionLoad]) -> (from: Int, to: Int)?
+/// A move a ``BalancerPolicy`` wants: `count` processors from partition `from` to partition `to` (indices into the
+/// loads it was given). The balancer makes it as one bulk move (one stop_machine on each side, however many
+/// processors), and gives at most what leaves `from` one processor.
+public struct BalancerDecision: Sendable, Equatable {
+    public var from: Int
+    public var to: Int
+    /// Processors to move; a decision with a count below 1 moves nothing.
+    public var count: Int
+
+    public init(from: Int, to: Int, count: Int = 1) {
+        self.from = from
+        self.to = to
+        self.count = count
+    }
 }
 
-/// The default policy: move one processor from the least to the most pressed partition when the most pressed is
-/// at or above ``high``, the least at or below ``low`` and has more than one processor, for ``patience``
-/// consecutive samples (hysteresis: short bursts move nothing); then wait ``cooldown`` samples before the next move,
-/// so that the receiver's load can settle.
+/// Decides which partition gives processors to which, and how many, from their loads. Pluggable: a ``Balancer``
+/// asks its policy after every sample.
+public protocol BalancerPolicy: Sendable {
+    /// A move to make now (`from` keeps at least one processor: the balancer checks), or nil.
+    mutating func decide(_ loads: [PartitionLoad]) -> BalancerDecision?
+}
+
+/// The default policy: move processors from the least to the most pressed partition when the most pressed is at or
+/// above ``high``, the least at or below ``low`` and has more than one processor, for ``patience`` consecutive
+/// samples (hysteresis: short bursts move nothing); then wait ``cooldown`` samples before the next move, so that the
+/// receiver's load can settle.
+///
+/// How many: a partition's pressure times its processors is the work it has, in processors. The move gives the
+/// receiver enough processors for its work to sit at the middle of `low...high`, as far as the donor can give
+/// without its own work going above that middle, at least one and at most ``maxStep``. A partition that is
+/// saturated (pressure 1, its demand unknown) therefore grows by about half again per move; one that queues work
+/// far beyond its processors grows faster.
 public struct HysteresisPolicy: BalancerPolicy {
     public private(set) var high: Double
     public private(set) var low: Double
     public private(set) var patience: Int
     public private(set) var cooldown: Int
+    /// The most processors one move gives.
+    public private(set) var maxStep: Int
     private var streak: (from: Int, to: Int, count: Int)?
     private var quiet = 0
 
-    /// The default policy (`high` 0.6, `low` 0.3, `patience` 3, `cooldown` 3).
-    public static let standard = HysteresisPolicy(checked: 0.6, 0.3, 3, 3)
+    /// The default policy (`high` 0.6, `low` 0.3, `patience` 3, `cooldown` 3, `maxStep` 8).
+    public static let standard = HysteresisPolicy(checked: 0.6, 0.3, 3, 3, 8)
 
     /// - Parameters:
-    ///   - high: the pressure at or above which a partition gets a processor; finite, at least `low`.
-    ///   - low: the pressure at or below which a partition gives one; finite, at least 0.
+    ///   - high: the pressure at or above which a partition gets processors; finite, at least `low`.
+    ///   - low: the pressure at or below which a partition gives some; finite, at least 0.
     ///   - patience: consecutive samples the same move must be wanted before it is made; at least 1.
     ///   - cooldown: samples to wait after a move; at least 0.
+    ///   - maxStep: the most processors one move gives; at least 1 (1: one processor per move).
     /// - Throws: ``HotplugError/invalidArgument(name:value:valid:)`` for a number out of those ranges (a NaN
     ///   threshold would never move anything, a `low` above `high` would move processors back and forth).
-    public init(high: Double = 0.6, low: Double = 0.3, patience: Int = 3, cooldown: Int = 3) throws(HotplugError) {
+    public init(high: Double = 0.6, low: Double = 0.3, patience: Int = 3, cooldown: Int = 3,
+                maxStep: Int = 8) throws(HotplugError) {
         guard low.isFinite, low >= 0 else {
             throw .invalidArgument(name: "low", value: "\(low)", valid: "a finite number >= 0")
         }
@@ -50,17 +76,19 @@ public struct HysteresisPolicy: BalancerPolicy {
         }
         guard patience >= 1 else { throw .invalidArgument(name: "patience", value: "\(patience)", valid: ">= 1") }
         guard cooldown >= 0 else { throw .invalidArgument(name: "cooldown", value: "\(cooldown)", valid: ">= 0") }
-        self.init(checked: high, low, patience, cooldown)
+        guard maxStep >= 1 else { throw .invalidArgument(name: "maxStep", value: "\(maxStep)", valid: ">= 1") }
+        self.init(checked: high, low, patience, cooldown, maxStep)
     }
 
-    private init(checked high: Double, _ low: Double, _ patience: Int, _ cooldown: Int) {
+    private init(checked high: Double, _ low: Double, _ patience: Int, _ cooldown: Int, _ maxStep: Int) {
         self.high = high
         self.low = low
         self.patience = patience
         self.cooldown = cooldown
+        self.maxStep = maxStep
     }
 
-    public mutating func decide(_ loads: [PartitionLoad]) -> (from: Int, to: Int)? {
+    public mutating func decide(_ loads: [PartitionLoad]) -> BalancerDecision? {
         if quiet > 0 { quiet -= 1; streak = nil; return nil }
         guard loads.count >= 2,
               let to = loads.indices.max(by: { loads[$0].pressure < loads[$1].pressure }),
@@ -77,14 +105,27 @@ public struct HysteresisPolicy: BalancerPolicy {
         }
         streak = nil
         quiet = cooldown
-        return (from, to)
+        return BalancerDecision(from: from, to: to, count: processorsToMove(from: loads[from], to: loads[to]))
+    }
+
+    /// Processors to move (see the type's discussion): what brings the receiver's work to the middle pressure,
+    /// limited by what keeps the donor's at or below it and by ``maxStep``; at least 1.
+    func processorsToMove(from donor: PartitionLoad, to receiver: PartitionLoad) -> Int {
+        let middle = max((high + low) / 2, 0.01)   // high == low == 0 would divide by zero
+        let wanted = Int((receiver.pressure * Double(max(1, receiver.processors)) / middle).rounded(.up))
+            - receiver.processors
+        let kept = max(1, Int((donor.pressure * Double(donor.processors) / middle).rounded(.up)))
+        let spare = donor.processors - kept
+        return max(1, min(wanted, spare, maxStep))
     }
 }
 
 /// Samples the partitions of a pool and moves processors from idle to loaded ones, as its policy says.
 ///
-/// ``step()`` samples once and makes at most one move; ``start(interval:onOutcome:)`` runs steps on a thread of its own
-/// until ``stop()``. A move that fails (an injected or real hotplug failure) is reported and the next step goes on.
+/// ``step()`` samples once and makes at most one move, of as many processors as the policy decided, as one bulk move
+/// (``CPUPool/move(_:from:to:)-([Int],_,_)``: one stop_machine per side whatever the count). A processor whose move
+/// fails (an injected or real hotplug failure) is reported, the others of the step move regardless, and the next step
+/// goes on. ``start(interval:onOutcome:)`` runs steps on a thread of its own until ``stop()``.
 public final class Balancer: @unchecked Sendable {
     // @unchecked: `policy` and the baselines are touched only under `lock` (step is serialised).
     public let pool: CPUPool
@@ -102,8 +143,12 @@ public final class Balancer: @unchecked Sendable {
     /// What one step did.
     public enum Outcome: Sendable {
         case stayed
-        case moved(CPUPool.Move)
-        case failed(from: String, to: String, processor: Int, error: HotplugError)
+        /// At least one processor moved: one ``CPUPool/Move`` each, all with the step's bulk detach and attach
+        /// times; `failures` are the processors of the same step that did not move (back with the donor, or owned by
+        /// nobody when even that failed: a critical log message says so).
+        case moved([CPUPool.Move], failures: [Int: HotplugError])
+        /// No processor of the step moved; `error` is the first processor's failure.
+        case failed(from: String, to: String, processors: [Int], error: HotplugError)
     }
 
     /// - Parameters:
@@ -157,20 +202,32 @@ public final class Balancer: @unchecked Sendable {
         }
     }
 
-    /// Samples, asks the policy, and makes at most one move (the donor's highest-numbered processor).
+    /// Samples, asks the policy, and makes at most one move: the donor's highest-numbered processors, as many as
+    /// the policy decided and the donor can give while keeping one, in one bulk move.
     @discardableResult
     public func step() -> Outcome {
         lock.withLock {
             let loads = sampleLocked()
-            guard let decision = policy.decide(loads),
+            guard let decision = policy.decide(loads), decision.count >= 1,
                   loads.indices.contains(decision.from), loads.indices.contains(decision.to), decision.from != decision.to
             else { return .stayed }
             let from = partitions[decision.from], to = partitions[decision.to]
-            guard from.ownedProcessors.count > 1, let processor = from.ownedProcessors.last else { return .stayed }
+            let owned = from.ownedProcessors
+            guard owned.count > 1 else { return .stayed }
+            let processors = Array(owned.suffix(min(decision.count, owned.count - 1)))
             do throws(HotplugError) {
-                return .moved(try pool.move(processor, from: from, to: to))
+                let bulk = try pool.move(processors, from: from, to: to)
+                guard !bulk.moved.isEmpty else {
+                    let first = processors.first { bulk.failures[$0] != nil }
+                    return .failed(from: from.name, to: to.name, processors: processors,
+                                   error: first.flatMap { bulk.failures[$0] } ?? .invalidConfiguration("nothing moved"))
+                }
+                let moves = bulk.moved.map {
+                    CPUPool.Move(processor: $0, from: from.name, to: to.name, detach: bulk.detach, attach: bulk.attach)
+                }
+                return .moved(moves, failures: bulk.failures)
             } catch {
-                return .failed(from: from.name, to: to.name, processor: processor, error: error)
+                return .failed(from: from.name, to: to.name, processors: processors, error: error)
             }
         }
     }
