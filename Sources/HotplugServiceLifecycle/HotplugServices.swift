@@ -13,8 +13,9 @@ import ServiceLifecycle
 /// With a `metricsInterval`, it also calls ``Machine/sampleMetrics()`` at that interval while it runs (the
 /// sampled gauges of the DocC article "Metrics").
 ///
-/// The drain and the shutdown block the calling thread (they join the machine's CPU threads): they run once, at
-/// the end of the service, on a thread of the concurrency pool.
+/// The drain and the shutdown (which joins the machine's CPU threads) run on a thread of the runtime's own
+/// (``Machine/shutdown(drainingTasklets:)``): the service's task waits for them suspended, and no thread of the
+/// concurrency pool is held meanwhile.
 public struct MachineService: Service {
     /// The machine this service shuts down.
     public let machine: Machine
@@ -54,16 +55,12 @@ public struct MachineService: Service {
         } else {
             try? await gracefulShutdown()   // throws only on cancellation: shut down then too
         }
-        do {
-            try machine.drainTasklets(timeout: drainTimeout)
-        } catch .shutDown {
-            // Already shut down by someone else: nothing left to drain.
-        } catch {
-            logger.warning("tasklet drain before shutdown did not finish: \(error); shutting down regardless")
+        let report = await machine.shutdown(drainingTasklets: drainTimeout)
+        if let error = report.drainError {
+            logger.warning("tasklet drain before shutdown did not finish: \(error); shut down regardless")
         }
-        let left = machine.shutdown()
-        if !left.isEmpty {
-            logger.error("machine shutdown left logical CPUs running: \(left)")
+        if !report.leftRunning.isEmpty {
+            logger.error("machine shutdown left logical CPUs running: \(report.leftRunning)")
         }
         machine.sampleMetrics()
     }
