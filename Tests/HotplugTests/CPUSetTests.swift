@@ -13,6 +13,18 @@ import Testing
         #expect(CPUSet(parsing: "8,0-3") == [0, 1, 2, 3, 8])   // any order
     }
 
+    /// Iteration yields every member once, ascending, across word boundaries and past empty words.
+    @Test func iteratesEveryMemberInOrder() {
+        let ids = [0, 1, 63, 64, 65, 127, 128, 300, 1000, 65535]
+        #expect(Array(CPUSet(ids)) == ids)
+        #expect(Array(CPUSet()).isEmpty)
+        #expect(Array(CPUSet(0..<200)) == Array(0..<200))
+        var rng = SystemRandomNumberGenerator()
+        let random = (0..<50).map { _ in Int.random(in: 0...4000, using: &rng) }
+        #expect(Array(CPUSet(random)) == Array(Set(random)).sorted())
+        #expect(CPUSet(random).count == Set(random).count)
+    }
+
     @Test func whiteSpaceMaySurroundTheList() {
         #expect(CPUSet(parsing: "0-3,8\n") == [0, 1, 2, 3, 8])   // as sysfs writes it
         #expect(CPUSet(parsing: " \t0-1\r\n") == [0, 1])

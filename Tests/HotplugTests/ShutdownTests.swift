@@ -73,46 +73,57 @@ import Testing
     /// The async shutdown drains and joins on a thread of its own: with more shutdowns waiting than the
     /// cooperative pool has threads, each held up by a tasklet that waits for a task of the pool, that task still
     /// runs. A shutdown that drained on the pool's threads would leave it none, and the tasklets would give up.
-    @Test func anAsyncShutdownLeavesTheCooperativePoolFree() async throws {
-        final class Flags: Sendable {
-            let released = Atomic<Bool>(false)
-            let gaveUp = Atomic<Int>(0)
-            let running = Atomic<Int>(0)
-        }
-        let flags = Flags()
-        let count = 2 * ProcessInfo.processInfo.activeProcessorCount + 2
-        var machines: [Machine] = []
-        for _ in 0..<count {
-            let m = try Machine(cpus: 1)
-            let tasklet = Tasklet(m) {
-                flags.running.add(1, ordering: .relaxed)
-                let deadline = ContinuousClock.now + .seconds(10)
-                while !flags.released.load(ordering: .acquiring) {
-                    if ContinuousClock.now > deadline { flags.gaveUp.add(1, ordering: .relaxed); return }
-                    usleep(1_000)
+    /// In a child process: there the pool runs nothing else (in this one, other tests hold its threads).
+    @Test func anAsyncShutdownLeavesTheCooperativePoolFree() async {
+        await #expect(processExitsWith: .success) {
+            func check(_ condition: Bool, _ message: String) {
+                if !condition {
+                    FileHandle.standardError.write(Data("check failed: \(message)\n".utf8))
+                    exit(3)
                 }
             }
-            _ = try tasklet.schedule()
-            machines.append(m)
-        }
-        #expect(eventually { flags.running.load(ordering: .relaxed) == count })
-        let all = machines
-        let reports = await withTaskGroup(of: Machine.ShutdownReport.self) { group in
-            for m in all {
-                group.addTask { await m.shutdown(drainingTasklets: .seconds(20)) }
+            final class Flags: Sendable {
+                let released = Atomic<Bool>(false)
+                let gaveUp = Atomic<Int>(0)
+                let running = Atomic<Int>(0)
             }
-            group.addTask {
-                try? await Task.sleep(for: .milliseconds(200))   // the shutdowns are waiting by now
-                flags.released.store(true, ordering: .releasing)   // partner of the tasklets' acquire
-                return Machine.ShutdownReport(drainError: nil, leftRunning: [])
+            let flags = Flags()
+            let count = 2 * ProcessInfo.processInfo.activeProcessorCount + 2
+            var machines: [Machine] = []
+            for _ in 0..<count {
+                let m = try Machine(cpus: 1)
+                let tasklet = Tasklet(m) {
+                    flags.running.add(1, ordering: .relaxed)
+                    let deadline = ContinuousClock.now + .seconds(10)
+                    while !flags.released.load(ordering: .acquiring) {
+                        if ContinuousClock.now > deadline { flags.gaveUp.add(1, ordering: .relaxed); return }
+                        usleep(1_000)
+                    }
+                }
+                _ = try tasklet.schedule()
+                machines.append(m)
             }
-            return await group.reduce(into: []) { $0.append($1) }
+            check(eventually { flags.running.load(ordering: .relaxed) == count }, "the tasklets did not start")
+            let all = machines
+            let reports = await withTaskGroup(of: Machine.ShutdownReport.self) { group in
+                for m in all {
+                    group.addTask { await m.shutdown(drainingTasklets: .seconds(20)) }
+                }
+                group.addTask {
+                    try? await Task.sleep(for: .milliseconds(200))   // the shutdowns are waiting by now
+                    flags.released.store(true, ordering: .releasing)   // partner of the tasklets' acquire
+                    return Machine.ShutdownReport(drainError: nil, leftRunning: [])
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            check(flags.gaveUp.load(ordering: .relaxed) == 0,
+                  "\(flags.gaveUp.load(ordering: .relaxed)) tasklets gave up waiting for a task of the pool")
+            check(reports.count == count + 1 && reports.allSatisfy { $0.drainError == nil && $0.leftRunning.isEmpty },
+                  "reports \(reports)")
+            check(all.allSatisfy { $0.present.isEmpty }, "a machine kept CPUs")
+            // Idempotent, and a drain of a shut-down machine is not an error.
+            let again = await all[0].shutdown(drainingTasklets: nil)
+            check(again == Machine.ShutdownReport(drainError: nil, leftRunning: []), "again: \(again)")
         }
-        #expect(flags.gaveUp.load(ordering: .relaxed) == 0, "tasklets gave up waiting for a task of the pool")
-        #expect(reports.count == count + 1 && reports.allSatisfy { $0.drainError == nil && $0.leftRunning.isEmpty })
-        #expect(machines.allSatisfy { $0.present.isEmpty })
-        // Idempotent, and a drain of a shut-down machine is not an error.
-        let again = await all[0].shutdown(drainingTasklets: nil)
-        #expect(again == Machine.ShutdownReport(drainError: nil, leftRunning: []))
     }
 }

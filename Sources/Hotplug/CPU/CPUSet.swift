@@ -114,17 +114,31 @@ public struct CPUSet: Sendable, Hashable, Sequence, CustomStringConvertible, Exp
     public var count: Int { words.reduce(0) { $0 + $1.nonzeroBitCount } }
     public var isEmpty: Bool { words.allSatisfy { $0 == 0 } }
 
-    public func makeIterator() -> AnyIterator<Int> {
-        var index = 0
-        let words = self.words
-        return AnyIterator {
-            while index < words.count * 64 {
-                defer { index += 1 }
-                if words[index / 64] & (1 << UInt64(index % 64)) != 0 { return index }
+    /// The ids in ascending order, a set bit at a time (no allocation, no per-id closure call: the hotplug and
+    /// stop_machine paths walk the online mask on every operation).
+    public struct Iterator: IteratorProtocol {
+        private let words: [UInt64]
+        private var wordIndex = 0
+        private var remaining: UInt64
+
+        fileprivate init(_ words: [UInt64]) {
+            self.words = words
+            remaining = words.first ?? 0
+        }
+
+        public mutating func next() -> Int? {
+            while remaining == 0 {
+                wordIndex += 1
+                guard wordIndex < words.count else { return nil }
+                remaining = words[wordIndex]
             }
-            return nil
+            let bit = remaining.trailingZeroBitCount
+            remaining &= remaining - 1   // clear the lowest set bit
+            return wordIndex * 64 + bit
         }
     }
+
+    public func makeIterator() -> Iterator { Iterator(words) }
 
     public static func == (lhs: CPUSet, rhs: CPUSet) -> Bool { lhs.words == rhs.words }
     public func hash(into hasher: inout Hasher) { hasher.combine(words) }

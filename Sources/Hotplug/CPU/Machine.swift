@@ -501,6 +501,6 @@ public final class Machine: Sendable {
             "cpu": "\(cpu)", "operation": "\(operation)",
             "duration_us": "\(Double(Shim.monotonicNanoseconds() - started) / 1000)",
         ])
-        sampleOperationMetrics()
+        sampleOperationMetrics(cpu: cpu >= 0 ? cpu : nil)
     }
 }

@@ -43,7 +43,7 @@ extension Machine {
             }
         } catch {
             metrics.recordOperation(attach: target == .online, HotplugOutcome(error), started: started)
-            sampleOperationMetrics()
+            sampleOperationMetrics(cpu: cpu)
             throw error
         }
         metrics.recordOperation(attach: target == .online, .success, started: started)
