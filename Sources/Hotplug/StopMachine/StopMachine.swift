@@ -1,17 +1,16 @@
 import Synchronization
 
-/// One stop_machine run: every participating CPU arrives, then all go through PREPARE -> DISABLE_IRQ -> RUN -> EXIT
-/// (Linux's `multi_stop_state`), the barrier ending each step.
+/// One stop_machine run: every participating CPU arrives, then all go through DISABLE_IRQ -> RUN -> EXIT (Linux's
+/// `multi_stop_state` without its PREPARE: arrival, below, already gathers everyone), with one barrier after
+/// DISABLE_IRQ (nobody runs the body before every participant has blocked SIGP) and one after RUN (nobody leaves
+/// before every body has returned). Linux also ends PREPARE and EXIT with a barrier; here the decision ends
+/// PREPARE, and EXIT needs none (each participant only unblocks SIGP and counts itself finished). Two barrier
+/// episodes, not four: when the participants outnumber the cores each episode is a futex wake of every one of them.
 ///
 /// Gathering is separate from the barrier: each CPU that reaches its safe point registers its arrival and waits
 /// for the controller's decision, so that a CPU that never arrives (busy in a long cross-call, no safe point) turns
 /// into an abort with nothing changed instead of a barrier that never completes.
 final class StopMachineRun: Sendable {
-    /// The steps every participant takes together; nobody starts a step before all have finished the previous one.
-    private enum Step: CaseIterable {
-        case prepare, disableInterrupts, run, exit
-    }
-
     let barrier: SpinBarrier
     let expected: Int
     let activeCPUs: CPUSet
@@ -50,29 +49,27 @@ final class StopMachineRun: Sendable {
     func participate(_ cpu: Int, arriving: Bool = true) {
         if arriving {
             arrive(cpu)
-            _ = decided.wait()
+            _ = decided.wait(spins: spinBudget == 0 ? 0 : 2_000)   // more participants than cores: a spin takes the core of the one being waited for
             // Acquire: partner of the controller's release store of the decision.
             guard decision.load(ordering: .acquiring) == 1 else { return }
         }
         var me = barrier.makeParticipant()
-        for step in Step.allCases {
-            switch step {
-            case .prepare: break
-            case .disableInterrupts: try? Shim.blockSIGP(true)   // interrupts off: cannot fail for a valid signal
-            case .run:
-                // In the stop_machine context: what would wait for a stopped CPU (a hotplug operation, another
-                // stop_machine, a cross-call to another CPU) fails at once instead (two thread-local stores).
-                if activeCPUs.contains(cpu) { ThreadContext.stopMachineBody.enter(machineID: machineID) { body(cpu) } }
-            case .exit: try? Shim.blockSIGP(false)
-            }
-            barrier.wait(&me, spinBudget: spinBudget)
-        }
+        // DISABLE_IRQ: interrupts off (cannot fail for a valid signal); the barrier: every participant has them off.
+        try? Shim.blockSIGP(true)
+        barrier.wait(&me, spinBudget: spinBudget)
+        // RUN. In the stop_machine context: what would wait for a stopped CPU (a hotplug operation, another
+        // stop_machine, a cross-call to another CPU) fails at once instead (two thread-local stores). The barrier:
+        // every body has returned before anyone leaves.
+        if activeCPUs.contains(cpu) { ThreadContext.stopMachineBody.enter(machineID: machineID) { body(cpu) } }
+        barrier.wait(&me, spinBudget: spinBudget)
+        // EXIT.
+        try? Shim.blockSIGP(false)
         if finished.add(1, ordering: .acquiringAndReleasing).newValue == expected { allFinished.signal() }
     }
 }
 
 extension Machine {
-    /// Brings every online CPU, at its next safe point, into a spinning barrier, then through PREPARE ->
+    /// Brings every online CPU, at its next safe point, into a spinning barrier, then through (arrival as PREPARE)
     /// DISABLE_IRQ (the SIGP signal blocked: "interrupts off") -> RUN (`body` runs on the active CPUs, or on the
     /// first online CPU when `active` is nil) -> EXIT. While the body runs, every other online CPU spins (then
     /// parks, if it takes long) in the barrier with its signal blocked. Calls are serialised. The online mask is
