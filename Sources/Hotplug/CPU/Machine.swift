@@ -213,7 +213,7 @@ public final class Machine: Sendable {
     /// Tasklet runs queued on a CPU and not yet taken (an estimate: a load signal, e.g. for a balancer).
     public func queuedTasklets(on cpu: Int) throws(HotplugError) -> Int {
         try validate(cpu)
-        return max(0, tasklets.queues[cpu].pending.load(ordering: .relaxed))
+        return tasklets.queues[cpu].queued
     }
 
     /// The CPU time a present CPU's thread has used, nil in standby.

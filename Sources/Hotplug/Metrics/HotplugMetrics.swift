@@ -182,7 +182,7 @@ extension Machine {
             if jobs.indices.contains(host) { jobs[host] += executor.queuedJobs }
         }
         for cpu in 0..<possibleCount {
-            metrics.taskletsQueued[cpu].record(max(0, tasklets.queues[cpu].pending.load(ordering: .relaxed)))
+            metrics.taskletsQueued[cpu].record(tasklets.queues[cpu].queued)
             metrics.jobsQueued[cpu].record(jobs[cpu])
         }
     }

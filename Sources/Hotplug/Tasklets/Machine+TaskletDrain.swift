@@ -45,7 +45,9 @@ extension Machine {
                 for cpu in engine.queues.indices {
                     for priority in [Tasklet.Priority.high, .normal] {
                         let ran = DrainMarker()
-                        let marker = Tasklet(engine: engine, priority: priority) {
+                        // Born SCHED and ORPHANED: no handle; its run (or its removal) releases it.
+                        let marker = TaskletCore(priority: priority,
+                                                 state: TaskletCore.scheduledBit | TaskletCore.orphanedBit) {
                             ran.flag.store(true, ordering: .releasing)   // partner of the acquire below
                         }
                         if engine.pushMarker(marker, on: cpu) { markers.append((cpu, ran)) }
