@@ -169,7 +169,10 @@ public final class SlabCache: @unchecked Sendable {
             return SlabNode(id: node, memoryNode: topology.isSynthetic ? Numa.node(ofPhysicalCPU: physical) : node,
                             ringCapacity: RemoteRing.capacity(magazineCapacity: capacity))
         }
-        rings = .allocate(capacity: nodes.count)
+        // On cache lines of their own (read by every remote free; nothing written shares them).
+        let ringBytes = (nodes.count * MemoryLayout<RemoteRing>.stride + 63) / 64 * 64
+        rings = UnsafeMutableRawPointer.allocate(byteCount: ringBytes, alignment: 64)
+            .bindMemory(to: RemoteRing.self, capacity: nodes.count)
         rings.initialize(from: nodes.map(\.ring), count: nodes.count)
         isMultiNode = nodes.count > 1
         let cpuNodes = machine.cores.map { core in topology.nodes.firstIndex(of: core.slot.node) ?? 0 }
@@ -201,7 +204,7 @@ public final class SlabCache: @unchecked Sendable {
         }
         slots.deallocate()
         rings.deinitialize(count: nodes.count)
-        rings.deallocate()
+        UnsafeMutableRawPointer(rings).deallocate()
         var leaked = 0
         for node in nodes {
             node.lock.withLock {

@@ -198,7 +198,9 @@ struct RemoteRing {
     init(capacity: Int) {
         precondition(capacity > 0 && capacity & (capacity - 1) == 0, "remote-free ring capacity \(capacity)")
         self.capacity = capacity
-        slots = .allocate(capacity: capacity)
+        // Whole cache lines of their own: nothing else on the heap shares a line with the slots.
+        slots = UnsafeMutableRawPointer.allocate(byteCount: capacity * MemoryLayout<UInt>.stride, alignment: 64)
+            .bindMemory(to: Atomic<UInt>.self, capacity: capacity)
         for index in 0..<capacity { (slots + index).initialize(to: Atomic<UInt>(0)) }
         indices = .allocate(byteCount: 128, alignment: 64)
         indices.bindMemory(to: Atomic<Int>.self, capacity: 1).initialize(to: Atomic<Int>(0))
@@ -207,7 +209,7 @@ struct RemoteRing {
 
     func destroy() {
         slots.deinitialize(count: capacity)
-        slots.deallocate()
+        UnsafeMutableRawPointer(slots).deallocate()
         tail.deinitialize(count: 1)
         head.deinitialize(count: 1)
         indices.deallocate()
