@@ -14,6 +14,11 @@ private func free(_ cache: SlabCache, _ objects: [UInt], on cpu: Int) throws {
     try cache.machine.run(on: cpu) { for object in objects { cache.free(pointer(object)) } }
 }
 
+/// An object's second word, where the race test's users write (a typed access, which the thread sanitizer sees).
+private func tag(_ object: UInt) -> UnsafeMutablePointer<UInt64> {
+    (pointer(object) + 8).assumingMemoryBound(to: UInt64.self)
+}
+
 /// Frees on a plain thread that is none of the machine's CPUs.
 private func freeOnForeignThread(_ cache: SlabCache, _ objects: [UInt]) {
     let done = DispatchSemaphore(value: 0)
@@ -342,20 +347,36 @@ private func expectAccounted(_ cache: SlabCache, inUse expected: Int, sourceLoca
         let cache = try SlabCache(name: "ring-race", objectSize: 48, machine: m, options: .init(magazineCapacity: 4))
         #expect(cache.nodes[0].ring.capacity == 512)
         let perCPU = 700
+        final class Progress: Sendable { let freed = Atomic<Int>(0) }
         for round in 0..<12 {
             // Node 0's objects, to be freed by node 1's CPUs (350 each per node-0 CPU).
             let pool = try allocate(cache, perCPU, on: 0) + allocate(cache, perCPU, on: 1)
+            let progress = Progress()
             let results = try m.runOnEach { cpu -> Result<[UInt], HotplugError> in
                 switch cpu {
                 case 2, 3:
                     let share = cpu == 2 ? pool[..<perCPU] : pool[perCPU...]
-                    for object in share { cache.free(pointer(object)) }
+                    // The user's last write before the free: only the ring's release and acquire (or the stack's)
+                    // order it before the next user's writes (the thread sanitizer checks that).
+                    for object in share {
+                        tag(object).pointee = UInt64(cpu)
+                        cache.free(pointer(object))
+                        // Relaxed: orders nothing, so that the only order between the two users is the cache's.
+                        progress.freed.add(1, ordering: .relaxed)
+                    }
                     return .success([])
                 default:
-                    // Allocate while the frees arrive; free every third again locally to mix the paths.
+                    // Wait (bounded) until node 1's CPUs are halfway, so that the refills below find objects in
+                    // the ring and on the stack, then allocate while more frees arrive; free every third again
+                    // locally to mix the paths.
+                    _ = eventually { progress.freed.load(ordering: .relaxed) >= perCPU }
                     var live: [UInt] = []
                     for index in 0..<perCPU {
-                        do throws(HotplugError) { live.append(UInt(bitPattern: try cache.allocate())) } catch {
+                        do throws(HotplugError) {
+                            let object = UInt(bitPattern: try cache.allocate())
+                            tag(object).pointee = UInt64(cpu)
+                            live.append(object)
+                        } catch {
                             return .failure(error)
                         }
                         if index % 3 == 2 { cache.free(pointer(live.removeLast())) }

@@ -264,10 +264,14 @@ struct RemoteRing {
         return taken
     }
 
-    /// Every object written so far, one by one (the caller holds the node's lock).
+    /// Every object written so far, one by one (the caller holds the node's lock). At most `capacity` of them: a
+    /// ring never holds more, and a slot left non-zero by a bug must not turn the drain into a loop that never ends.
     func takeAll(_ body: (UnsafeMutableRawPointer) -> Void) {
         var object = UnsafeMutableRawPointer(bitPattern: 1)!
-        while take(1, into: &object) == 1 { body(object) }
+        for _ in 0..<capacity {
+            guard take(1, into: &object) == 1 else { return }
+            body(object)
+        }
     }
 
     /// Objects reserved or written and not drained (exact when no free is in flight).
