@@ -14,6 +14,11 @@ private func free(_ cache: SlabCache, _ objects: [UInt], on cpu: Int) throws {
     try cache.machine.run(on: cpu) { for object in objects { cache.free(pointer(object)) } }
 }
 
+/// An object's second word, where the race test's users write (a typed access, which the thread sanitizer sees).
+private func tag(_ object: UInt) -> UnsafeMutablePointer<UInt64> {
+    (pointer(object) + 8).assumingMemoryBound(to: UInt64.self)
+}
+
 /// Frees on a plain thread that is none of the machine's CPUs.
 private func freeOnForeignThread(_ cache: SlabCache, _ objects: [UInt]) {
     let done = DispatchSemaphore(value: 0)
@@ -297,6 +302,100 @@ private func expectAccounted(_ cache: SlabCache, inUse expected: Int, sourceLoca
         expectAccounted(cache, inUse: 0)
         try cache.shrink()
         #expect(cache.statistics().bytesMapped == 0)
+    }
+
+    @Test func crossNodeFreesBeyondTheRingTakeTheStackAndAllComeHome() throws {
+        let m = try Machine(topology: try Topology.synthetic(nodes: 2, cpusPerNode: 2))
+        let cache = try SlabCache(name: "ring-overflow", objectSize: 64, machine: m)
+        let ring = cache.nodes[0].ring
+        // Whole magazines (so that no refill mixes in a slab's objects), 16 of them beyond the ring.
+        let count = ring.capacity + 16 * cache.magazineCapacity
+        let objects = try allocate(cache, count, on: 0)
+        let before = cache.statistics()
+        // CPU 2 (node 1) frees them all: the ring fills, the rest go onto node 0's linked stack.
+        try free(cache, objects, on: 2)
+        let after = cache.statistics()
+        #expect(ring.pending == ring.capacity)
+        #expect(after.nodes[0].remotePending == count)
+        #expect(after.cachedPerCPU[2] == before.cachedPerCPU[2])
+        #expect(after.nodes[1].outstanding == before.nodes[1].outstanding)
+        expectAccounted(cache, inUse: 0)
+        // CPU 1 (node 0, empty magazines) gets exactly those objects back, before anything from a slab.
+        let again = try allocate(cache, count, on: 1)
+        let sameObjects = Set(again) == Set(objects)
+        #expect(sameObjects && Set(again).count == count)
+        #expect(ring.pending == 0)
+        #expect(cache.statistics().bytesMapped == after.bytesMapped)
+        #expect(cache.statistics().nodes[0].remotePending == 0)
+        // The ring wraps: a second pass through it, then everything back and unmapped.
+        try free(cache, again, on: 3)
+        #expect(cache.statistics().nodes[0].remotePending == count)
+        let third = try allocate(cache, count, on: 0)
+        let distinct = Set(third).count
+        #expect(distinct == count)
+        try free(cache, third, on: 0)
+        expectAccounted(cache, inUse: 0)
+        try cache.shrink()
+        #expect(cache.statistics().bytesMapped == 0)
+    }
+
+    /// CPUs of node 1 free node 0's objects (ring and, when it is full, stack) while node 0's CPUs refill from them:
+    /// no object is handed out twice, none is lost.
+    @Test func remoteFreesRaceTheHomeNodesRefills() throws {
+        let m = try Machine(topology: try Topology.synthetic(nodes: 2, cpusPerNode: 2))
+        // Small magazines: a 512-slot ring, refills every 4 objects.
+        let cache = try SlabCache(name: "ring-race", objectSize: 48, machine: m, options: .init(magazineCapacity: 4))
+        #expect(cache.nodes[0].ring.capacity == 512)
+        let perCPU = 700
+        final class Progress: Sendable { let freed = Atomic<Int>(0) }
+        for round in 0..<12 {
+            // Node 0's objects, to be freed by node 1's CPUs (350 each per node-0 CPU).
+            let pool = try allocate(cache, perCPU, on: 0) + allocate(cache, perCPU, on: 1)
+            let progress = Progress()
+            let results = try m.runOnEach { cpu -> Result<[UInt], HotplugError> in
+                switch cpu {
+                case 2, 3:
+                    let share = cpu == 2 ? pool[..<perCPU] : pool[perCPU...]
+                    // The user's last write before the free: only the ring's release and acquire (or the stack's)
+                    // order it before the next user's writes (the thread sanitizer checks that).
+                    for object in share {
+                        tag(object).pointee = UInt64(cpu)
+                        cache.free(pointer(object))
+                        // Relaxed: orders nothing, so that the only order between the two users is the cache's.
+                        progress.freed.add(1, ordering: .relaxed)
+                    }
+                    return .success([])
+                default:
+                    // Wait (bounded) until node 1's CPUs are halfway, so that the refills below find objects in
+                    // the ring and on the stack, then allocate while more frees arrive; free every third again
+                    // locally to mix the paths.
+                    _ = eventually { progress.freed.load(ordering: .relaxed) >= perCPU }
+                    var live: [UInt] = []
+                    for index in 0..<perCPU {
+                        do throws(HotplugError) {
+                            let object = UInt(bitPattern: try cache.allocate())
+                            tag(object).pointee = UInt64(cpu)
+                            live.append(object)
+                        } catch {
+                            return .failure(error)
+                        }
+                        if index % 3 == 2 { cache.free(pointer(live.removeLast())) }
+                    }
+                    return .success(live)
+                }
+            }
+            var live: [UInt] = []
+            for (_, result) in results { live += try result.get() }
+            let distinct = Set(live).count
+            #expect(distinct == live.count, "an object was handed out twice in round \(round)")
+            expectAccounted(cache, inUse: live.count)
+            try free(cache, Array(live[..<(live.count / 2)]), on: 2)
+            try free(cache, Array(live[(live.count / 2)...]), on: 1)
+            expectAccounted(cache, inUse: 0)
+        }
+        try cache.shrink()
+        #expect(cache.statistics().bytesMapped == 0)
+        expectAccounted(cache, inUse: 0)
     }
 
     @Test func objectCacheCreatesAndDestroysValues() throws {

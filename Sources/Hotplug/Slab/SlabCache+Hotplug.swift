@@ -38,8 +38,8 @@ extension SlabCache {
     }
 
     /// Returns every cached object to its slab and every free slab to the system: each online CPU empties its
-    /// magazines (on its own thread), then every node empties its depot and remote-free stack and unmaps its free
-    /// slabs. After everything was freed, ``Statistics/bytesMapped`` is 0.
+    /// magazines (on its own thread), then every node empties its depot, remote-free ring and stack and unmaps its
+    /// free slabs. After everything was freed, ``Statistics/bytesMapped`` is 0.
     /// - Throws: the errors of ``Machine/runOnEach(timeout:_:)`` (a CPU that does not reach a safe point in time);
     ///   after ``Machine/shutdown()`` it throws nothing and empties the nodes.
     /// - Warning: takes the hotplug read lock: not from a hotplug callback.

@@ -1,15 +1,17 @@
 // Node operations: moving objects between a node's slab lists, its depot of magazines and its remote-free
-// stack, mapping and unmapping slabs. The caller holds the node's lock.
+// ring and stack, mapping and unmapping slabs. The caller holds the node's lock.
 
 extension SlabCache {
-    /// Moves up to `count` objects out of the node into `output`: objects sent home first, then partial slabs,
-    /// then free slabs, then a new slab. Returns how many (at least 1, or it throws).
+    /// Moves up to `count` objects out of the node into `output`: objects sent home first (the home list, the
+    /// ring, the remote-free stack), then partial slabs, then free slabs, then a new slab. Returns how many (at
+    /// least 1, or it throws).
     func take(from node: SlabNode, count: Int, into output: UnsafeMutablePointer<UnsafeMutableRawPointer>) throws(HotplugError) -> Int {
         var taken = 0
         while taken < count, let object = node.popHome() {
             output[taken] = object
             taken += 1
         }
+        if taken < count { taken += node.ring.take(count - taken, into: output + taken) }
         if taken < count {
             node.takeRemote { object in
                 if taken < count { output[taken] = object; taken += 1 } else { node.pushHome(object) }
@@ -131,7 +133,7 @@ extension SlabCache {
         magazine.pointee.count = 0
     }
 
-    /// Everything in the depot and on the remote-free stack back to the slabs.
+    /// Everything in the depot, the remote-free ring and the remote-free stack back to the slabs.
     func emptyDepotAndRemote(_ node: SlabNode) {
         node.takeAllHome { giveBack($0, node) }
         while let magazine = node.fullMagazines.pop() {

@@ -14,7 +14,7 @@ extension SlabCache {
             public var depotMagazines: Int
             public var depotObjects: Int
             /// Objects sent home by other nodes and foreign threads, not yet handed out again nor returned to their
-            /// slabs (on the remote-free stack or the node's home list).
+            /// slabs (on the remote-free ring, the remote-free stack or the node's home list).
             public var remotePending: Int
             /// Objects out of this node's slabs (with users, in magazines, in the depot, remote-pending).
             public var outstanding: Int

@@ -11,7 +11,7 @@ import Synchronization
 /// ```
 ///   CPU i:   loaded + previous magazine      only CPU i touches them: no atomics, no locks, no allocation
 ///              |  refill / full magazine out (slow path, under the node's lock)
-///   node n:  depot (full and empty magazines), slab lists (partial / full / free), remote-free stack
+///   node n:  depot (full and empty magazines), slab lists (partial / full / free), remote-free ring and stack
 ///              |  numa_alloc_onnode(slab, n) / unmap
 ///   kernel
 /// ```
@@ -22,10 +22,13 @@ import Synchronization
 ///   (and the free's push) is `@inlinable`: it runs inline in the caller; everything else is out of line.
 /// - Free on a logical CPU of the object's home node pushes the loaded magazine; when that is full it swaps in the
 ///   previous one if empty, else moves the previous (full) one to the depot and takes an empty one.
-/// - Free of another node's object (on a CPU of another node) or from a thread that is not one of the machine's
-///   CPUs (a foreign thread) pushes the object on its home node's remote-free stack (one CAS); the next refill on
-///   that node, a foreign thread's allocation there, the drain of a CPU of that node, or ``shrink()`` takes it. An object is never leaked, whoever frees it, even after the CPU
-///   that allocated it was detached. A foreign thread allocates under the lock of the node it runs on.
+/// - Free of another node's object on a CPU of another node puts its pointer in its home node's remote-free ring
+///   (one CAS that reserves a slot, then a store; the object's memory is not touched), or, when that ring is full,
+///   pushes the object on the home node's remote-free stack (one CAS, linked through the object's first word); a
+///   free from a thread that is not one of the machine's CPUs (a foreign thread) always takes the stack. The next
+///   refill on that node, a foreign thread's allocation there, the drain of a CPU of that node, or ``shrink()``
+///   takes it. An object is never leaked, whoever frees it, even after the CPU that allocated it was detached. A
+///   foreign thread allocates under the lock of the node it runs on.
 /// - Slabs are aligned to their size, so an object's slab header (and home node) is its address with the low bits
 ///   cleared. Slab memory comes from `numa_alloc_onnode` on the node of the CPU that needs it; the kernel places
 ///   each page when it is first touched, which `get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR)` can verify.
@@ -36,7 +39,7 @@ import Synchronization
 /// ``Options/minimumFreeSlabsPerNode`` to the system. A dead CPU's magazines are empty; nothing is lost.
 ///
 /// Accounting: every object is in exactly one place: with a user, in a CPU magazine, in a depot magazine, sent home
-/// (a node's remote-free stack or home list), or free in its slab. ``statistics()`` reports each, and ``Statistics/inUse`` (from the
+/// (a node's remote-free ring, remote-free stack or home list), or free in its slab. ``statistics()`` reports each, and ``Statistics/inUse`` (from the
 /// counters of the allocation and free paths) equals ``Statistics/accountedInUse`` (from the lists) whenever no
 /// operation is in flight.
 ///
@@ -97,6 +100,9 @@ public final class SlabCache: @unchecked Sendable {
     /// More than one node: a free on a CPU must check the object's home node (out of line).
     @usableFromInline let isMultiNode: Bool
     let nodes: [SlabNode]
+    /// `nodes[i].ring` for each node i, read by the remote free without touching (or retaining) the node object;
+    /// the rings live as long as their nodes, which `nodes` keeps as long as the cache.
+    let rings: UnsafeMutablePointer<RemoteRing>
     /// Node index of each logical CPU.
     let cpuNodeIndex: [Int]
     /// Node index of each physical CPU a foreign thread may run on.
@@ -160,8 +166,14 @@ public final class SlabCache: @unchecked Sendable {
         // A synthetic node's memory comes from the real node of its first physical CPU.
         nodes = topology.nodes.map { node in
             let physical = topology.cpus.first { $0.node == node }?.physicalID ?? 0
-            return SlabNode(id: node, memoryNode: topology.isSynthetic ? Numa.node(ofPhysicalCPU: physical) : node)
+            return SlabNode(id: node, memoryNode: topology.isSynthetic ? Numa.node(ofPhysicalCPU: physical) : node,
+                            ringCapacity: RemoteRing.capacity(magazineCapacity: capacity))
         }
+        // On cache lines of their own (read by every remote free; nothing written shares them).
+        let ringBytes = (nodes.count * MemoryLayout<RemoteRing>.stride + 63) / 64 * 64
+        rings = UnsafeMutableRawPointer.allocate(byteCount: ringBytes, alignment: 64)
+            .bindMemory(to: RemoteRing.self, capacity: nodes.count)
+        rings.initialize(from: nodes.map(\.ring), count: nodes.count)
         isMultiNode = nodes.count > 1
         let cpuNodes = machine.cores.map { core in topology.nodes.firstIndex(of: core.slot.node) ?? 0 }
         cpuNodeIndex = cpuNodes
@@ -191,6 +203,8 @@ public final class SlabCache: @unchecked Sendable {
             slot(cpu).deinitialize(count: 1)
         }
         slots.deallocate()
+        rings.deinitialize(count: nodes.count)
+        UnsafeMutableRawPointer(rings).deallocate()
         var leaked = 0
         for node in nodes {
             node.lock.withLock {
@@ -241,7 +255,8 @@ public final class SlabCache: @unchecked Sendable {
     }
 
     /// Gives an object back. On a CPU of its home node, usually a push on the CPU's loaded magazine, inlined into
-    /// the caller; on another node's CPU or a foreign thread, one CAS onto the home node's remote-free stack.
+    /// the caller; on another node's CPU, one CAS that reserves a slot of the home node's remote-free ring; on a
+    /// foreign thread, one CAS onto the home node's remote-free stack.
     /// - Warning: `object` must come from ``allocate()`` of this cache and not be freed twice; debug mode stops the
     ///   process with a message when it is not, the default mode does not check.
     @inlinable
@@ -297,11 +312,22 @@ public final class SlabCache: @unchecked Sendable {
         if isMultiNode {
             let home = homeNodeIndex(of: object)
             if home != slot.pointee.nodeIndex {
-                slot.counters.pointee.freedRemote.bump()
-                nodes[home].pushRemote(object)
+                sendHome(object, to: home, slot)
                 return
             }
         }
         if !push(object, slot) { freeSlow(cpu, slot, object) }
+    }
+
+    /// The remote free on a logical CPU: the object goes to its home node's ring (one CAS, then a store of the
+    /// pointer; the object's memory is not touched), or, when that ring is full, onto the home node's linked stack.
+    @inline(__always)
+    private func sendHome(_ object: UnsafeMutableRawPointer, to home: Int, _ slot: UnsafeMutablePointer<CPUMagazines>) {
+        // The one check the default mode keeps: a pointer that is not an object of this cache would index memory
+        // outside `rings` here (the home index comes from whatever its "slab" starts with).
+        precondition(UInt(bitPattern: home) < UInt(bitPattern: nodes.count),
+                     "slab allocator: \(object) is not an object of cache '\(name)' (home node index \(home))")
+        slot.counters.pointee.freedRemote.bump()
+        if !rings[home].push(object) { nodes[home].pushRemote(object) }
     }
 }

@@ -2,7 +2,7 @@ import Synchronization
 
 // The raw structures of the slab allocator: slab headers, magazines and the per-node lists. Everything here is
 // plain memory guarded by a node's lock, except a CPU's magazines (touched only by that CPU, or by the drain once
-// it is dead) and the node's remote-free stack (lock-free). See ``SlabCache`` for the design.
+// it is dead) and the node's remote-free ring and stack (lock-free). See ``SlabCache`` for the design.
 
 /// Which list of its node a slab is on.
 enum SlabKind: UInt8 {
@@ -10,7 +10,7 @@ enum SlabKind: UInt8 {
     case free
     /// Some objects are out, some are not.
     case partial
-    /// Every object is out (with a user, in a magazine, in the depot or on the remote-free stack).
+    /// Every object is out (with a user, in a magazine, in the depot, in the remote-free ring or on the stack).
     case full
 }
 
@@ -25,7 +25,7 @@ struct SlabHeader {
     var freeList: UnsafeMutableRawPointer?
     /// Objects `bump..<objectsPerSlab` have never been handed out (a new slab is not threaded up front).
     var bump: Int
-    /// Objects out of this slab: with users, in CPU magazines, in the depot or on the remote-free stack.
+    /// Objects out of this slab: with users, in CPU magazines, in the depot, in the remote-free ring or on the stack.
     var outstanding: Int
     var kind: SlabKind
     var previous: UnsafeMutablePointer<SlabHeader>?
@@ -171,10 +171,127 @@ extension Atomic where Value == Int {
     func bump(_ delta: Int = 1) { store(load(ordering: .relaxed) &+ delta, ordering: .relaxed) }
 }
 
-/// The per-node part of a cache: slab lists and the depot (guarded by `lock`), the remote-free stack (lock-free:
-/// any thread pushes with one CAS, the lock holder takes it whole).
+/// A node's remote-free ring: a bounded multi-producer queue of object pointers that logical CPUs of other nodes
+/// send home, drained in order by the holder of the node's lock (the only consumer).
+///
+/// A free reserves a slot with one CAS on `tail`, then stores the pointer in it (release); the lock holder reads
+/// slots from `head` while they are not 0 (acquire), stores 0 back and publishes the new `head` (release). Neither
+/// side touches the object's memory: where a linked stack writes a link into every object on the freeing CPU and
+/// chases the links on the home node (a cache-line transfer each way per object, one after the other), the ring
+/// moves eight pointers per cache line, in order. A slot that is reserved and not yet written stops the drain
+/// until its free completes (the objects behind it wait for the next drain); a full ring sends the free to the
+/// linked stack instead (``SlabNode/pushRemote(_:)``). Foreign threads always use the linked stack, so that only
+/// logical CPUs, which are never cancelled between the CAS and the store, hold a reservation.
+///
+/// Plain pointers to raw memory (the slots, and `tail` and `head` on cache lines of their own), so that a free
+/// reaches the ring of any node without touching, or retaining, the node object. Made and destroyed by
+/// ``SlabNode``.
+struct RemoteRing {
+    /// `capacity` pointers, 0 where empty.
+    let slots: UnsafeMutablePointer<Atomic<UInt>>
+    /// `tail` (slots reserved so far, written by CAS by any freeing CPU) at byte 0, `head` (slots drained so far,
+    /// written only by the lock holder) at byte 64.
+    let indices: UnsafeMutableRawPointer
+    /// Slots (a power of two).
+    let capacity: Int
+
+    init(capacity: Int) {
+        precondition(capacity > 0 && capacity & (capacity - 1) == 0, "remote-free ring capacity \(capacity)")
+        self.capacity = capacity
+        // Whole cache lines of their own: nothing else on the heap shares a line with the slots.
+        slots = UnsafeMutableRawPointer.allocate(byteCount: capacity * MemoryLayout<UInt>.stride, alignment: 64)
+            .bindMemory(to: Atomic<UInt>.self, capacity: capacity)
+        for index in 0..<capacity { (slots + index).initialize(to: Atomic<UInt>(0)) }
+        indices = .allocate(byteCount: 128, alignment: 64)
+        indices.bindMemory(to: Atomic<Int>.self, capacity: 1).initialize(to: Atomic<Int>(0))
+        (indices + 64).bindMemory(to: Atomic<Int>.self, capacity: 1).initialize(to: Atomic<Int>(0))
+    }
+
+    func destroy() {
+        slots.deinitialize(count: capacity)
+        UnsafeMutableRawPointer(slots).deallocate()
+        tail.deinitialize(count: 1)
+        head.deinitialize(count: 1)
+        indices.deallocate()
+    }
+
+    @inline(__always)
+    var tail: UnsafeMutablePointer<Atomic<Int>> { indices.assumingMemoryBound(to: Atomic<Int>.self) }
+    @inline(__always)
+    var head: UnsafeMutablePointer<Atomic<Int>> { (indices + 64).assumingMemoryBound(to: Atomic<Int>.self) }
+
+    /// Sends an object home from a logical CPU: one CAS that reserves a slot, then a release store of the pointer.
+    /// False when the ring is full (the caller pushes the object on the linked stack instead).
+    @inline(__always)
+    func push(_ object: UnsafeMutableRawPointer) -> Bool {
+        var reserved = tail.pointee.load(ordering: .relaxed)
+        while true {
+            // Acquiring: partner of the drain's releasing store of `head`: every slot below that head was emptied
+            // (stored 0) before, so the store below comes after the drain's 0 in the slot's modification order.
+            // Signed: a stale `reserved` below `head` is not "full"; its CAS fails and takes the current tail.
+            if reserved &- head.pointee.load(ordering: .acquiring) >= capacity { return false }
+            // Relaxed: the reservation publishes nothing; the slot's release store does.
+            let (exchanged, seen) = tail.pointee.compareExchange(expected: reserved, desired: reserved &+ 1,
+                                                                 ordering: .relaxed)
+            if exchanged { break }
+            reserved = seen
+        }
+        // Releasing: partner of the drain's acquiring load of the slot (the user's last writes to the object reach
+        // the CPU that hands it out next).
+        slots[reserved & (capacity &- 1)].store(UInt(bitPattern: object), ordering: .releasing)
+        return true
+    }
+
+    /// Takes up to `count` objects in order, stopping at the first slot not written yet (the caller holds the
+    /// node's lock: the only consumer). Returns how many.
+    func take(_ count: Int, into output: UnsafeMutablePointer<UnsafeMutableRawPointer>) -> Int {
+        // Relaxed: only the lock holder writes `head`, and the lock orders the holders.
+        let first = head.pointee.load(ordering: .relaxed)
+        var taken = 0
+        // At most `capacity`: the slot after the last one of a full ring is the first, emptied here.
+        while taken < count {
+            let slot = slots + ((first &+ taken) & (capacity &- 1))
+            // Acquiring: partner of the free's releasing store of the pointer.
+            let bits = slot.pointee.load(ordering: .acquiring)
+            guard let object = UnsafeMutableRawPointer(bitPattern: bits) else { break }
+            // Relaxed: published to the next free of this slot by the releasing store of `head` below.
+            slot.pointee.store(0, ordering: .relaxed)
+            output[taken] = object
+            taken += 1
+        }
+        // Releasing: partner of the frees' acquiring load of `head` (the slots below it are 0 again).
+        if taken > 0 { head.pointee.store(first &+ taken, ordering: .releasing) }
+        return taken
+    }
+
+    /// Every object written so far, one by one (the caller holds the node's lock). At most `capacity` of them: a
+    /// ring never holds more, and a slot left non-zero by a bug must not turn the drain into a loop that never ends.
+    func takeAll(_ body: (UnsafeMutableRawPointer) -> Void) {
+        var object = UnsafeMutableRawPointer(bitPattern: 1)!
+        for _ in 0..<capacity {
+            guard take(1, into: &object) == 1 else { return }
+            body(object)
+        }
+    }
+
+    /// Objects reserved or written and not drained (exact when no free is in flight).
+    var pending: Int { tail.pointee.load(ordering: .relaxed) &- head.pointee.load(ordering: .relaxed) }
+
+    /// The ring's capacity for a cache whose magazines hold `magazineCapacity` objects: 32 magazines' worth, a
+    /// power of two in 512...4096 (a 64-object magazine gives 2,048 slots, 16 KiB per node).
+    static func capacity(magazineCapacity: Int) -> Int {
+        var capacity = 512
+        while capacity < 32 * magazineCapacity && capacity < 4096 { capacity <<= 1 }
+        return capacity
+    }
+}
+
+/// The per-node part of a cache: slab lists and the depot (guarded by `lock`), the remote-free ring and stack
+/// (lock-free: any CPU of another node reserves a ring slot with one CAS, any thread pushes on the stack with one
+/// CAS, the lock holder drains both).
 final class SlabNode: @unchecked Sendable {
-    // @unchecked: every `var` is guarded by `lock`; `remote` and `foreignFreed` are atomics.
+    // @unchecked: every `var` is guarded by `lock`; `remote` and `foreignFreed` are atomics, `ring` is lock-free
+    // (see ``RemoteRing``).
     /// The NUMA node id (synthetic or real, as the topology says).
     let id: Int
     /// The real node its slabs are mapped on (`id`, except in a synthetic topology).
@@ -200,11 +317,16 @@ final class SlabNode: @unchecked Sendable {
     /// next refill starts here (they are home already; returning them to their slabs would only be undone).
     var home: UnsafeMutableRawPointer?
     var homeCount = 0
+    /// Objects freed here from other nodes' logical CPUs (see ``RemoteRing``).
+    let ring: RemoteRing
 
-    init(id: Int, memoryNode: Int) {
+    init(id: Int, memoryNode: Int, ringCapacity: Int) {
         self.id = id
         self.memoryNode = memoryNode
+        ring = RemoteRing(capacity: ringCapacity)
     }
+
+    deinit { ring.destroy() }
 
     /// Pushes an object on the remote-free stack: one CAS, no lock.
     @inline(__always)
@@ -247,10 +369,10 @@ final class SlabNode: @unchecked Sendable {
         return object
     }
 
-    /// Objects sent home and not yet taken: the home list and the remote-free stack. The caller holds `lock`, so
-    /// nobody takes from the stack meanwhile: pushes only put new heads in front of the part walked here.
+    /// Objects sent home and not yet taken: the home list, the ring and the remote-free stack. The caller holds
+    /// `lock`, so nobody takes from the stack meanwhile: pushes only put new heads in front of the part walked here.
     var pendingHome: Int {
-        var count = homeCount
+        var count = homeCount + ring.pending
         var head = remote.load(ordering: .acquiring)
         while let object = UnsafeMutableRawPointer(bitPattern: head) {
             head = object.load(as: UInt.self)
@@ -259,9 +381,11 @@ final class SlabNode: @unchecked Sendable {
         return count
     }
 
-    /// Every object sent home, one by one, off the home list and the remote-free stack (the caller holds `lock`).
+    /// Every object sent home, one by one, off the home list, the ring and the remote-free stack (the caller holds
+    /// `lock`).
     func takeAllHome(_ body: (UnsafeMutableRawPointer) -> Void) {
         while let object = popHome() { body(object) }
+        ring.takeAll(body)
         takeRemote(body)
     }
 }
