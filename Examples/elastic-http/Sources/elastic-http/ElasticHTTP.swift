@@ -17,6 +17,7 @@ import Hummingbird
 import Logging
 import Metrics
 import Prometheus
+import Synchronization
 
 @main
 struct ElasticHTTP: AsyncParsableCommand {
@@ -48,6 +49,9 @@ struct ElasticHTTP: AsyncParsableCommand {
     @Option(help: "Address to listen on.")
     var host = "127.0.0.1"
 
+    @Option(help: .hidden)
+    var debugDropPut: Int?
+
     /// The most rounds one `POST /work` may ask for, and the largest body it reads: a request stays well under a
     /// second on one CPU, so that no job holds a CPU's safe points for long (jobs are never preempted).
     static let maximumRounds = 100_000
@@ -59,6 +63,9 @@ struct ElasticHTTP: AsyncParsableCommand {
             throw ValidationError("--cpus must be in 1...\(Machine.maximumCPUs), got \(cpus)")
         }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, got \(port)") }
+        if let debugDropPut, debugDropPut < 1 {
+            throw ValidationError("--debug-drop-put must be 1 or more, got \(debugDropPut)")
+        }
     }
 
     func run() async throws {
@@ -75,7 +82,8 @@ struct ElasticHTTP: AsyncParsableCommand {
         let store = try Store(machine: machine, pinned: logical)
         let router = Router()
         Routes(machine: machine, store: store, registry: registry,
-               workExecutor: logical ? machine.pool : nil).add(to: router)
+               workExecutor: logical ? machine.pool : nil,
+               dropper: debugDropPut.map(PutDropper.init(every:))).add(to: router)
 
         var logger = Logger(label: "elastic-http")
         logger.logLevel = .notice
@@ -105,12 +113,16 @@ struct Routes: Sendable {
 
     /// Requests answered, per route: the server's own metric beside the library's.
     let requests: [String: Metrics.Counter]
+    /// `--debug-drop-put`: a broken server, for showing that load.sh's check fails.
+    let dropper: PutDropper?
 
-    init(machine: Machine, store: Store, registry: PrometheusCollectorRegistry, workExecutor: (any TaskExecutor)?) {
+    init(machine: Machine, store: Store, registry: PrometheusCollectorRegistry, workExecutor: (any TaskExecutor)?,
+         dropper: PutDropper? = nil) {
         self.machine = machine
         self.store = store
         self.registry = registry
         self.workExecutor = workExecutor
+        self.dropper = dropper
         var requests: [String: Metrics.Counter] = [:]
         for route in ["kv_put", "kv_get", "work", "metrics"] {
             requests[route] = Metrics.Counter(label: "elastic_http_requests_total", dimensions: [("route", route)])
@@ -121,6 +133,11 @@ struct Routes: Sendable {
     func add(to router: Router<BasicRequestContext>) {
         router.put("/kv/:key") { _, context -> String in
             let key = try context.parameters.require("key")
+            if let dropper, dropper.drops() {
+                // The broken server: answers as if it had counted the PUT, and does not count it.
+                requests["kv_put"]?.increment()
+                return "\((await store.value(of: key) ?? 0) + 1)\n"
+            }
             let value = await store.increment(key)
             requests["kv_put"]?.increment()
             return "\(value)\n"
@@ -162,5 +179,20 @@ struct Routes: Sendable {
             throw HTTPError(.badRequest, message: "rounds must be an integer in 1...\(ElasticHTTP.maximumRounds), got \(text)")
         }
         return rounds
+    }
+}
+
+/// `--debug-drop-put N` (hidden): every Nth PUT is answered 200 and not applied, a lost write on purpose, so that the
+/// load script's check can be seen to fail (CI runs it so).
+final class PutDropper: Sendable {
+    let every: Int
+    private let puts = Atomic<Int>(0)
+
+    init(every: Int) { self.every = every }
+
+    /// Whether this PUT is one to drop.
+    func drops() -> Bool {
+        // Relaxed: a count, which publishes nothing.
+        puts.add(1, ordering: .relaxed).newValue % every == 0
     }
 }
