@@ -251,13 +251,19 @@ resize_loop() {   # $1: whether to read the gauge (1: logical server following)
 
 # ---- One server, both phases ---------------------------------------------------------------------------------------
 
-declare -A rps p50 p99 max non2xx socket resizes_written resizes_followed resizes_server follow_ms lost ahead
+declare -A rps cpu_us p50 p99 max non2xx socket resizes_written resizes_followed resizes_server follow_ms lost ahead
 failures=()
 
+# The server's CPU time so far (user + system, all threads), in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$server/stat"; }
+ticks_per_second=$(getconf CLK_TCK)
+
 run_wrk() {   # $1: name, $2: seconds; leaves the output in $work/$1.out and fills the figures
-    local name=$1 out="$work/$1.out"
+    local name=$1 out="$work/$1.out" ticks
+    ticks=$(cpu_ticks)
     wrk -t "$connections" -c "$connections" -d "${2}s" --timeout 10s --latency -s Scripts/mix.lua "$base" > "$out" 2>&1 \
         || { cat "$out"; echo "FAILED: wrk failed ($name)"; exit 1; }
+    ticks=$(( $(cpu_ticks) - ticks ))
     local line
     line=$(grep '^result ' "$out") || { cat "$out"; echo "FAILED: no result from wrk ($name)"; exit 1; }
     read -r _ _ requests _ duration _ bad _ sockets _ l50 _ l99 _ lmax <<< "$line"
@@ -265,6 +271,8 @@ run_wrk() {   # $1: name, $2: seconds; leaves the output in $work/$1.out and fil
     p50[$name]=$(awk -v v="$l50" 'BEGIN { printf "%.2f", v / 1000 }')
     p99[$name]=$(awk -v v="$l99" 'BEGIN { printf "%.2f", v / 1000 }')
     max[$name]=$(awk -v v="$lmax" 'BEGIN { printf "%.1f", v / 1000 }')
+    # CPU time per request: what the server spends on one, whatever else the machine runs meanwhile.
+    cpu_us[$name]=$(awk -v t="$ticks" -v hz="$ticks_per_second" -v r="$requests" 'BEGIN { printf "%.0f", (r > 0 ? t * 1e6 / hz / r : 0) }')
     non2xx[$name]=$bad
     socket[$name]=$sockets
 }
@@ -315,7 +323,9 @@ run_server() {   # $1: logical or global
         follow_ms[$name]=$(awk '{ print $6 }' "$followed_lines" | sort -n | awk '{ v[NR] = $1 } END {
             if (NR == 0) print "-"; else printf "%d/%d\n", v[int((NR + 1) / 2)], v[NR] }')
         awk -v high="$ncpus" -v low="$low_cpus" '!($6 ~ /^[0-9]+$/ && $5 == ($3 == "high" ? low : high)) {
-            printf "resize %d to %s (%d CPUs): hotplug_cpus_online was %s before, %s after\n", $2, $3, $4, $5, ($6 ~ /^[0-9]+$/ ? "followed" : $7 " until the next resize") }' \
+            old = ($3 == "high" ? low : high)
+            printf "resize %d to %s (%d CPUs): hotplug_cpus_online was %s before it (%d expected), %s\n", $2, $3, $4, $5, old,
+                ($6 ~ /^[0-9]+$/ ? "then " $4 : "still " $7 " at the next resize") }' \
             "$work/resizes" | head -5
         (( written > 0 && followed == written )) \
             || failures+=("$kind: the server followed $followed of $written resizes (hotplug_cpus_online in GET /metrics)")
@@ -328,12 +338,12 @@ run_server() {   # $1: logical or global
     declare -A expected=()
     for (( k = 0; k < keys; k++ )); do expected[k$k]=1; done
     while read -r _ key n; do expected[$key]=$(( ${expected[$key]:-1} + n )); done < <(grep -h '^put ' "$work/$kind/steady.out" "$work/$kind/resizing.out")
-    local behind=0 over=0 value
+    local behind=0 over=0 value shown=0
     for key in "${!expected[@]}"; do
         value=$(curl -sf --max-time 10 "$base/kv/$key") || { failures+=("$kind: GET /kv/$key failed at the end"); behind=$(( behind + 1 )); continue; }
         if (( value < expected[$key] )); then
             behind=$(( behind + expected[$key] - value ))
-            (( behind <= 5 )) && echo "key $key: counter $value < ${expected[$key]} (1 + PUTs answered 200)"
+            (( shown++ < 5 )) && echo "key $key: counter $value < ${expected[$key]} (1 + PUTs answered 200)"
         else
             over=$(( over + value - expected[$key] ))
         fi
@@ -348,11 +358,11 @@ run_server() {   # $1: logical or global
     done
     stop_server || failures+=("$kind: the server did not stop on SIGINT")
 
-    printf '%-9s %8s %9s %9s %9s %7s %10s %8s %8s %8s %13s\n' phase req/s p50_ms p99_ms max_ms non2xx socket_err \
-        resizes followed follower follow_ms_p50/max
+    printf '%-9s %7s %11s %7s %7s %7s %7s %11s %8s %8s %8s %13s\n' phase req/s cpu_us/req p50_ms p99_ms max_ms non2xx \
+        socket_errs resizes followed follower follow_ms_p50/max
     for phase in steady resizing; do
         local n=$kind/$phase
-        printf '%-9s %8s %9s %9s %9s %7s %10s %8s %8s %8s %13s\n' "$phase" "${rps[$n]}" "${p50[$n]}" "${p99[$n]}" \
+        printf '%-9s %7s %11s %7s %7s %7s %7s %11s %8s %8s %8s %13s\n' "$phase" "${rps[$n]}" "${cpu_us[$n]}" "${p50[$n]}" "${p99[$n]}" \
             "${max[$n]}" "${non2xx[$n]}" "${socket[$n]}" "${resizes_written[$n]}" "${resizes_followed[$n]}" \
             "${resizes_server[$n]}" "${follow_ms[$n]}"
     done
@@ -381,6 +391,7 @@ fi
 if [[ -n ${rps[logical/steady]:-} && -n ${rps[global/steady]:-} ]]; then
     summary+=" throughput logical/global steady=$(ratio "${rps[logical/steady]}" "${rps[global/steady]}")"
     summary+=" resizing=$(ratio "${rps[logical/resizing]}" "${rps[global/resizing]}")"
+    summary+=" cpu_per_request logical/global steady=$(ratio "${cpu_us[logical/steady]}" "${cpu_us[global/steady]}")"
 fi
 for kind in $servers; do
     summary+=" p99 resizing/steady $kind=$(ratio "${p99[$kind/resizing]}" "${p99[$kind/steady]}")"
