@@ -9,13 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=8; rounds=5
-while [[ ${1:-} == --* ]]; do
-    case $1 in
+while :; do
+    case ${1:-} in
         --seconds) seconds=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
-        *) echo "unknown option $1" >&2; exit 2 ;;
+        *) break ;;   # the configurations (their own options start with -- too)
     esac
 done
+[[ $seconds =~ ^[0-9]+$ && $rounds =~ ^[0-9]+$ ]] && (( seconds >= 1 && rounds >= 1 )) \
+    || { echo "--seconds and --rounds take positive integers" >&2; exit 2; }
 (( $# > 0 )) || { echo "usage: $0 [--seconds N] [--rounds N] \"server options\" ..." >&2; exit 2; }
 binary=.build/release/elastic-http
 [[ -x $binary ]] || { echo "FAILED: $binary missing: run swift build -c release first"; exit 1; }
