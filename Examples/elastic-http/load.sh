@@ -291,9 +291,9 @@ run_server() {   # $1: logical or global
 
     # Steady.
     local before after
-    before=$(metrics | metric_sum hotplug_follower_events_total 'event="resized"'); before=${before:-0}
+    before=$(metrics | metric_sum hotplug_follower_events_total 'event="(detached|attached)"'); before=${before:-0}
     run_wrk "$kind/steady" "$steady"
-    after=$(metrics | metric_sum hotplug_follower_events_total 'event="resized"'); after=${after:-0}
+    after=$(metrics | metric_sum hotplug_follower_events_total 'event="(detached|attached)"'); after=${after:-0}
     resizes_written[$kind/steady]=0; resizes_followed[$kind/steady]=-; resizes_server[$kind/steady]=$(( after - before ))
     follow_ms[$kind/steady]=-
 
@@ -309,7 +309,7 @@ run_server() {   # $1: logical or global
         local back; back=$(wait_online "$ncpus" 50)
         [[ $back =~ ^[0-9]+$ ]] || failures+=("$kind: hotplug_cpus_online did not return to $ncpus after the run ($back)")
     fi
-    after=$(metrics | metric_sum hotplug_follower_events_total 'event="resized"'); after=${after:-0}
+    after=$(metrics | metric_sum hotplug_follower_events_total 'event="(detached|attached)"'); after=${after:-0}
     local name=$kind/resizing written followed
     written=$(grep -c '^resize ' "$work/resizes" || true)
     resizes_written[$name]=$written
@@ -359,7 +359,7 @@ run_server() {   # $1: logical or global
     stop_server || failures+=("$kind: the server did not stop on SIGINT")
 
     printf '%-9s %7s %11s %7s %7s %7s %7s %11s %8s %8s %8s %13s\n' phase req/s cpu_us/req p50_ms p99_ms max_ms non2xx \
-        socket_errs resizes followed follower follow_ms_p50/max
+        socket_errs resizes followed cpu_ops follow_ms_p50/max
     for phase in steady resizing; do
         local n=$kind/$phase
         printf '%-9s %7s %11s %7s %7s %7s %7s %11s %8s %8s %8s %13s\n' "$phase" "${rps[$n]}" "${cpu_us[$n]}" "${p50[$n]}" "${p99[$n]}" \
