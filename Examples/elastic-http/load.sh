@@ -73,9 +73,11 @@ mkdir -p "$work/logical" "$work/global"
 cgroup=""                                 # the child cgroup's directory, when one was made
 server=""                                 # the running server's pid
 resizer=""                                # the running resizer's pid
+load=""                                   # the running wrk's pid
 
 cleanup() {
     local status=$?
+    [[ -n $load ]] && { kill "$load" 2> /dev/null || true; wait "$load" 2> /dev/null || true; }
     [[ -n $resizer ]] && { kill "$resizer" 2> /dev/null || true; wait "$resizer" 2> /dev/null || true; }
     if [[ -n $server ]]; then
         kill -INT "$server" 2> /dev/null || true
@@ -261,8 +263,11 @@ ticks_per_second=$(getconf CLK_TCK)
 run_wrk() {   # $1: name, $2: seconds; leaves the output in $work/$1.out and fills the figures
     local name=$1 out="$work/$1.out" ticks
     ticks=$(cpu_ticks)
-    wrk -t "$connections" -c "$connections" -d "${2}s" --timeout 10s --latency -s Scripts/mix.lua "$base" > "$out" 2>&1 \
-        || { cat "$out"; echo "FAILED: wrk failed ($name)"; exit 1; }
+    # In the background, so that a signal to this script runs its trap at once instead of after wrk.
+    wrk -t "$connections" -c "$connections" -d "${2}s" --timeout 10s --latency -s Scripts/mix.lua "$base" > "$out" 2>&1 &
+    load=$!
+    wait "$load" || { cat "$out"; echo "FAILED: wrk failed ($name)"; exit 1; }
+    load=""
     ticks=$(( $(cpu_ticks) - ticks ))
     local line
     line=$(grep '^result ' "$out") || { cat "$out"; echo "FAILED: no result from wrk ($name)"; exit 1; }
