@@ -9,6 +9,9 @@
 //   rounds and the logical CPU that ran it.
 // - GET /metrics: Prometheus text, the library's `hotplug_*` metrics (sampled first) and the server's own.
 //
+// With `--executor logical` the whole server runs with a task executor preference for the machine's pool, which
+// Hummingbird's connection tasks inherit: a request's code runs on logical CPUs from the moment NIO hands it over
+// (`--connection-executor global` keeps the connection tasks on the global executor instead, for comparison).
 // `--executor global` runs the same handlers on Swift's default executors (default actors, no preference), the
 // peer to compare with; `--follow` makes the machine follow the CPUs the process may use and its cgroup quota.
 import ArgumentParser
@@ -107,14 +110,15 @@ struct ElasticHTTP: AsyncParsableCommand {
 
         var logger = Logger(label: "elastic-http")
         logger.logLevel = .notice
-        let host = host, executor = executor, follow = follow, announcer = logger
+        let host = host, executor = executor, follow = follow, announcer = logger, connectionExecutor = connectionExecutor
         let app = Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "elastic-http"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? -1
                 // Through the logger (standard error, unbuffered): a script waiting for this line sees it at once.
-                let line = "elastic-http listening on \(host):\(port), executor \(executor.rawValue), "
+                let connections = executor == .logical ? ", connections on \(connectionExecutor.rawValue)" : ""
+                let line = "elastic-http listening on \(host):\(port), executor \(executor.rawValue)\(connections), "
                     + "\(machine.possibleCount) logical CPUs (\(machine.online.count) online), follow \(follow ? "on" : "off")"
                 announcer.notice("\(line)")
             },
