@@ -64,7 +64,9 @@ struct ElasticHTTP: AsyncParsableCommand {
         case global
     }
 
-    @Option(help: "With --executor logical: where the connection tasks run: pool (the machine's pool: the whole request on logical CPUs) or global (Swift's global executor, hopping to the logical CPUs and back).")
+    @Option(help: ArgumentHelp(
+        "With --executor logical: where the connection tasks run: pool (the machine's pool: the whole request on "
+            + "logical CPUs) or global (Swift's global executor, hopping to the logical CPUs and back)."))
     var connectionExecutor: ConnectionExecutor = .pool
 
     @Option(help: "With --follow: milliseconds between two polls of the follower (1...1000).")
