@@ -2,9 +2,10 @@
 # `make quick-start` runs the README's Usage code (Examples/quick-start) and checks the README's copy of it.
 SWIFT   ?= swift
 SECONDS ?= 10
+HTTP_SECONDS ?= 300
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps run demo quick-start test tsan bench vm clean
+.PHONY: all deps run demo quick-start test tsan bench http-load vm clean
 
 all: run
 
@@ -43,6 +44,14 @@ bench: deps
 	@dpkg -s libgoogle-perftools-dev >/dev/null 2>&1 || { $(SUDO) apt-get install -y -qq libgoogle-perftools-dev || echo "libgoogle-perftools-dev unavailable: tcmalloc peer skipped"; }
 	@mkdir -p bench-results
 	cd Benchmarks && $(SWIFT) run -c release hotplug-peers --json ../bench-results/peers.json
+
+# elastic-http (Hummingbird) under wrk while its CPU quota changes every 2 s, logical CPUs then the global executor:
+# every write checked, the server must follow. HTTP_SECONDS=300 gives over 100 resizes; CI runs HTTP_SECONDS=30.
+# wrk from Debian's packages, when missing.
+http-load: deps
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	cd Examples/elastic-http && $(SWIFT) build -c release
+	bash Examples/elastic-http/load.sh --seconds $(HTTP_SECONDS)
 
 # VM harness: numa-placement and hotplug-torture --follow in a 2-node NUMA QEMU guest (kernel hotplug, cgroup, taskset).
 vm: deps
