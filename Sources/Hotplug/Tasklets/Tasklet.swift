@@ -80,7 +80,9 @@ public final class Tasklet: Sendable {
     /// Disables the tasklet (nesting, Linux's `tasklet_disable`): a queued run stays queued until the matching
     /// ``enable()``. Waits for a run in progress to finish, unless called from inside the tasklet itself.
     public func disable() {
-        core.disableCount.add(1, ordering: .acquiringAndReleasing)
+        // Sequentially consistent, with the first load of the wait: the second half of the Dekker pair with a
+        // CPU that sets RUN, then reads the count (`TaskletEngine.runOne`).
+        core.disableCount.add(1, ordering: .sequentiallyConsistent)
         waitUntilNotRunning()
     }
 
@@ -116,7 +118,7 @@ public final class Tasklet: Sendable {
 
     private func waitUntilNotRunning() {
         guard core.runner.load(ordering: .acquiring) != Shim.currentThreadID else { return }
-        while core.state.load(ordering: .acquiring) & TaskletCore.runningBit != 0 { Shim.yield() }
+        while core.state.load(ordering: .sequentiallyConsistent) & TaskletCore.runningBit != 0 { Shim.yield() }
     }
 }
 

@@ -352,12 +352,19 @@ final class TaskletEngine: HotplugSubsystem {
                 }
                 // SCHED cleared and RUN set together: a schedule from now on queues it again (it runs at least
                 // once more), and nobody else runs it meanwhile. Acquire (also on failure, where `seen` decides):
-                // partner of the release that cleared RUN after the previous run, wherever it ran.
+                // partner of the release that cleared RUN after the previous run, wherever it ran. Sequentially
+                // consistent: the first half of the Dekker pair with disable() below.
                 let (exchanged, seen) = core.state.compareExchange(
                     expected: old, desired: (old & ~TaskletCore.scheduledBit) | TaskletCore.runningBit,
-                    successOrdering: .acquiringAndReleasing, failureOrdering: .acquiring)
+                    successOrdering: .sequentiallyConsistent, failureOrdering: .acquiring)
                 if exchanged { break }
                 old = seen
+            }
+            // disable() raises the count, then waits for RUN to clear; this set RUN, then reads the count (all four
+            // sequentially consistent): either disable sees RUN and waits for this run, or this sees the count and
+            // does not run. The check above alone let a run start after a disable() had returned.
+            if core.disableCount.load(ordering: .sequentiallyConsistent) > 0 {
+                return undoRun(core, link: link, queue: queue)
             }
             core.runner.store(queue.threadID, ordering: .relaxed)   // for kill(); no system call
             core.body()
@@ -375,6 +382,26 @@ final class TaskletEngine: HotplugSubsystem {
             }
         }
         if cleared != 0, TaskletCore.endsLastHold(old: old, cleared: cleared) { unmanaged.release() }
+    }
+
+    /// Puts back a run that met a disable() after setting RUN: queued again and deferred, as if the CPU had seen
+    /// the count first; unless a schedule made meanwhile (while RUN was set) queued a run of its own, which then
+    /// stands for this one. Never the last hold of an orphan (SCHED stays set either way).
+    private func undoRun(_ core: TaskletCore, link: UInt, queue: TaskletQueue) -> (UInt8, UInt8) {
+        var current = core.state.load(ordering: .relaxed)
+        while true {
+            let requeued = current & TaskletCore.scheduledBit != 0
+            let desired = (current | TaskletCore.scheduledBit) & ~TaskletCore.runningBit
+            // Release: partner of disable()'s wait and of the next run's acquire, like the end of a run.
+            let (exchanged, seen) = core.state.compareExchange(expected: current, desired: desired,
+                                                               successOrdering: .acquiringAndReleasing,
+                                                               failureOrdering: .relaxed)
+            if exchanged {
+                if !requeued { queue.append(deferred: link, core.priority) }   // stays queued until enabled
+                return (0, 0)
+            }
+            current = seen
+        }
     }
 
     // MARK: Hotplug
