@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -13,6 +14,9 @@
 #define CHP_MAX_CPUS 8192
 
 pid_t chp_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+// In C: prctl is variadic, which Swift cannot call, and pthread_setname_np needs _GNU_SOURCE.
+int chp_thread_set_name(const char *name) { return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0) == 0 ? 0 : errno; }
 
 static int64_t timespec_ns(const struct timespec *ts) {
     return (int64_t)ts->tv_sec * 1000000000LL + (int64_t)ts->tv_nsec;

@@ -15,6 +15,9 @@ import Testing
             // And it really runs there.
             let physical = try machine.run(on: cpu) { Shim.currentPhysicalCPU() }
             #expect(physical == (try machine.physicalCPU(of: cpu)))
+            // Named for profiles and `top -H`, whatever thread made the machine.
+            let name = KernelFile.read("/proc/self/task/\(tid)/comm")?.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(name == "hotplug/\(cpu)")
         }
     }
 

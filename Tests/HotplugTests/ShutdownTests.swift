@@ -3,6 +3,14 @@ import Synchronization
 import Testing
 @testable import Hotplug
 
+/// In a child process of an exit test: a failed check prints why and exits 3.
+private func check(_ condition: Bool, _ message: String) {
+    if !condition {
+        FileHandle.standardError.write(Data("check failed: \(message)\n".utf8))
+        exit(3)
+    }
+}
+
 /// Shutdown with a CPU that cannot stop: the others go down, the busy one is reported and left running, and a SIGP
 /// signal still pending on it never kills the process.
 @Suite struct ShutdownTests {
@@ -18,12 +26,6 @@ import Testing
     /// In a child process: the signal's disposition is process-wide, and before the fix the process died.
     @Test func aBusyCPUIsLeftRunningAloneAndAPendingSignalDoesNotKillTheProcess() async {
         await #expect(processExitsWith: .success) {
-            func check(_ condition: Bool, _ message: String) {
-                if !condition {
-                    FileHandle.standardError.write(Data("check failed: \(message)\n".utf8))
-                    exit(3)
-                }
-            }
             final class Flags: Sendable {
                 let entered = Atomic<Bool>(false)
                 let release = Atomic<Bool>(false)
@@ -76,12 +78,6 @@ import Testing
     /// In a child process: there the pool runs nothing else (in this one, other tests hold its threads).
     @Test func anAsyncShutdownLeavesTheCooperativePoolFree() async {
         await #expect(processExitsWith: .success) {
-            func check(_ condition: Bool, _ message: String) {
-                if !condition {
-                    FileHandle.standardError.write(Data("check failed: \(message)\n".utf8))
-                    exit(3)
-                }
-            }
             final class Flags: Sendable {
                 let released = Atomic<Bool>(false)
                 let gaveUp = Atomic<Int>(0)

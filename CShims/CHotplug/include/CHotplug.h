@@ -33,6 +33,8 @@ extern "C" {
 
 /// The calling thread's kernel thread id (gettid). Cannot fail.
 pid_t chp_gettid(void);
+/// Names the calling thread (prctl PR_SET_NAME: the kernel keeps 15 bytes). 0, or an errno value.
+int chp_thread_set_name(const char *name);
 
 /// Stores in `*ns` the CPU time consumed so far by the thread `tid` of this process, in nanoseconds.
 /// Returns 0, or an errno value: EINVAL when `tid` is not positive or no such thread exists (the kernel rejects

@@ -77,6 +77,9 @@ final class CPUCore: @unchecked Sendable {
     // MARK: The thread
 
     func threadMain() {
+        // "hotplug/N" (as the kernel names its cpuhp/N threads): without it the thread keeps its creator's name,
+        // which in a Swift task is the concurrency pool's, and profiles of a server read wrong.
+        Shim.nameCurrentThread("hotplug/\(id)")
         do {
             try control.bindCurrentThread(machineID: machineID, cpu: id)
             try Shim.pin(thread: 0, to: slot.physicalID)

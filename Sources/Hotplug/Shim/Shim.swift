@@ -158,6 +158,12 @@ enum Shim {
     /// Lets a thread's resources go when it exits, without a join.
     static func detach(_ thread: pthread_t) { pthread_detach(thread) }
 
+    /// Names the calling thread (what `top -H`, `perf` and debuggers show); the kernel keeps 15 bytes and cuts a
+    /// longer name there. Best effort: a name the kernel refuses leaves the old one.
+    static func nameCurrentThread(_ name: String) {
+        _ = chp_thread_set_name(name)
+    }
+
     static func yield() { sched_yield() }
 
     static func sleep(microseconds: UInt32) { usleep(microseconds) }
