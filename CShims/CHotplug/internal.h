@@ -13,6 +13,7 @@
 #define A32(p) ((_Atomic uint32_t *)(p))
 #define A64(p) ((_Atomic uint64_t *)(p))
 #define AI32(p) ((_Atomic int32_t *)(p))
+#define AI64(p) ((_Atomic int64_t *)(p))
 
 // ---------------------------------------------------------------------------------------------------------------
 // MARK: Pause hint and futex (util.c)

@@ -528,6 +528,10 @@ void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns) {
     } while (!atomic_compare_exchange_weak_explicit(A32(&cpu->mailbox), &mb, idle, memory_order_acq_rel,
                                                     memory_order_acquire));
     chp_cpu_set_run_state(cpu, CHP_RUN_IDLE);
+    // Relaxed: one writer (this thread), readers want a figure, not an order (the clock read is a system call's
+    // worth only next to the futex wait it precedes).
+    int64_t parked_total = atomic_load_explicit(AI64(&cpu->idle_mark), memory_order_relaxed);
+    atomic_store_explicit(AI64(&cpu->idle_mark), parked_total - chp_monotonic_ns(), memory_order_relaxed);
     // The kernel compares the whole word: any post since the CAS changed it, and futex_wait returns EAGAIN.
     // Acquire: P1, and partner of chp_cpu_release_claim's release (a claimed CPU leaves only after the release,
     // seeing everything the stop_machine body wrote).
@@ -535,7 +539,14 @@ void chp_cpu_wait_for_orders(chp_cpu_t *cpu, int64_t poll_ns) {
            ((mb & CHP_MB_CLAIMED) && !atomic_load_explicit(&chp_debug_ignore_claims, memory_order_relaxed))) {
         (void)chp_futex_wait(&cpu->mailbox, mb, -1);   // EINTR / EAGAIN / spurious: re-check
     }
+    int64_t mark = atomic_load_explicit(AI64(&cpu->idle_mark), memory_order_relaxed);
+    atomic_store_explicit(AI64(&cpu->idle_mark), mark + chp_monotonic_ns(), memory_order_relaxed);
     chp_cpu_set_run_state(cpu, CHP_RUN_RUNNING);
+}
+
+int64_t chp_cpu_idle_ns(const chp_cpu_t *cpu) {
+    int64_t mark = atomic_load_explicit(AI64(&((chp_cpu_t *)cpu)->idle_mark), memory_order_relaxed);
+    return mark < 0 ? mark + chp_monotonic_ns() : mark;
 }
 
 void chp_debug_set_ignore_claims(bool ignore) {

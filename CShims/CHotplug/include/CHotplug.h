@@ -228,7 +228,12 @@ typedef struct chp_cpu {
     _Alignas(CHP_CACHE_LINE) uint32_t run_state;
     uint32_t reserved1;
     uint64_t sig_ack;           // highest ticket acknowledged by the handler or a safe point
-    char pad1[CHP_CACHE_LINE - 2 * sizeof(uint32_t) - sizeof(uint64_t)];
+    // Idle accounting, written only by the CPU when it parks in its idle wait and when it leaves it: while the CPU
+    // is not parked, the nanoseconds it has spent parked so far (>= 0); while it is parked, that total minus the
+    // CLOCK_MONOTONIC time it parked at (< 0: the clock is always ahead of the time spent parked since it began).
+    // One word, so a reader never sees a total without its start (chp_cpu_idle_ns).
+    int64_t idle_mark;
+    char pad1[CHP_CACHE_LINE - 2 * sizeof(uint32_t) - 2 * sizeof(uint64_t)];
 
     // Lifecycle (controlling thread -> CPU); futex word of the offline park.
     _Alignas(CHP_CACHE_LINE) uint32_t lifecycle;
@@ -473,6 +478,9 @@ uint32_t chp_cpu_lifecycle(const chp_cpu_t *cpu);
 
 /// The CPU thread's kernel tid, 0 before it started.
 pid_t chp_cpu_tid(const chp_cpu_t *cpu);
+/// Nanoseconds the CPU has spent parked in its idle wait (chp_cpu_wait_for_orders with nothing to do) since its
+/// control block was created, the current park included up to now. Not the poll before it: a polling CPU runs.
+int64_t chp_cpu_idle_ns(const chp_cpu_t *cpu);
 /// Copies the status area; returns false when no status was stored.
 bool chp_cpu_stored_status(const chp_cpu_t *cpu, uint64_t *ip, uint64_t *sp);
 

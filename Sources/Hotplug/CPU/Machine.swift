@@ -223,6 +223,18 @@ public final class Machine: Sendable {
         return .nanoseconds(try Shim.threadCPUTime(tid))
     }
 
+    /// The time a CPU has spent parked in its idle wait with nothing to do, since the machine was made (its threads'
+    /// parks added up; the park in progress counts up to now). Over an interval, the interval less this time's
+    /// growth is the time the CPU had work: running, polling for orders, stopped, or waiting for a physical CPU
+    /// (preempted by other threads, or throttled by a CPU quota). So it shows demand where ``cpuTime(of:)`` shows
+    /// only what the kernel granted: on a shared or throttled machine a CPU with work all the time has little CPU
+    /// time, but no idle time. A CPU that is offline or in standby is not in its idle wait: its idle time stands.
+    /// - Throws: ``HotplugError/invalidCPU(_:)`` for an id outside `0..<possible`.
+    public func idleTime(of cpu: Int) throws(HotplugError) -> Duration {
+        try validate(cpu)
+        return .nanoseconds(cores[cpu].control.idleNanoseconds)
+    }
+
     /// Counters of how orders reached a CPU.
     public func deliveryStatistics(of cpu: Int) throws(HotplugError) -> DeliveryStatistics {
         try validate(cpu)

@@ -5,8 +5,9 @@ public struct PartitionLoad: Sendable, Equatable {
     public let processors: Int
     /// Tasklet runs queued on its CPUs and not yet taken.
     public let queuedTasklets: Int
-    /// The share of its processors' time its CPUs' threads ran during the interval (0...1; a parked or idle CPU
-    /// adds nothing).
+    /// The share of its processors' time its CPUs had work during the interval (0...1): time not parked in the
+    /// idle wait (``Machine/idleTime(of:)``), so a CPU with work all the time counts as busy even when other
+    /// threads or a CPU quota leave it little CPU time. A CPU that came online during the interval adds nothing.
     public let busy: Double
     /// One number to compare partitions: ``busy`` plus queued tasklets per processor over `queueScale`.
     public let pressure: Double
@@ -134,7 +135,7 @@ public final class Balancer: @unchecked Sendable {
     public let queueScale: Double
     private var policy: any BalancerPolicy
     private let lock = Lock()
-    /// Per partition: logical CPU -> its thread's CPU time at the last sample; and that sample's time.
+    /// Per partition: online logical CPU -> its idle time at the last sample; and that sample's time.
     private var baselines: [[Int: Duration]]
     private var sampledAt: ContinuousClock.Instant
     /// The thread of ``start(interval:onOutcome:)`` while it runs.
@@ -184,18 +185,21 @@ public final class Balancer: @unchecked Sendable {
         sampledAt = now
         return partitions.enumerated().map { index, partition in
             let machine = partition.machine
-            var times: [Int: Duration] = [:]
-            var ran = 0.0
+            // Busy time is the interval less the idle time's growth, not the threads' CPU time: a CPU that has
+            // work but shares its physical CPU with other threads (or is throttled by a quota) runs little, yet
+            // its partition needs processors all the same.
+            var idle: [Int: Duration] = [:]
+            var worked = 0.0
             var queued = 0
             for cpu in machine.online {
                 queued += (try? machine.queuedTasklets(on: cpu)) ?? 0
-                guard let time = (try? machine.cpuTime(of: cpu)) ?? nil else { continue }
-                times[cpu] = time
-                if let before = baselines[index][cpu] { ran += (time - before).seconds }
+                guard let time = try? machine.idleTime(of: cpu) else { continue }
+                idle[cpu] = time
+                if let before = baselines[index][cpu] { worked += min(elapsed, max(0, elapsed - (time - before).seconds)) }
             }
-            baselines[index] = times
-            let processors = times.count
-            let busy = processors == 0 ? 0 : min(1, ran / (elapsed * Double(processors)))
+            baselines[index] = idle
+            let processors = idle.count
+            let busy = processors == 0 ? 0 : min(1, worked / (elapsed * Double(processors)))
             let pressure = busy + Double(queued) / (Double(max(1, processors)) * queueScale)
             return PartitionLoad(name: partition.name, processors: processors, queuedTasklets: queued, busy: busy,
                                  pressure: pressure)

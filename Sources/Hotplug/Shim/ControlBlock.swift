@@ -90,6 +90,8 @@ struct ControlBlock: @unchecked Sendable {
     var mailbox: Bits { Bits(rawValue: chp_cpu_mailbox(raw)) }
     var runState: RunState { RunState(shimValue: chp_cpu_run_state(raw)) }
     var threadID: Int32 { chp_cpu_tid(raw) }
+    /// Nanoseconds spent parked in the idle wait since the block was made, the current park included.
+    var idleNanoseconds: Int64 { chp_cpu_idle_ns(raw) }
 
     var lifecycle: Lifecycle {
         get { Lifecycle(shimValue: chp_cpu_lifecycle(raw)) ?? .parked }
