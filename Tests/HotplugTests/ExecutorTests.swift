@@ -170,18 +170,30 @@ actor GuardedShard {
 
 /// Runs `body` in a task of its own and waits at most `limit` for it: a job the executors lose makes the test
 /// fail (with the time it waited) instead of hanging it. The body's error comes out unchanged.
-func bounded(_ limit: Duration = .seconds(60), _ body: @escaping @Sendable () async throws -> Void) async throws {
+///
+/// The limit counts from the moment the body's task starts, not from the call: in a parallel run of every suite the
+/// cooperative pool may be taken by blocking tests for tens of seconds before the task gets a thread, and that wait
+/// is no lost job. A task that never starts at all is reported after `limit` plus `startLimit`.
+func bounded(_ limit: Duration = .seconds(60), startLimit: Duration = .seconds(240),
+             _ body: @escaping @Sendable () async throws -> Void) async throws {
+    let started = Counter()   // 1 once the body's task runs
     let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, any Error>?, Never>) in
         let once = Once()
-        Task { do { try await body(); once.run { continuation.resume(returning: .success(())) } }
-               catch { once.run { continuation.resume(returning: .failure(error)) } } }
+        Task {
+            started.value.store(1, ordering: .releasing)   // partner: the watchdog's acquiring load
+            do { try await body(); once.run { continuation.resume(returning: .success(())) } }
+            catch { once.run { continuation.resume(returning: .failure(error)) } }
+        }
         Thread.detachNewThread {
+            let waitingSince = ContinuousClock.now
+            while started.value.load(ordering: .acquiring) == 0, ContinuousClock.now - waitingSince < startLimit { usleep(10_000) }
             Thread.sleep(forTimeInterval: Double(limit.components.seconds))
             once.run { continuation.resume(returning: nil) }
         }
     }
     guard let outcome else {
-        Issue.record("did not finish within \(limit): a job was lost or never resumed")
+        let when = started.value.load(ordering: .acquiring) != 0 ? "\(limit) after it started" : "\(startLimit + limit): it never started"
+        Issue.record("did not finish within \(when): a job was lost or never resumed")
         return
     }
     try outcome.get()

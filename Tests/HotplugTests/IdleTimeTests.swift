@@ -7,13 +7,13 @@ import Testing
 /// growth is demand: a CPU with work all the time is busy even when other threads take most of its physical CPU,
 /// where its thread's CPU time says it barely ran. The balancer judges partitions by it.
 @Suite struct IdleTimeTests {
-    /// Threads pinned to `physical` that spin until `stop` holds a non-zero value (or 5 s): they take most of that
-    /// CPU's time.
+    /// Threads pinned to `physical` that spin until `stop` holds a non-zero value (or 30 s, a bound for a test that
+    /// failed before it set it): they take most of that CPU's time.
     private func crowd(_ physical: Int, threads: Int, until stop: Counter) throws -> [pthread_t] {
         try (0..<threads).map { _ in
             try Shim.spawnThread {
                 try? Shim.setAffinity(thread: 0, cpus: [physical])
-                let deadline = ContinuousClock.now + .seconds(5)
+                let deadline = ContinuousClock.now + .seconds(30)
                 var i: UInt64 = 0
                 while stop.value.load(ordering: .relaxed) == 0 {
                     i &+= 1
@@ -43,7 +43,7 @@ import Testing
         defer { m.shutdown() }
         let stop = Counter()
         let gate = Gate()
-        try m.submit(on: 1) { gate.spin(limit: .seconds(5)) }   // work: CPU 1 never reaches its idle wait
+        try m.submit(on: 1) { gate.spin(limit: .seconds(30)) }   // work: CPU 1 never reaches its idle wait
         #expect(eventually { gate.hasEntered })
         let crowd = try crowd(try m.physicalCPU(of: 1), threads: 3, until: stop)
         let idleBefore = try m.idleTime(of: 1)
@@ -70,17 +70,19 @@ import Testing
         let balancer = try Balancer(pool: pool, partitions: [quiet, loaded])
         let stop = Counter()
         let gate = Gate()
-        try loaded.machine.submit(on: loaded.logicalCPU(of: 1)) { gate.spin(limit: .seconds(5)) }
+        try loaded.machine.submit(on: loaded.logicalCPU(of: 1)) { gate.spin(limit: .seconds(30)) }
         #expect(eventually { gate.hasEntered })
         let crowd = try crowd(pool.physicalCPU(of: 1), threads: 3, until: stop)
         _ = balancer.sample()
+        let started = ContinuousClock.now
         usleep(300_000)
         let loads = balancer.sample()
+        let elapsed = ContinuousClock.now - started
         stop.value.store(1, ordering: .relaxed)
         gate.release()
         for thread in crowd { try Shim.join(thread) }
         #expect(loads.count == 2)
-        #expect(loads[1].busy >= 0.8, "the loaded partition read as \(loads[1].busy) busy")
+        #expect(loads[1].busy >= 0.8, "the loaded partition read as \(loads[1].busy) busy over \(elapsed)")
         #expect(loads[0].busy <= 0.3, "the quiet partition read as \(loads[0].busy) busy")
     }
 }

@@ -163,12 +163,16 @@ private func expectConsistent(_ pool: CPUPool, _ partitions: [Partition], source
         }
         let started = ContinuousClock.now
         var firstMove: Duration?
+        var outcomes: [String] = []   // what happened instead, for the message
         while ContinuousClock.now - started < .seconds(10), busy.ownedProcessors.count < 2 {
-            if case .moved = balancer.step(), firstMove == nil { firstMove = ContinuousClock.now - started }
+            let outcome = balancer.step()
+            if case .moved = outcome, firstMove == nil { firstMove = ContinuousClock.now - started }
+            if case .failed = outcome { outcomes.append("\(outcome)") }
             usleep(20_000)
         }
+        let lastLoads = balancer.sample()
         stop.store(true, ordering: .relaxed)
-        let reached = try #require(firstMove, "no processor moved to the loaded partition in 10 s")
+        let reached = try #require(firstMove, "no processor moved to the loaded partition in 10 s; failed steps: \(outcomes.suffix(3)); loads at the end: \(lastLoads)")
         #expect(busy.ownedProcessors.count >= 2 && idle.ownedProcessors.count >= 1)
         print("balancer: first move towards the loaded partition after \(reached)")
         #expect(eventually { spinning.withLock { $0.allSatisfy { !$0.isScheduled && !$0.isRunning } } })
