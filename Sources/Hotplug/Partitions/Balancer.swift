@@ -193,8 +193,10 @@ public final class Balancer: @unchecked Sendable {
             var queued = 0
             for cpu in machine.online {
                 queued += (try? machine.queuedTasklets(on: cpu)) ?? 0
-                guard let time = try? machine.idleTime(of: cpu) else { continue }
+                guard let time = try? machine.idleTime(of: cpu) else { continue }   // throws only for a bad id
                 idle[cpu] = time
+                // Clamped to 0...elapsed: a read racing the end of a park may count a little more idle time than
+                // there was, in either sample.
                 if let before = baselines[index][cpu] { worked += min(elapsed, max(0, elapsed - (time - before).seconds)) }
             }
             baselines[index] = idle
